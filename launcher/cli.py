@@ -1,0 +1,66 @@
+"""moe-launch: compose -> validate -> plan -> write the run directory -> run (or stop: dry run).
+
+usage: moe-launch [group=option ...] [key.path=value ...]
+  e.g. moe-launch model=qwen3_30b_a3b parallel=ep8 train.micro_batch_size=2 launch.dry_run=true
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from launcher.errors import ConfigError
+
+USAGE = __doc__.split("\n", 2)[2]
+
+
+def _help() -> str:
+    from launcher.compose import group_options, groups
+
+    lines = [USAGE.rstrip(), "", "config groups (conf/<group>/<option>.yaml):"]
+    lines += [f"  {g:<11} {', '.join(group_options(g))}" for g in groups()]
+    lines += ["", "any field can be overridden: model.num_layers=8 parallel.ep=2 cluster.gpus_per_node=2",
+              "any Megatron flag: 'megatron.extra={moe_permute_fusion: true}' or "
+              "'megatron.raw=[--recompute-granularity,selective]'",
+              "launch.dry_run=true writes the run directory (config.yaml, plan.json, argv.txt, command.sh) "
+              "and runs nothing"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(_help())
+        return 0
+    try:
+        from launcher.compose import compose
+        from launcher.plan import build_plan
+        from launcher.probe import detect
+        from launcher.rundir import default_run_dir, write_run_dir
+
+        composed, cfg = compose(args)
+        plan = build_plan(cfg, detect())
+        run_dir = Path(cfg.launch.run_dir) if cfg.launch.run_dir else default_run_dir(cfg)
+        script = write_run_dir(run_dir, composed, plan, Path.cwd())
+    except ConfigError as e:
+        print(f"moe-launch: error: {e}", file=sys.stderr)
+        return 2
+    res = plan.resolved
+    p = cfg.parallel
+    print(f"moe-launch: {cfg.model.name} on {res.world_size} x {res.device} "
+          f"(tp={p.tp} pp={p.pp} vpp={p.vpp} ep={p.ep} etp={p.etp} cp={p.cp} "
+          f"dp={res.data_parallel_size(cfg)}), dispatcher={cfg.dispatcher.type}"
+          f"{'/' + cfg.dispatcher.flex_backend if cfg.dispatcher.flex_backend else ''}, "
+          f"{cfg.precision.name}, impl={res.transformer_impl}")
+    for note in res.notes:
+        print(f"  resolved: {note}")
+    print(f"moe-launch: run directory {run_dir}")
+    if cfg.launch.dry_run:
+        print(script.read_text(), end="")
+        print(f"moe-launch: dry run: nothing started; run it with: bash {script}")
+        return 0
+    from launcher.executors.local import run_local
+
+    rc = run_local(script)
+    status = "finished" if rc == 0 else f"FAILED (exit {rc})"
+    print(f"moe-launch: {status}; log: {run_dir / 'train.log'}", file=sys.stderr if rc else sys.stdout)
+    return rc

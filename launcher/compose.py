@@ -1,0 +1,72 @@
+"""Compose conf/ with Hydra's compose API and turn its errors into one-line ConfigErrors."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from launcher.errors import ConfigError, closest
+from launcher.schema import RunConfig, register_configs
+
+CONF_DIR = Path(os.environ.get("MOE_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def groups() -> list[str]:
+    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+
+
+def _schema_keys(path: str) -> list[str]:
+    node = OmegaConf.structured(RunConfig)
+    for part in [p for p in path.split(".") if p]:
+        node = node[part]
+    return list(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _explain(err: Exception) -> ConfigError:
+    """Hydra/OmegaConf error -> field, value, rule, fix (with a did-you-mean)."""
+    text = str(err)
+    m = re.search(r"Could not find '([\w-]+)/([^']+)'", text)
+    if m and m.group(1) in groups():
+        group, option = m.groups()
+        opts = group_options(group)
+        near = closest(option, opts)
+        fix = (f"did you mean {group}={near}? " if near else "") + f"options: {', '.join(opts)}"
+        return ConfigError(group, option, f"no such option in conf/{group}/", fix)
+    m = re.search(r"Key '([^']+)' not in '[^']*'\s+full_key: ([\w.\[\]]+)", text)
+    if m:
+        key, full = m.groups()
+        parent = full.rsplit(".", 1)[0] if "." in full else ""
+        near = closest(key, _schema_keys(parent))
+        fix = f"did you mean {parent + '.' if parent else ''}{near}?" if near else \
+            f"valid keys: {', '.join(_schema_keys(parent))}"
+        return ConfigError(full, key, "is not a field of the schema", fix)
+    m = re.search(r"full_key: ([\w.\[\]]+)", text)
+    first = " ".join(text.split("\n")[0].split())
+    if m:
+        return ConfigError(m.group(1), "?", first.rstrip("."), "check the value's type in launcher/schema.py")
+    return ConfigError("overrides", "?", first.rstrip("."), "see `moe-launch --help` for the override syntax")
+
+
+def compose(overrides: list[str]) -> tuple[DictConfig, RunConfig]:
+    """Compose conf/config.yaml with overrides; return the DictConfig and the typed RunConfig."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            composed = hydra_compose(config_name="config", overrides=overrides)
+        typed = OmegaConf.to_object(composed)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise _explain(e) from None
+    assert isinstance(typed, RunConfig)
+    return composed, typed

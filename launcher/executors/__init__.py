@@ -1,0 +1,1 @@
+"""Executors run a written command.sh; they never build commands themselves."""

@@ -1,0 +1,101 @@
+"""Megatron's own argument parser, imported lazily: the authority on flag names and values.
+
+Used to turn `megatron.extra` entries (dest or flag -> value) into argv, to reject unknown flags with
+the closest valid one, and to find flags set twice.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+from typing import Any
+
+from launcher.errors import ConfigError, closest
+
+
+@functools.lru_cache(maxsize=1)
+def parser() -> argparse.ArgumentParser:
+    """Megatron-Core's full argparse parser (imports megatron.training, and so torch)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.training.arguments import add_megatron_arguments
+
+    p = argparse.ArgumentParser(allow_abbrev=False, add_help=False, exit_on_error=False)
+    add_megatron_arguments(p)
+    return p
+
+
+def _options() -> dict[str, argparse.Action]:
+    return parser()._option_string_actions  # noqa: SLF001 - argparse keeps no public index
+
+
+def _by_dest() -> dict[str, list[argparse.Action]]:
+    out: dict[str, list[argparse.Action]] = {}
+    for action in parser()._actions:  # noqa: SLF001
+        out.setdefault(action.dest, []).append(action)
+    return out
+
+
+def unknown_flag_error(field: str, flag: str) -> ConfigError:
+    near = closest(flag, _options().keys())
+    fix = f"did you mean {near}?" if near else "see `moe-launch --megatron-flags` for the full list"
+    return ConfigError(field, flag, "is not a Megatron-Core 0.19.2 flag", fix)
+
+
+def _action_for(key: str) -> argparse.Action:
+    if key.startswith("-"):
+        if key not in _options():
+            raise unknown_flag_error(f"megatron.extra[{key}]", key)
+        return _options()[key]
+    actions = [a for a in _by_dest().get(key, []) if a.option_strings]
+    if not actions:
+        near = closest(key, [d for d in _by_dest() if d != "help"])
+        fix = f"did you mean {near}?" if near else "use a Megatron dest name or --flag"
+        raise ConfigError(f"megatron.extra.{key}", key, "is not a Megatron-Core 0.19.2 argument", fix)
+    return actions[0]
+
+
+def extra_to_argv(extra: dict[str, Any]) -> list[str]:
+    """{dest or --flag: value} -> argv. true -> the flag that sets it, false/None -> the flag that
+    clears it (or nothing when false is Megatron's default), list -> nargs values."""
+    argv: list[str] = []
+    for key, value in extra.items():
+        action = _action_for(key)
+        if action.nargs == 0:  # store_true / store_false
+            siblings = [a for a in _by_dest()[action.dest] if a.nargs == 0 and a.option_strings]
+            want = bool(value)
+            match = [a for a in siblings if a.const is want]
+            if match:
+                argv.append(match[0].option_strings[0])
+            elif want != action.default:
+                raise ConfigError(f"megatron.extra.{key}", value, "Megatron has no flag for that value",
+                                  f"drop it (Megatron's default is {action.default})")
+        elif value is None:
+            continue
+        elif isinstance(value, (list, tuple)):
+            argv += [action.option_strings[0], *map(str, value)]
+        else:
+            argv += [action.option_strings[0], str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
+
+
+def check_raw(raw: list[str]) -> None:
+    """Every --flag in megatron.raw must be Megatron's."""
+    for tok in raw:
+        if tok.startswith("--") and tok.split("=", 1)[0] not in _options():
+            raise unknown_flag_error("megatron.raw", tok)
+
+
+def dests(argv: list[str]) -> list[str]:
+    """Dest of each flag in argv, in order."""
+    return [_options()[t.split("=", 1)[0]].dest for t in argv if t.startswith("--") and t.split("=", 1)[0] in _options()]
+
+
+def check_no_duplicates(base: list[str], extra: list[str], field: str) -> None:
+    """A flag the table already emits must be changed through its schema field, not set twice."""
+    seen = set(dests(base))
+    for dest in dests(extra):
+        if dest in seen:
+            raise ConfigError(field, dest, "is already set by a config field (argparse would keep the last one "
+                              "silently)", "change the schema field that maps to it instead")

@@ -1,0 +1,264 @@
+"""Typed schemas for every config group.
+
+Each dataclass is the schema of one Hydra group (conf/<group>/*.yaml). Hydra merges the YAML into
+the dataclass, so a misspelled key or a wrongly typed value fails at compose time, and
+`OmegaConf.to_object` hands the rest of the launcher plain typed objects. `register_configs()` is the
+only ConfigStore call.
+
+Field names follow Megatron's argparse *dest* names wherever a field maps to one Megatron flag, so
+the mapping table (megatron_args.py) stays readable. `None` means "Megatron's default" or, where the
+docstring says so, "derived by the launcher" (derive.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of one published model; no parallel degrees here."""
+
+    name: str = MISSING
+    """Model id, e.g. qwen3_30b_a3b; also names the run."""
+    num_layers: int = MISSING
+    hidden_size: int = MISSING
+    ffn_hidden_size: int = MISSING
+    """Dense MLP width (dense layers and Megatron's default for moe_ffn_hidden_size)."""
+    num_attention_heads: int = MISSING
+    num_query_groups: Optional[int] = None
+    """Key/value heads for grouped-query attention; None = multi-head attention."""
+    kv_channels: Optional[int] = None
+    """Head dimension; None = hidden_size / num_attention_heads."""
+    max_position_embeddings: int = 4096
+    vocab_size: int = MISSING
+    make_vocab_size_divisible_by: int = 128
+    normalization: str = "RMSNorm"
+    norm_epsilon: float = 1e-5
+    position_embedding_type: str = "rope"
+    rotary_base: int = 10000
+    rotary_percent: float = 1.0
+    swiglu: bool = True
+    qk_layernorm: bool = False
+    untie_embeddings_and_output_weights: bool = True
+    add_bias_linear: bool = False
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    init_method_std: float = 0.02
+    transformer_impl: str = "auto"
+    """transformer_engine, local, or auto (TE when the device is a GPU and TE is installed)."""
+    # --- MoE ---
+    num_experts: int = MISSING
+    moe_ffn_hidden_size: int = MISSING
+    moe_router_topk: int = 2
+    moe_layer_freq: str = "1"
+    """Megatron syntax: "1" (every layer MoE) or a Python list expression like "([0]*3+[1]*58)"."""
+    moe_shared_expert_intermediate_size: Optional[int] = None
+    moe_router_score_function: str = "softmax"
+    moe_router_pre_softmax: bool = False
+    moe_router_topk_scaling_factor: Optional[float] = None
+    moe_router_load_balancing_type: str = "aux_loss"
+    moe_aux_loss_coeff: float = 1e-3
+    moe_z_loss_coeff: Optional[float] = None
+    moe_router_dtype: Optional[str] = "fp32"
+    moe_router_enable_expert_bias: bool = False
+    moe_router_bias_update_rate: Optional[float] = None
+    moe_router_num_groups: Optional[int] = None
+    moe_router_group_topk: Optional[int] = None
+    moe_grouped_gemm: bool = True
+    """Grouped GEMM for experts (Transformer Engine only; ignored by the local spec)."""
+    mtp_num_layers: Optional[int] = None
+    """Multi-token-prediction layers (DeepSeek-V3 style); None = off."""
+
+
+@dataclass
+class ParallelConfig:
+    """Parallel layout. World size comes from the cluster group (nodes x gpus_per_node)."""
+
+    tp: int = 1
+    """Tensor parallel size."""
+    pp: int = 1
+    """Pipeline parallel size."""
+    vpp: Optional[int] = None
+    """Virtual pipeline stages per pipeline rank (interleaved 1F1B); None = no interleaving."""
+    pipeline_layout: Optional[str] = None
+    """Megatron layout string (E embedding, t layer, m MTP, L loss, | stage); "auto" = balanced
+    layout derived from num_layers, pp and vpp (first and last stage lighter)."""
+    ep: int = 1
+    """Expert parallel size."""
+    etp: int = 1
+    """Expert tensor parallel size."""
+    cp: int = 1
+    """Context parallel size."""
+    sequence_parallel: Optional[bool] = None
+    """None = on exactly when tp > 1 (Megatron requires it for MoE with TP)."""
+    use_distributed_optimizer: bool = True
+    overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = True
+    use_megatron_fsdp: bool = False
+
+
+@dataclass
+class DispatcherConfig:
+    """MoE token dispatcher."""
+
+    type: str = "alltoall"
+    """alltoall, allgather or flex."""
+    flex_backend: Optional[str] = None
+    """With type=flex: deepep, hybridep or ncclep."""
+    flex_num_sms: Optional[int] = None
+    """SMs the flex backend may use; None = backend default."""
+    permute_fusion: bool = False
+    """Fused permute/unpermute (needs Transformer Engine)."""
+    router_fusion: bool = False
+    """Fused router top-k/softmax (needs Transformer Engine >= 2.7)."""
+    shared_expert_overlap: bool = False
+    """Overlap shared-expert compute with dispatch (alltoall/flex only)."""
+
+
+@dataclass
+class RecomputeConfig:
+    """Activation recomputation."""
+
+    granularity: str = "none"
+    """none, selective or full."""
+    modules: list[str] = field(default_factory=list)
+    """With selective: any of core_attn, moe_act, layernorm, mla_up_proj, mlp, moe, shared_experts,
+    gdn_norm_out."""
+    method: Optional[str] = None
+    """With full: uniform or block."""
+    num_layers: Optional[int] = None
+    """With full: layers per recompute unit (uniform) or recomputed layers per stage (block)."""
+
+
+@dataclass
+class PrecisionConfig:
+    """Numerics of parameters, activations and the optimizer."""
+
+    name: str = "bf16"
+    params_dtype: str = "bf16"
+    """bf16, fp16 or fp32 (fp32 only for CPU smoke runs)."""
+    fp8_format: Optional[str] = None
+    """e4m3 or hybrid; None = no FP8."""
+    fp8_recipe: Optional[str] = None
+    """tensorwise, delayed, mxfp8 (Blackwell) or blockwise."""
+    fp8_param_gather: bool = False
+    use_precision_aware_optimizer: bool = False
+    main_grads_dtype: Optional[str] = None
+    main_params_dtype: Optional[str] = None
+    exp_avg_dtype: Optional[str] = None
+    exp_avg_sq_dtype: Optional[str] = None
+    grad_reduce_in_bf16: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Training data."""
+
+    kind: str = "mock"
+    """mock (synthetic tokens, no files) or indexed (Megatron .bin/.idx prefixes in paths)."""
+    paths: list[str] = field(default_factory=list)
+    """With kind=indexed: data prefixes, optionally weighted ("0.3 /data/a 0.7 /data/b")."""
+    split: str = "99,1,0"
+    tokenizer_type: str = "NullTokenizer"
+    tokenizer_model: Optional[str] = None
+    num_workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """Batch sizes, steps, optimizer and LR schedule."""
+
+    seq_length: int = 4096
+    micro_batch_size: int = 1
+    global_batch_size: int = 32
+    train_iters: int = 100
+    routing: str = "dropless"
+    """dropless (real router) or forced_balance (benchmarking: random balanced routing)."""
+    optimizer: str = "adam"
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    lr_decay_style: str = "cosine"
+    lr_warmup_iters: int = 10
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    clip_grad: float = 1.0
+    seed: int = 1234
+    log_interval: int = 1
+    eval_iters: int = 0
+    eval_interval: int = 1000
+    save: Optional[str] = None
+    save_interval: Optional[int] = None
+    load: Optional[str] = None
+    manual_gc: bool = True
+    manual_gc_interval: int = 10
+    gradient_accumulation_fusion: str = "auto"
+    """true, false, or auto (on when APEX's fused kernel is importable where the run starts)."""
+
+
+@dataclass
+class ClusterConfig:
+    """Where and on how many GPUs the job runs."""
+
+    executor: str = "local"
+    """local: torchrun on this machine."""
+    nodes: int = 1
+    gpus_per_node: Optional[int] = None
+    """None = detected on the machine that launches (local executor); CPU runs use nproc."""
+    device: str = "auto"
+    """cuda, cpu, or auto (cuda when nvidia-smi lists a GPU)."""
+    nproc_cpu: int = 1
+    """Processes for CPU (gloo) runs when no GPU is present."""
+    master_port: int = 29500
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra process environment for every rank (a value set in the calling shell wins)."""
+
+
+@dataclass
+class MegatronConfig:
+    """Escape hatch for any Megatron flag the schema does not model."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    """dest or flag name -> value: {moe_permute_fusion: true, cuda_graph_impl: transformer_engine,
+    recompute_modules: [moe, layernorm]}. true -> bare flag, false/null -> omitted."""
+    raw: list[str] = field(default_factory=list)
+    """Raw argv appended last, e.g. ["--recompute-granularity", "selective"]."""
+
+
+@dataclass
+class LaunchConfig:
+    """What the launcher itself does."""
+
+    dry_run: bool = False
+    """Write the run directory and print the command, run nothing."""
+    run_dir: Optional[str] = None
+    """None = runs/<model>-<timestamp> under the current directory."""
+    name: Optional[str] = None
+    megatron_validate: bool = True
+    """Also run Megatron's own validator on the generated argv at the real world size."""
+
+
+@dataclass
+class RunConfig:
+    """The whole composed config: one field per group."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
+    recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    megatron: MegatronConfig = field(default_factory=MegatronConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+
+def register_configs() -> None:
+    """Register the top-level schema; conf/config.yaml lists it first in its defaults, so every group's
+    YAML merges into a typed node and a misspelled or mistyped key fails at compose time."""
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)

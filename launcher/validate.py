@@ -1,0 +1,345 @@
+"""Login-node validation: one small function per rule, each raising ConfigError(field, value, rule, fix).
+
+Every rule here mirrors a check Megatron-Core makes later (in validate_args, initialize_model_parallel,
+TransformerConfig.__post_init__ or at model construction), so a bad config stops here, before any GPU
+is allocated, with a message that names our field instead of Megatron's internals.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from launcher.derive import Resolved
+from launcher.errors import ConfigError, closest
+from launcher.layout import parse_layout
+from launcher.schema import RunConfig
+
+RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts",
+                     "gdn_norm_out")
+DISPATCHERS = ("alltoall", "allgather", "flex")
+FLEX_BACKENDS = ("deepep", "hybridep", "ncclep")
+FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise")
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _choice(field: str, value, options) -> None:
+    if value not in options:
+        near = closest(str(value), options)
+        hint = f"did you mean {near!r}? " if near else ""
+        raise ConfigError(field, value, f"must be one of {', '.join(map(str, options))}",
+                          f"{hint}set {field} to one of those")
+
+
+def check_positive_degrees(cfg: RunConfig, res: Resolved) -> None:
+    for name in ("tp", "pp", "ep", "etp", "cp"):
+        v = getattr(cfg.parallel, name)
+        if v < 1:
+            raise ConfigError(f"parallel.{name}", v, "parallel degrees must be >= 1", f"set parallel.{name}=1")
+    if cfg.cluster.nodes < 1 or res.nproc_per_node < 1:
+        raise ConfigError("cluster.gpus_per_node", res.nproc_per_node, "need at least one process per node",
+                          "set cluster.gpus_per_node (or run where a GPU is visible)")
+
+
+def check_world_dense(cfg: RunConfig, res: Resolved) -> None:
+    """initialize_model_parallel: world % (TP*PP*CP) == 0."""
+    p = cfg.parallel
+    size = p.tp * p.pp * p.cp
+    if res.world_size % size:
+        raise ConfigError("parallel", f"tp={p.tp} pp={p.pp} cp={p.cp}",
+                          f"world size {res.world_size} is not divisible by tp*pp*cp={size}",
+                          f"use a world size that is a multiple of {size} (cluster.nodes x gpus_per_node) "
+                          "or change the layout")
+
+
+def check_world_expert(cfg: RunConfig, res: Resolved) -> None:
+    """initialize_model_parallel: world % (ETP*EP*PP) == 0."""
+    p = cfg.parallel
+    size = p.etp * p.ep * p.pp
+    if res.world_size % size:
+        raise ConfigError("parallel", f"ep={p.ep} etp={p.etp} pp={p.pp}",
+                          f"world size {res.world_size} is not divisible by ep*etp*pp={size}",
+                          f"pick ep so that ep*etp*pp divides {res.world_size}")
+
+
+def check_experts_divisible_by_ep(cfg: RunConfig, res: Resolved) -> None:
+    n, ep = cfg.model.num_experts, cfg.parallel.ep
+    if n % ep:
+        raise ConfigError("parallel.ep", ep, f"model.num_experts={n} is not divisible by ep",
+                          f"pick ep from {_divisors(n)}")
+
+
+def check_topk(cfg: RunConfig, res: Resolved) -> None:
+    m = cfg.model
+    if not 1 <= m.moe_router_topk <= m.num_experts:
+        raise ConfigError("model.moe_router_topk", m.moe_router_topk,
+                          f"must be between 1 and model.num_experts={m.num_experts}", "lower moe_router_topk")
+
+
+def check_heads_tp(cfg: RunConfig, res: Resolved) -> None:
+    heads, tp = cfg.model.num_attention_heads, cfg.parallel.tp
+    if heads % tp:
+        raise ConfigError("parallel.tp", tp, f"model.num_attention_heads={heads} is not divisible by tp",
+                          f"pick tp from {_divisors(heads)}")
+
+
+def check_query_groups_tp(cfg: RunConfig, res: Resolved) -> None:
+    """TransformerConfig: query groups must be a multiple or a divisor of TP."""
+    g, tp = cfg.model.num_query_groups, cfg.parallel.tp
+    if g is not None and g % tp and tp % g:
+        raise ConfigError("parallel.tp", tp, f"model.num_query_groups={g} is neither a multiple nor a divisor of tp",
+                          f"pick tp from {sorted(set(_divisors(g) + [g * k for k in (2, 4, 8)]))}")
+
+
+def check_layers_pipeline(cfg: RunConfig, res: Resolved) -> None:
+    """validate_args: layers % PP (and layers/PP % layers per virtual stage) without a layout."""
+    p, layers = cfg.parallel, cfg.model.num_layers
+    if res.pipeline_layout is not None or p.pp == 1 and not p.vpp:
+        return
+    stages = p.pp * (p.vpp or 1)
+    if layers % stages:
+        raise ConfigError("parallel", f"pp={p.pp} vpp={p.vpp}",
+                          f"model.num_layers={layers} is not divisible by pp*vpp={stages}",
+                          "set parallel.pipeline_layout=auto for an uneven balanced split, or change pp/vpp")
+
+
+def check_vpp(cfg: RunConfig, res: Resolved) -> None:
+    p = cfg.parallel
+    if p.vpp is not None and p.vpp < 1:
+        raise ConfigError("parallel.vpp", p.vpp, "must be >= 1 or null", "set parallel.vpp=null")
+    if p.vpp and p.vpp > 1 and p.pp == 1:
+        raise ConfigError("parallel.vpp", p.vpp, "virtual pipeline stages need pipeline parallelism (pp > 1)",
+                          "set parallel.pp > 1 or parallel.vpp=null")
+
+
+def check_layout(cfg: RunConfig, res: Resolved) -> None:
+    """pipeline_parallel_layer_layout.validate_layer_layout, on our side."""
+    if res.pipeline_layout is None:
+        return
+    p = cfg.parallel
+    stages = parse_layout(res.pipeline_layout)
+    field, text = "parallel.pipeline_layout", res.pipeline_layout
+    if len(stages) % p.pp:
+        raise ConfigError(field, text, f"{len(stages)} stages are not divisible by pp={p.pp}",
+                          "use a multiple of pp stages")
+    if p.vpp and len(stages) != p.pp * p.vpp:
+        raise ConfigError(field, text, f"{len(stages)} stages but pp*vpp={p.pp * p.vpp}",
+                          "make the stage count pp*vpp or set parallel.vpp=null")
+    flat = "".join(stages)
+    if not stages[0].startswith("E") or flat.count("E") != 1:
+        raise ConfigError(field, text, "the embedding E must open the first stage, once", "start the layout with E")
+    if not stages[-1].endswith("L") or flat.count("L") != 1:
+        raise ConfigError(field, text, "the loss L must close the last stage, once", "end the layout with L")
+    if flat.count("t") != cfg.model.num_layers:
+        raise ConfigError(field, text, f"has {flat.count('t')} decoder layers 't' but model.num_layers="
+                          f"{cfg.model.num_layers}", "make the count of t match")
+    mtp = cfg.model.mtp_num_layers or 0
+    if flat.count("m") != mtp:
+        raise ConfigError(field, text, f"has {flat.count('m')} MTP layers 'm' but model.mtp_num_layers={mtp}",
+                          "make the count of m match")
+
+
+def check_sequence_parallel(cfg: RunConfig, res: Resolved) -> None:
+    """MoELayer raises at train time when TP > 1 without sequence parallelism."""
+    tp = cfg.parallel.tp
+    if tp > 1 and not res.sequence_parallel:
+        raise ConfigError("parallel.sequence_parallel", cfg.parallel.sequence_parallel,
+                          "MoE with tp > 1 requires sequence parallelism", "set parallel.sequence_parallel=true")
+    if tp == 1 and cfg.parallel.sequence_parallel:
+        raise ConfigError("parallel.sequence_parallel", True, "sequence parallelism needs tp > 1",
+                          "set parallel.sequence_parallel=null")
+
+
+def check_context_parallel(cfg: RunConfig, res: Resolved) -> None:
+    cp, seq = cfg.parallel.cp, cfg.train.seq_length
+    if cp > 1 and seq % (2 * cp):
+        raise ConfigError("train.seq_length", seq, f"with cp={cp} it must be divisible by 2*cp={2 * cp}",
+                          f"use a multiple of {2 * cp}")
+    if cp > 1 and res.transformer_impl != "transformer_engine":
+        raise ConfigError("parallel.cp", cp, "context parallelism needs Transformer Engine attention",
+                          "set parallel.cp=1 or model.transformer_impl=transformer_engine on a GPU")
+
+
+def check_seq_vs_positions(cfg: RunConfig, res: Resolved) -> None:
+    seq, maxpos = cfg.train.seq_length, cfg.model.max_position_embeddings
+    if seq > maxpos:
+        raise ConfigError("train.seq_length", seq, f"exceeds model.max_position_embeddings={maxpos}",
+                          f"lower train.seq_length or set model.max_position_embeddings={seq}")
+
+
+def check_batch(cfg: RunConfig, res: Resolved) -> None:
+    """Microbatch calculator: GBS % (MBS * DP) == 0."""
+    t = cfg.train
+    dp = res.data_parallel_size(cfg)
+    if t.micro_batch_size < 1 or t.global_batch_size % (t.micro_batch_size * dp):
+        raise ConfigError("train.global_batch_size", t.global_batch_size,
+                          f"must be a multiple of micro_batch_size*dp = {t.micro_batch_size}*{dp}",
+                          f"use a multiple of {max(1, t.micro_batch_size) * dp}")
+
+
+def check_recompute(cfg: RunConfig, res: Resolved) -> None:
+    """TransformerConfig recompute rules."""
+    r = cfg.recompute
+    _choice("recompute.granularity", r.granularity, ("none", "selective", "full"))
+    for mod in r.modules:
+        _choice("recompute.modules", mod, RECOMPUTE_MODULES)
+    if r.granularity == "selective":
+        if not r.modules:
+            raise ConfigError("recompute.modules", [], "selective recompute needs at least one module",
+                              f"list modules from {', '.join(RECOMPUTE_MODULES)}")
+        if r.method or r.num_layers:
+            raise ConfigError("recompute.method", r.method, "selective recompute takes no method/num_layers",
+                              "set recompute.method=null recompute.num_layers=null")
+    elif r.granularity == "full":
+        if r.method not in ("uniform", "block") or not r.num_layers:
+            raise ConfigError("recompute.method", r.method, "full recompute needs method uniform|block and "
+                              "num_layers >= 1", "set recompute.method=uniform recompute.num_layers=1")
+        if r.modules:
+            raise ConfigError("recompute.modules", list(r.modules), "full recompute takes no module list",
+                              "set recompute.modules=[] or granularity=selective")
+    elif r.modules or r.method:
+        raise ConfigError("recompute.granularity", "none", "modules/method given but recompute is off",
+                          "set recompute.granularity=selective (or full)")
+
+
+def check_recompute_prerequisites(cfg: RunConfig, res: Resolved) -> None:
+    mods, te = set(cfg.recompute.modules), res.transformer_impl == "transformer_engine"
+    if "moe_act" in mods and not (cfg.model.moe_grouped_gemm and te):
+        raise ConfigError("recompute.modules", "moe_act", "needs grouped-GEMM experts (Transformer Engine and "
+                          "model.moe_grouped_gemm=true)", "drop moe_act or enable both")
+    if "layernorm" in mods and not te:
+        # CheckpointWithoutOutput references TE's FP8 state manager even in bf16 (random.py:693)
+        raise ConfigError("recompute.modules", "layernorm", "output-discarding recompute needs Transformer "
+                          "Engine", "drop layernorm or run with model.transformer_impl=transformer_engine")
+    if "mla_up_proj" in mods:
+        raise ConfigError("recompute.modules", "mla_up_proj", "needs multi-latent attention (not in this model)",
+                          "drop mla_up_proj")
+    if "gdn_norm_out" in mods:
+        raise ConfigError("recompute.modules", "gdn_norm_out", "needs gated delta-net layers (not in this model)",
+                          "drop gdn_norm_out")
+    if "shared_experts" in mods:
+        if not cfg.model.moe_shared_expert_intermediate_size:
+            raise ConfigError("recompute.modules", "shared_experts", "the model has no shared expert",
+                              "drop shared_experts")
+        if cfg.dispatcher.shared_expert_overlap:
+            raise ConfigError("recompute.modules", "shared_experts", "incompatible with "
+                              "dispatcher.shared_expert_overlap", "set dispatcher.shared_expert_overlap=false")
+
+
+def check_dispatcher(cfg: RunConfig, res: Resolved) -> None:
+    d = cfg.dispatcher
+    _choice("dispatcher.type", d.type, DISPATCHERS)
+    if d.type == "flex":
+        if d.flex_backend is None:
+            raise ConfigError("dispatcher.flex_backend", None, "the flex dispatcher needs a backend",
+                              f"set dispatcher.flex_backend to one of {', '.join(FLEX_BACKENDS)}")
+        _choice("dispatcher.flex_backend", d.flex_backend, FLEX_BACKENDS)
+        if res.device != "cuda" or res.transformer_impl != "transformer_engine":
+            raise ConfigError("dispatcher.type", "flex", f"the {d.flex_backend} backend needs CUDA GPUs and "
+                              "Transformer Engine", "use dispatcher=alltoall here")
+    elif d.flex_backend is not None:
+        raise ConfigError("dispatcher.flex_backend", d.flex_backend, f"only used with type=flex, not {d.type}",
+                          "set dispatcher=deepep (or hybridep/ncclep), or dispatcher.flex_backend=null")
+    if d.shared_expert_overlap:
+        if d.type == "allgather":
+            raise ConfigError("dispatcher.shared_expert_overlap", True, "needs the alltoall or flex dispatcher",
+                              "use dispatcher=alltoall")
+        if not cfg.model.moe_shared_expert_intermediate_size:
+            raise ConfigError("dispatcher.shared_expert_overlap", True, "the model has no shared expert",
+                              "set dispatcher.shared_expert_overlap=false")
+    if (d.permute_fusion or d.router_fusion) and res.transformer_impl != "transformer_engine":
+        raise ConfigError("dispatcher.permute_fusion" if d.permute_fusion else "dispatcher.router_fusion", True,
+                          "fused permute/router kernels come from Transformer Engine",
+                          "set it to false or run with Transformer Engine")
+
+
+def check_router(cfg: RunConfig, res: Resolved) -> None:
+    m = cfg.model
+    _choice("model.moe_router_score_function", m.moe_router_score_function, ("softmax", "sigmoid", "sqrtsoftplus"))
+    if m.moe_router_enable_expert_bias and m.moe_router_score_function == "softmax":
+        raise ConfigError("model.moe_router_enable_expert_bias", True, "expert bias needs a sigmoid or "
+                          "sqrtsoftplus score function", "set model.moe_router_score_function=sigmoid")
+    if m.moe_router_num_groups:
+        if m.num_experts % m.moe_router_num_groups:
+            raise ConfigError("model.moe_router_num_groups", m.moe_router_num_groups,
+                              f"model.num_experts={m.num_experts} is not divisible by it",
+                              f"pick from {_divisors(m.num_experts)}")
+        if not m.moe_router_group_topk or m.moe_router_group_topk > m.moe_router_num_groups:
+            raise ConfigError("model.moe_router_group_topk", m.moe_router_group_topk,
+                              f"must be between 1 and moe_router_num_groups={m.moe_router_num_groups}",
+                              "set it in that range")
+    if m.moe_router_topk == 1 and m.moe_router_score_function == "softmax" and not m.moe_router_pre_softmax:
+        raise ConfigError("model.moe_router_pre_softmax", False, "top-1 softmax routing needs pre-softmax "
+                          "(softmax over one logit is constant)", "set model.moe_router_pre_softmax=true")
+
+
+def check_routing(cfg: RunConfig, res: Resolved) -> None:
+    _choice("train.routing", cfg.train.routing, ("dropless", "forced_balance"))
+
+
+def check_precision(cfg: RunConfig, res: Resolved) -> None:
+    pr = cfg.precision
+    _choice("precision.params_dtype", pr.params_dtype, ("bf16", "fp16", "fp32"))
+    if pr.fp8_format is not None or pr.fp8_recipe is not None:
+        _choice("precision.fp8_format", pr.fp8_format, ("e4m3", "hybrid"))
+        _choice("precision.fp8_recipe", pr.fp8_recipe, FP8_RECIPES)
+        if res.transformer_impl != "transformer_engine":
+            raise ConfigError("precision.fp8_recipe", pr.fp8_recipe, "FP8 needs Transformer Engine on a GPU",
+                              "use precision=bf16 here")
+    if pr.use_precision_aware_optimizer and not cfg.parallel.use_distributed_optimizer:
+        raise ConfigError("precision.use_precision_aware_optimizer", True, "needs the distributed optimizer",
+                          "set parallel.use_distributed_optimizer=true")
+
+
+def check_overlap(cfg: RunConfig, res: Resolved) -> None:
+    p = cfg.parallel
+    if p.overlap_param_gather and not (p.use_distributed_optimizer and p.overlap_grad_reduce):
+        raise ConfigError("parallel.overlap_param_gather", True, "needs use_distributed_optimizer and "
+                          "overlap_grad_reduce", "set parallel.overlap_param_gather=false or enable both")
+
+
+def check_cpu_run(cfg: RunConfig, res: Resolved) -> None:
+    """What the CPU (gloo, local spec) path cannot do."""
+    if res.device != "cpu":
+        return
+    if res.transformer_impl != "local":
+        raise ConfigError("model.transformer_impl", res.transformer_impl, "a CPU run needs the local spec",
+                          "set model.transformer_impl=auto (or local)")
+    if cfg.parallel.tp > 1 or cfg.parallel.cp > 1:
+        raise ConfigError("parallel.tp" if cfg.parallel.tp > 1 else "parallel.cp",
+                          max(cfg.parallel.tp, cfg.parallel.cp), "CPU runs support data, expert and pipeline "
+                          "parallelism only (torch norms reject sequence parallelism)", "set it to 1 on CPU")
+    if cfg.parallel.use_megatron_fsdp:
+        raise ConfigError("parallel.use_megatron_fsdp", True, "Megatron FSDP needs CUDA", "set it to false on CPU")
+
+
+def check_executor(cfg: RunConfig, res: Resolved) -> None:
+    _choice("cluster.executor", cfg.cluster.executor, ("local",))
+    if cfg.cluster.executor == "local" and cfg.cluster.nodes > 1 and not cfg.launch.dry_run:
+        raise ConfigError("cluster.nodes", cfg.cluster.nodes, "the local executor runs on this one machine",
+                          "set cluster.nodes=1, or launch.dry_run=true to render a multi-node layout")
+
+
+def check_data(cfg: RunConfig, res: Resolved) -> None:
+    _choice("data.kind", cfg.data.kind, ("mock", "indexed"))
+    if cfg.data.kind == "indexed" and not cfg.data.paths:
+        raise ConfigError("data.paths", [], "indexed data needs at least one .bin/.idx prefix",
+                          "set data.paths=[/path/to/prefix] or data=mock")
+    if cfg.data.kind == "mock" and cfg.data.paths:
+        raise ConfigError("data.paths", list(cfg.data.paths), "mock data reads no files", "set data=indexed")
+
+
+RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
+    check_positive_degrees, check_executor, check_world_dense, check_world_expert, check_experts_divisible_by_ep,
+    check_topk, check_heads_tp, check_query_groups_tp, check_vpp, check_layers_pipeline, check_layout,
+    check_sequence_parallel, check_context_parallel, check_seq_vs_positions, check_batch, check_recompute,
+    check_recompute_prerequisites, check_dispatcher, check_router, check_routing, check_precision,
+    check_overlap, check_cpu_run, check_data,
+)
+
+
+def validate(cfg: RunConfig, res: Resolved) -> None:
+    """Run every rule; the first violation raises ConfigError."""
+    for rule in RULES:
+        rule(cfg, res)

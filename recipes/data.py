@@ -1,0 +1,61 @@
+"""Dataset provider and forward step for MoE GPT pretraining (mock or indexed data)."""
+from __future__ import annotations
+
+import torch
+from megatron.core import mpu
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+from megatron.core.datasets.utils import get_blend_from_list
+from megatron.core.tokenizers.utils.build_tokenizer import build_tokenizer
+from megatron.core.utils import get_batch_on_this_cp_rank
+from megatron.training import get_args
+
+
+def datasets_provider(train_val_test_num_samples, vp_stage=None):
+    """Build train/valid/test datasets. Every rank builds them (mock data is generated, indexed data
+    is memory-mapped), so TP ranks read identical batches without a broadcast."""
+    args = get_args()
+    config = GPTDatasetConfig(
+        random_seed=args.seed,
+        sequence_length=args.seq_length,
+        blend=get_blend_from_list(args.data_path),  # None with --mock-data -> config.mock is True
+        blend_per_split=None,
+        split=args.split,
+        tokenizer=build_tokenizer(args),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=args.create_attention_mask_in_dataloader,
+    )
+    cls = MockGPTDataset if args.mock_data else GPTDataset
+    return BlendedMegatronDatasetBuilder(cls, train_val_test_num_samples, lambda: True, config).build()
+
+
+datasets_provider.is_distributed = True  # Megatron calls the provider on every rank
+
+
+def _batch(data_iterator) -> dict:
+    batch = next(data_iterator)
+    device = torch.cuda.current_device()
+    batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    if mpu.get_context_parallel_world_size() > 1:
+        # zig-zag split of the sequence over CP ranks (load-balanced causal attention)
+        batch = get_batch_on_this_cp_rank(batch, is_hybrid_cp=False, cp_group=mpu.get_context_parallel_group())
+    return batch
+
+
+def forward_step(data_iterator, model):
+    """One micro-batch forward; the loss function returns (sum, token count, log dict) so Megatron
+    normalises per token across micro-batches and data-parallel ranks."""
+    batch = _batch(data_iterator)
+    loss_mask = batch["loss_mask"]
+    output = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"),
+                   labels=batch["labels"], loss_mask=loss_mask)
+
+    def loss_func(output_tensor):
+        mask = loss_mask.view(-1).float()
+        loss = torch.sum(output_tensor.view(-1).float() * mask)
+        num_tokens = mask.sum().to(torch.int)
+        return loss, num_tokens, {"lm loss": torch.cat([loss.detach().view(1), num_tokens.view(1)])}
+
+    return output, loss_func

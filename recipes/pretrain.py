@@ -1,0 +1,71 @@
+"""Training entry, run on every rank by torchrun:
+
+    python -m torch.distributed.run --nproc-per-node N -m recipes.pretrain <megatron argv>
+
+The argv is exactly the launcher's argv.txt. Megatron parses and validates it (its own parser, its
+own validator), then megatron.training.pretrain runs the loop.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+
+def _use_prebuilt_dataset_helpers() -> None:
+    """The megatron-core wheel ships the compiled dataset helpers but no Makefile, and
+    initialize_megatron runs `make` on them (exit 1). Check the shipped module imports instead."""
+    import megatron.core.datasets.utils as dsu
+
+    def compile_helpers():
+        try:
+            import megatron.core.datasets.helpers_cpp  # noqa: F401
+        except ImportError as e:
+            raise RuntimeError(f"megatron-core's compiled dataset helpers do not import here: {e}") from None
+    dsu.compile_helpers = compile_helpers
+
+
+def main(argv: list[str]) -> int:
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from recipes import cpu_compat
+
+    on_cpu = cpu_compat.apply_torch()  # before megatron is imported; no-op on GPUs
+    from megatron.core.enums import ModelType
+    from megatron.training import get_args, pretrain
+    from megatron.training.argument_utils import gpt_config_from_args, pretrain_cfg_container_from_args
+    from megatron.training.arguments import parse_and_validate_args
+
+    if on_cpu:
+        cpu_compat.apply_megatron()
+    _use_prebuilt_dataset_helpers()
+    from recipes import backends, data
+
+    sys.argv = [sys.argv[0], *argv]  # Megatron's parser reads sys.argv: give it exactly our argv
+    args = parse_and_validate_args()
+    try:
+        backends.check_all(args)
+    except backends.BackendError as e:
+        if args.rank == 0:
+            print(f"recipes.pretrain: error: {e}", file=sys.stderr, flush=True)
+        return 3
+    config = pretrain_cfg_container_from_args(args, gpt_config_from_args(args))
+    t0 = time.time()
+    try:
+        pretrain(config, data.datasets_provider, ModelType.encoder_or_decoder, data.forward_step)
+    except SystemExit as e:  # Megatron exits from inside on signals, exit intervals, checkpoint issues
+        if e.code not in (0, None):
+            raise
+    # completed steps: samples consumed / samples per step (no batch-size ramp-up in these recipes)
+    done = get_args().consumed_train_samples // args.global_batch_size
+    if args.rank == 0:
+        print(f"recipes.pretrain: done, iteration {done}/{args.train_iters}, {time.time() - t0:.1f}s "
+              f"({'cpu' if on_cpu else 'cuda'}, world {args.world_size})", flush=True)
+    if done < args.train_iters:
+        return 4  # Megatron stopped early (exit interval, signal) but returned normally
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    raise SystemExit(main(sys.argv[1:]))
