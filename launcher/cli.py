@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         composed, cfg = compose(args)
         plan = build_plan(cfg, detect())
         run_dir = Path(cfg.launch.run_dir) if cfg.launch.run_dir else default_run_dir(cfg)
-        script = write_run_dir(run_dir, composed, plan, Path.cwd())
+        script = write_run_dir(run_dir, composed, plan, Path.cwd(), args)
     except ConfigError as e:
         print(f"moe-launch: error: {e}", file=sys.stderr)
         return 2

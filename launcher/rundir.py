@@ -1,7 +1,7 @@
 """The run directory: everything needed to reproduce a run, written before it starts.
 
   config.yaml   the composed config, as the user's groups and overrides made it
-  plan.json     argv, environment, command, resolved facts (how each "auto" was decided), Megatron's facts
+  plan.json     the moe-launch command, argv, environment, command, resolved facts (how each "auto" was decided), Megatron's facts
   argv.txt      the Megatron argv, one token per line
   command.sh    the exact script a real run executes
   train.log     (real runs) every rank's output
@@ -24,11 +24,13 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def write_run_dir(run_dir: Path, composed: DictConfig, plan: LaunchPlan, workdir: Path) -> Path:
+def write_run_dir(run_dir: Path, composed: DictConfig, plan: LaunchPlan, workdir: Path,
+                  overrides: list[str] | None = None) -> Path:
     """Write the run directory; returns the path of command.sh."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(composed))
-    (run_dir / "plan.json").write_text(json.dumps(plan_record(plan), indent=2) + "\n")
+    record = {"moe_launch": ["moe-launch", *(overrides or [])], **plan_record(plan)}
+    (run_dir / "plan.json").write_text(json.dumps(record, indent=2) + "\n")
     (run_dir / "argv.txt").write_text("\n".join(plan.argv) + "\n")
     script = run_dir / "command.sh"
     script.write_text(render_script(plan, workdir))
