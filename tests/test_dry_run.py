@@ -1,0 +1,122 @@
+"""`python -m launcher` end to end as a subprocess: dry run, user error, --help."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(args: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess:
+    # no GPU visible: the machine probe reports 0 GPUs wherever the suite runs
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "tiny"
+    proc = _run(["model=tiny_moe", "launch.dry_run=true", f"launch.run_dir={run_dir}"])
+    return proc, run_dir
+
+
+def test_dry_run_exits_zero(dry_run):
+    proc, run_dir = dry_run
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "moe-launch: tiny_moe on 1 x cpu" in proc.stdout
+    assert f"moe-launch: run directory {run_dir}" in proc.stdout
+    assert "moe-launch: dry run: nothing started" in proc.stdout
+
+
+def test_dry_run_writes_the_run_directory(dry_run):
+    _, run_dir = dry_run
+    assert sorted(p.name for p in run_dir.iterdir()) == ["argv.txt", "command.sh", "config.yaml", "plan.json"]
+    assert not (run_dir / "train.log").exists() and not (run_dir / "exit.json").exists()
+
+
+def test_config_yaml_is_the_composed_config(dry_run):
+    _, run_dir = dry_run
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["model"]["name"] == "tiny_moe"
+    assert cfg["launch"]["dry_run"] is True and cfg["launch"]["run_dir"] == str(run_dir)
+
+
+def test_argv_txt_matches_plan_json(dry_run):
+    _, run_dir = dry_run
+    plan = json.loads((run_dir / "plan.json").read_text())
+    lines = (run_dir / "argv.txt").read_text().splitlines()
+    assert lines == plan["argv"]
+    assert "--num-experts" in lines and "--mock-data" in lines
+    assert plan["command"][-len(lines):] == lines
+    assert plan["command"][-len(lines) - 2:-len(lines)] == ["-m", "recipes.pretrain"]
+    assert plan["command"][1:3] == ["-m", "torch.distributed.run"]
+    assert plan["resolved"]["device"] == "cpu" and plan["resolved"]["world_size"] == 1
+    assert plan["megatron"]["data_parallel_size"] == 1  # Megatron's validator ran
+    assert plan["env"]["PYTHONUNBUFFERED"] == "1"
+
+
+def test_command_sh_runs_exactly_the_plan(dry_run):
+    _, run_dir = dry_run
+    plan = json.loads((run_dir / "plan.json").read_text())
+    script = (run_dir / "command.sh").read_text()
+    assert os.access(run_dir / "command.sh", os.X_OK)
+    for tok in plan["argv"]:
+        assert shlex.quote(tok) in script, tok
+    # the exec line, continuation lines joined, splits back into plan["command"] token for token
+    exec_part = script[script.index("\nexec ") + len("\nexec "):].replace("\\\n", " ")
+    assert shlex.split(exec_part) == plan["command"]
+    for k, v in plan["env"].items():
+        assert f'export {k}="${{{k}:-{v}}}"' in script
+    assert subprocess.run(["bash", "-n", str(run_dir / "command.sh")]).returncode == 0
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path):
+    proc = _run(["parallel.ep=3", "launch.dry_run=true", f"launch.run_dir={tmp_path / 'bad'}"])
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("moe-launch: error: parallel=")
+    assert "world size 1 is not divisible by ep*etp*pp=3" in lines[0] and "Fix:" in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "bad").exists()
+
+
+def test_compose_error_is_one_line_exit_2(tmp_path):
+    proc = _run(["model=qwen3_30b", f"launch.run_dir={tmp_path / 'bad'}"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "moe-launch: error: model='qwen3_30b': no such option in conf/model/. Fix: did you mean "
+        "model=qwen3_30b_a3b? options: mixtral_8x7b, qwen3_235b_a22b, qwen3_30b_a3b, tiny_moe"]
+
+
+def test_help_lists_the_groups():
+    proc = _run(["--help"])
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "usage: moe-launch" in proc.stdout
+    for group, option in [("model", "qwen3_235b_a22b"), ("parallel", "tp2_pp8_vpp4_ep32"),
+                          ("dispatcher", "deepep"), ("recompute", "norm_act"), ("precision", "fp8_blockwise"),
+                          ("data", "indexed"), ("train", "pretrain"), ("cluster", "local")]:
+        line = next((ln for ln in proc.stdout.splitlines() if ln.strip().startswith(group + " ")), None)
+        assert line is not None, group
+        assert option in line, (group, line)
+
+
+def test_megatron_rejection_is_exit_2_without_traceback(tmp_path):
+    """An argv only Megatron's validator rejects (raw flags bypass our rules) still ends as a user error."""
+    proc = _run(["megatron.raw=[--recompute-granularity,full]", "launch.dry_run=true",
+                 f"launch.run_dir={tmp_path / 'bad'}"])
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("moe-launch: error: megatron='world_size=1': Megatron-Core rejected the argv: ")
+    assert 'recompute_method must be "block" or "uniform"' in last
+    assert not (tmp_path / "bad").exists()
