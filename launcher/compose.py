@@ -1,6 +1,7 @@
 """Compose conf/ with Hydra's compose API and turn its errors into one-line ConfigErrors."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -29,9 +30,18 @@ def _schema_keys(path: str) -> list[str]:
     return list(node.keys()) if isinstance(node, DictConfig) else []
 
 
+def _chain(err: BaseException) -> str:
+    """The error and its causes (Hydra wraps the OmegaConf error that names the key)."""
+    parts = []
+    while err is not None:
+        parts.append(str(err))
+        err = err.__cause__ or err.__context__
+    return "\n".join(parts)
+
+
 def _explain(err: Exception) -> ConfigError:
     """Hydra/OmegaConf error -> field, value, rule, fix (with a did-you-mean)."""
-    text = str(err)
+    text = _chain(err)
     m = re.search(r"Could not find '([\w-]+)/([^']+)'", text)
     if m and m.group(1) in groups():
         group, option = m.groups()
@@ -48,10 +58,31 @@ def _explain(err: Exception) -> ConfigError:
             f"valid keys: {', '.join(_schema_keys(parent))}"
         return ConfigError(full, key, "is not a field of the schema", fix)
     m = re.search(r"full_key: ([\w.\[\]]+)", text)
-    first = " ".join(text.split("\n")[0].split())
     if m:
-        return ConfigError(m.group(1), "?", first.rstrip("."), "check the value's type in launcher/schema.py")
+        # the innermost cause says what is wrong with the value, e.g. "Value 'abc' of type 'str'
+        # could not be converted to Integer"
+        inner = [line.strip() for line in text.split("\n") if line.strip() and ":" not in line[:12]
+                 and "$VALUE" not in line]  # OmegaConf chains its unformatted template too
+        reason = next((line for line in reversed(inner) if line.startswith("Value")), inner[-1])
+        value = re.search(r"Value '([^']*)'", reason)
+        return ConfigError(m.group(1), value.group(1) if value else "?", reason.rstrip("."),
+                           "give it a value of the type launcher/schema.py declares")
+    first = " ".join(text.split("\n")[0].split())
     return ConfigError("overrides", "?", first.rstrip("."), "see `moe-launch --help` for the override syntax")
+
+
+def _reject_unknown_keys(node: DictConfig, schema: type, path: str = "") -> None:
+    """`+key=value` appends keys Hydra does not check against the schema: refuse them here."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        full = f"{path}{key}"
+        if key not in fields:
+            near = closest(str(key), fields)
+            fix = f"did you mean {path}{near}?" if near else f"valid keys: {', '.join(fields)}"
+            raise ConfigError(full, node[key], "is not a field of the schema", fix)
+        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+            _reject_unknown_keys(node[key], sub, full + ".")
 
 
 def compose(overrides: list[str]) -> tuple[DictConfig, RunConfig]:
@@ -65,6 +96,7 @@ def compose(overrides: list[str]) -> tuple[DictConfig, RunConfig]:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             composed = hydra_compose(config_name="config", overrides=overrides)
+        _reject_unknown_keys(composed, RunConfig)
         typed = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as e:
         raise _explain(e) from None

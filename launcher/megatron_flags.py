@@ -15,8 +15,11 @@ from launcher.errors import ConfigError, closest
 @functools.lru_cache(maxsize=1)
 def parser() -> argparse.ArgumentParser:
     """Megatron-Core's full argparse parser (imports megatron.training, and so torch)."""
+    import logging
     import warnings
 
+    # a login node has no CUDA runtime; torch's cpp_extension says so on import, which is expected here
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from megatron.training.arguments import add_megatron_arguments
