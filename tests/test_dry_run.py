@@ -122,3 +122,42 @@ def test_megatron_rejection_is_exit_2_without_traceback(tmp_path):
     assert last.startswith("moe-launch: error: megatron='world_size=1': Megatron-Core rejected the argv: ")
     assert 'recompute_method must be "block" or "uniform"' in last
     assert not (tmp_path / "bad").exists()
+
+
+def _exec_tokens(script: str) -> list[str]:
+    return shlex.split(script[script.index("\nexec ") + len("\nexec "):].replace("\\\n", " "))
+
+
+def test_render_script_quotes_shell_metacharacters(tmp_path):
+    from conftest import make_cfg, PROBE
+    from launcher.plan import build_plan, render_script
+
+    cfg = make_cfg(["model=qwen3_235b_a22b", "parallel=tp2_pp8_vpp4_ep32", "train=pretrain", "cluster.nodes=32",
+                    "cluster.gpus_per_node=8", "launch.dry_run=true", "launch.megatron_validate=false",
+                    "data=indexed", "data.tokenizer_model=Qwen/Qwen3-235B-A22B"])
+    cfg.data.paths = ["0.7", "/data/my corpus/a_text_document", "0.3", "/data/it's/b"]
+    plan = build_plan(cfg, PROBE)
+    assert "Ett|(ttt|)*30ttL" in plan.argv
+    workdir = tmp_path / "work dir"
+    script = render_script(plan, workdir)
+    assert _exec_tokens(script) == plan.command
+    assert f"cd {shlex.quote(str(workdir))}\n" in script
+
+
+def test_render_script_env_defaults_and_caller_wins(tmp_path):
+    from conftest import make_cfg, PROBE
+    from launcher.plan import build_plan, render_script
+
+    cfg = make_cfg(["launch.megatron_validate=false"])
+    weird = 'a "b" $HOME `id` \\n'
+    cfg.cluster.env = {"WEIRD": weird, "NCCL_DEBUG": "INFO"}
+    plan = build_plan(cfg, PROBE)
+    script = render_script(plan, tmp_path)
+    head = script[:script.index("\nexec ")]
+    probe = head + '\nprintf "%s|%s|%s" "$WEIRD" "$NCCL_DEBUG" "$OMP_NUM_THREADS"\n'
+    env = {k: v for k, v in os.environ.items() if k not in ("WEIRD", "NCCL_DEBUG", "OMP_NUM_THREADS")}
+    out = subprocess.run(["bash", "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    assert out == f"{weird}|INFO|2"
+    out = subprocess.run(["bash", "-c", probe], env={**env, "NCCL_DEBUG": "WARN"}, capture_output=True,
+                         text=True, check=True).stdout
+    assert out == f"{weird}|WARN|2"
