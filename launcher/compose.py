@@ -85,6 +85,20 @@ def _reject_unknown_keys(node: DictConfig, schema: type, path: str = "") -> None
             _reject_unknown_keys(node[key], sub, full + ".")
 
 
+# Free-form dict fields: Hydra composes in struct mode, where `megatron.extra={a: 1}` cannot add key a.
+FREE_DICTS = ("megatron.extra", "cluster.env")
+
+
+def _free_dict_overrides(overrides: list[str]) -> list[str]:
+    """Write a plain override of a free-form dict field as Hydra's add-or-override (`++`)."""
+    out = []
+    for ov in overrides:
+        key = ov.split("=", 1)[0]
+        free = not key.startswith(("+", "~")) and any(key == d or key.startswith(d + ".") for d in FREE_DICTS)
+        out.append("++" + ov if free else ov)
+    return out
+
+
 def compose(overrides: list[str]) -> tuple[DictConfig, RunConfig]:
     """Compose conf/config.yaml with overrides; return the DictConfig and the typed RunConfig."""
     from hydra import compose as hydra_compose, initialize_config_dir
@@ -95,7 +109,7 @@ def compose(overrides: list[str]) -> tuple[DictConfig, RunConfig]:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            composed = hydra_compose(config_name="config", overrides=overrides)
+            composed = hydra_compose(config_name="config", overrides=_free_dict_overrides(overrides))
         _reject_unknown_keys(composed, RunConfig)
         typed = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as e:

@@ -58,13 +58,14 @@ def _transformer_impl(cfg: RunConfig, device: str, probe: MachineProbe) -> tuple
 
 
 def balanced_layout(num_layers: int, pp: int, vpp: int, mtp: int = 0) -> str:
-    """Megatron layout string over pp*vpp stages, counting embedding and loss as one layer each.
+    """Megatron layout string over pp*vpp stages, counting embedding, loss and each MTP layer as one
+    layer each (MTP layers sit in the last stage, before the loss).
 
     Example: 94 layers, pp 8, vpp 4 -> 32 stages, (94 + 2) / 32 = 3 units each:
     "Ett|(ttt|)*30ttL" (first and last stage carry 2 layers plus embedding / loss).
     """
     stages = pp * vpp
-    units = num_layers + 2
+    units = num_layers + 2 + mtp
     base, rem = divmod(units, stages)
     sizes = [base] * stages
     order = list(range(1, stages - 1)) + [0, stages - 1] if stages > 2 else list(range(stages))
@@ -72,7 +73,7 @@ def balanced_layout(num_layers: int, pp: int, vpp: int, mtp: int = 0) -> str:
         sizes[i] += 1
     layers = list(sizes)
     layers[0] -= 1
-    layers[-1] -= 1
+    layers[-1] -= 1 + mtp
     if stages == 1:
         layers = [num_layers]
     if min(layers) < 0:

@@ -12,7 +12,10 @@ _CHAR = re.compile(r"([EtmL])\*(\d+)")
 
 def parse_layout(text: str) -> list[str]:
     """Expand repetitions and split into stages: "Ett|(ttt|)*2tL" -> ["Ett", "ttt", "ttt", "tL"]."""
-    s = text.replace(",", "").replace(" ", "")
+    if " " in text or re.search(r"\([^)]*\(", text):
+        raise ConfigError("parallel.pipeline_layout", text, "Megatron's layout syntax has no spaces and no nested "
+                          "groups", "write it flat, e.g. Ett|(ttt|)*30ttL")
+    s = text.replace(",", "")
     while True:
         expanded = _GROUP.sub(lambda m: m.group(1) * int(m.group(2)), s)
         expanded = _CHAR.sub(lambda m: m.group(1) * int(m.group(2)), expanded)

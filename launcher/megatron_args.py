@@ -172,6 +172,16 @@ LAUNCHER_ONLY: dict[str, str] = {
 }
 
 
+# Every flag a schema field can emit (TABLE, SPECIAL, DERIVED): megatron.extra/raw may not set these.
+OWNED_FLAGS: tuple[str, ...] = tuple(flag for _, flag, _ in TABLE) + (
+    "--group-query-attention", "--num-query-groups", "--vocab-size", "--recompute-granularity", "--bf16", "--fp16",
+    "--mock-data", "--data-path", "--moe-router-force-load-balancing",
+    "--transformer-impl", "--moe-grouped-gemm", "--sequence-parallel", "--pipeline-model-parallel-layout",
+    "--num-virtual-stages-per-pipeline-rank", "--num-layers-per-virtual-pipeline-stage",
+    "--no-gradient-accumulation-fusion",
+)
+
+
 def _get(cfg: Any, path: str) -> Any:
     for part in path.split("."):
         cfg = getattr(cfg, part)
@@ -179,7 +189,8 @@ def _get(cfg: Any, path: str) -> Any:
 
 
 def _fmt(value: Any) -> str:
-    return repr(value) if isinstance(value, float) and value != int(value) else str(value)
+    # floats print in full precision (repr); inf/nan pass through for Megatron's parser to judge
+    return repr(value) if isinstance(value, float) and not value.is_integer() else str(value)
 
 
 def table_flags(cfg: RunConfig) -> list[str]:

@@ -7,7 +7,10 @@ Three of Megatron's checks run here, in this order:
    counts, recompute and router rules), then `initialize_model_parallel` over torch's fake process
    group (the world % (TP*PP*CP) and world % (ETP*EP*PP) grid checks), torn down afterwards.
 Megatron reads a few hardware facts while validating (device arch for TP/CP > 1, capability for
-grouped GEMM); on a CPU-only machine they are answered for the target GPU (Hopper, sm_90).
+grouped GEMM); on a CPU-only machine they are answered for the target GPU (Hopper, sm_90). It also
+asks which Transformer Engine is installed (version checks, fused RoPE and permute kernels present);
+where TE is not installed (a login node) and the argv asks for it, that is answered for the TE the
+project pins for GPUs (pyproject's `gpu` extra), with placeholders that are never called.
 """
 from __future__ import annotations
 
@@ -20,6 +23,49 @@ from typing import Iterator
 from launcher.errors import ConfigError
 
 TARGET_CAPABILITY = (9, 0)  # H100/H200; hardware configs will choose this per cluster
+TARGET_TE_VERSION = "2.20.2"  # pyproject.toml: gpu = ["transformer-engine[pytorch]==2.20.2"]
+# TE kernels whose presence (not None) TransformerConfig checks: module -> names
+_TE_KERNELS = {
+    "megatron.core.models.common.embeddings.rope_utils": ("fused_apply_rotary_pos_emb",
+                                                          "fused_apply_rotary_pos_emb_thd"),
+    "megatron.core.transformer.moe.moe_utils": ("fused_permute", "fused_permute_with_probs", "fused_unpermute",
+                                                "fused_sort_chunks_by_index",
+                                                "fused_sort_chunks_by_index_with_probs"),
+}
+
+
+def _te_placeholder(*args, **kwargs):
+    raise RuntimeError("Transformer Engine placeholder used during offline validation")
+
+
+@contextlib.contextmanager
+def _target_te(argv: list[str]) -> Iterator[None]:
+    """Stand in for the pinned TE when the argv asks for TE and this machine has none."""
+    import importlib
+    import importlib.util
+
+    wants_te = "--transformer-impl" in argv and argv[argv.index("--transformer-impl") + 1] == "transformer_engine"
+    if not wants_te or importlib.util.find_spec("transformer_engine") is not None:
+        yield
+        return
+    from packaging.version import Version
+    import megatron.core.utils as mutils
+
+    saved_version = mutils._te_version
+    saved: list[tuple[object, str, object]] = []
+    mutils._te_version = Version(TARGET_TE_VERSION)  # get_te_version() returns this cache
+    for module_name, names in _TE_KERNELS.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            if getattr(module, name, None) is None:
+                saved.append((module, name, getattr(module, name, None)))
+                setattr(module, name, _te_placeholder)
+    try:
+        yield
+    finally:
+        mutils._te_version = saved_version
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 @contextlib.contextmanager
@@ -94,7 +140,8 @@ def megatron_validate(argv: list[str], world_size: int, env: dict[str, str]) -> 
 
         sink = io.StringIO()
         try:
-            with _target_gpu(env), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            with _target_gpu(env), _target_te(argv), contextlib.redirect_stdout(sink), \
+                    contextlib.redirect_stderr(sink):
                 validate_args(args, {})
                 core_transformer_config_from_args(args)
                 _grid(args)
@@ -105,7 +152,8 @@ def megatron_validate(argv: list[str], world_size: int, env: dict[str, str]) -> 
         except (AssertionError, ValueError, RuntimeError, TypeError, KeyError, NotImplementedError) as e:
             msg = " ".join(str(e).split()) or type(e).__name__
             raise ConfigError("megatron", f"world_size={world_size}", f"Megatron-Core rejected the argv: {msg}",
-                              "change the config field behind it (see argv.txt in the run directory)") from None
+                              "change the config field behind that flag (launch.megatron_validate=false "
+                              "launch.dry_run=true writes the argv to inspect)") from None
     return {"data_parallel_size": args.data_parallel_size,
             "virtual_pipeline_model_parallel_size": args.virtual_pipeline_model_parallel_size,
             "num_microbatches": args.global_batch_size // (args.micro_batch_size * args.data_parallel_size)}

@@ -65,7 +65,13 @@ def extra_to_argv(extra: dict[str, Any]) -> list[str]:
     argv: list[str] = []
     for key, value in extra.items():
         action = _action_for(key)
-        if action.nargs == 0:  # store_true / store_false
+        if action.nargs == 0 and key.startswith("-"):  # a flag named as the key: true passes it
+            if value is True:
+                argv.append(key)
+            elif value not in (False, None):
+                raise ConfigError(f"megatron.extra[{key}]", value, "a bare flag takes true or false",
+                                  f"write {key}: true")
+        elif action.nargs == 0:  # a dest named as the key: pick the flag that sets that value
             siblings = [a for a in _by_dest()[action.dest] if a.nargs == 0 and a.option_strings]
             want = bool(value)
             match = [a for a in siblings if a.const is want]
@@ -95,10 +101,16 @@ def dests(argv: list[str]) -> list[str]:
     return [_options()[t.split("=", 1)[0]].dest for t in argv if t.startswith("--") and t.split("=", 1)[0] in _options()]
 
 
-def check_no_duplicates(base: list[str], extra: list[str], field: str) -> None:
-    """A flag the table already emits must be changed through its schema field, not set twice."""
-    seen = set(dests(base))
-    for dest in dests(extra):
+def extra_dests(extra: dict[str, Any]) -> list[str]:
+    """Dest of each megatron.extra key, whether or not its value emits a flag."""
+    return [_action_for(key).dest for key in extra]
+
+
+def check_no_duplicates(owned: list[str], extra_dest_names: list[str], field: str) -> None:
+    """A Megatron argument that a schema field owns (whether or not it is emitted for this config) must
+    be changed through that field: set twice, argparse would silently keep one of them."""
+    seen = set(dests(owned))
+    for dest in extra_dest_names:
         if dest in seen:
             raise ConfigError(field, dest, "is already set by a config field (argparse would keep the last one "
                               "silently)", "change the schema field that maps to it instead")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.derive import Resolved, resolve
-from launcher.megatron_args import resolved_flags, table_flags
+from launcher.megatron_args import OWNED_FLAGS, resolved_flags, table_flags
 from launcher.probe import MachineProbe
 from launcher.schema import RunConfig
 from launcher.validate import validate
@@ -41,12 +41,13 @@ def megatron_argv(cfg: RunConfig, res: Resolved) -> list[str]:
     argv = table_flags(cfg) + resolved_flags(cfg, res)
     extra, raw = dict(cfg.megatron.extra), list(cfg.megatron.raw)
     if extra or raw:
-        from launcher.megatron_flags import check_no_duplicates, check_raw, extra_to_argv
+        from launcher.megatron_flags import check_no_duplicates, check_raw, dests, extra_dests, extra_to_argv
 
+        owned = argv + list(OWNED_FLAGS)
+        check_no_duplicates(owned, extra_dests(extra), "megatron.extra")
         extra_argv = extra_to_argv(extra)
-        check_no_duplicates(argv, extra_argv, "megatron.extra")
         check_raw(raw)
-        check_no_duplicates(argv + extra_argv, raw, "megatron.raw")
+        check_no_duplicates(owned + extra_argv, dests(raw), "megatron.raw")
         argv += extra_argv + raw
     return argv
 

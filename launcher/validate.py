@@ -37,30 +37,31 @@ def check_positive_degrees(cfg: RunConfig, res: Resolved) -> None:
         v = getattr(cfg.parallel, name)
         if v < 1:
             raise ConfigError(f"parallel.{name}", v, "parallel degrees must be >= 1", f"set parallel.{name}=1")
-    if cfg.cluster.nodes < 1 or res.nproc_per_node < 1:
+    if cfg.cluster.nodes < 1:
+        raise ConfigError("cluster.nodes", cfg.cluster.nodes, "need at least one node", "set cluster.nodes=1")
+    if res.nproc_per_node < 1:
         raise ConfigError("cluster.gpus_per_node", res.nproc_per_node, "need at least one process per node",
                           "set cluster.gpus_per_node (or run where a GPU is visible)")
 
 
-def check_world_dense(cfg: RunConfig, res: Resolved) -> None:
-    """initialize_model_parallel: world % (TP*PP*CP) == 0."""
-    p = cfg.parallel
-    size = p.tp * p.pp * p.cp
+def _world_multiple_of(res: Resolved, size: int, names: str, value: str) -> None:
+    """Megatron builds its process groups by dividing the world by `size` (initialize_model_parallel)."""
     if res.world_size % size:
-        raise ConfigError("parallel", f"tp={p.tp} pp={p.pp} cp={p.cp}",
-                          f"world size {res.world_size} is not divisible by tp*pp*cp={size}",
+        raise ConfigError("parallel", value, f"world size {res.world_size} is not divisible by {names}={size}",
                           f"use a world size that is a multiple of {size} (cluster.nodes x gpus_per_node) "
                           "or change the layout")
 
 
-def check_world_expert(cfg: RunConfig, res: Resolved) -> None:
-    """initialize_model_parallel: world % (ETP*EP*PP) == 0."""
+def check_world_dense(cfg: RunConfig, res: Resolved) -> None:
+    """world % (TP*PP*CP) == 0: the dense (attention) grid."""
     p = cfg.parallel
-    size = p.etp * p.ep * p.pp
-    if res.world_size % size:
-        raise ConfigError("parallel", f"ep={p.ep} etp={p.etp} pp={p.pp}",
-                          f"world size {res.world_size} is not divisible by ep*etp*pp={size}",
-                          f"pick ep so that ep*etp*pp divides {res.world_size}")
+    _world_multiple_of(res, p.tp * p.pp * p.cp, "tp*pp*cp", f"tp={p.tp} pp={p.pp} cp={p.cp}")
+
+
+def check_world_expert(cfg: RunConfig, res: Resolved) -> None:
+    """world % (ETP*EP*PP) == 0: the expert grid."""
+    p = cfg.parallel
+    _world_multiple_of(res, p.etp * p.ep * p.pp, "ep*etp*pp", f"ep={p.ep} etp={p.etp} pp={p.pp}")
 
 
 def check_experts_divisible_by_ep(cfg: RunConfig, res: Resolved) -> None:
@@ -326,6 +327,10 @@ def check_data(cfg: RunConfig, res: Resolved) -> None:
     if cfg.data.kind == "indexed" and not cfg.data.paths:
         raise ConfigError("data.paths", [], "indexed data needs at least one .bin/.idx prefix",
                           "set data.paths=[/path/to/prefix] or data=mock")
+    if cfg.data.tokenizer_type != "NullTokenizer" and not cfg.data.tokenizer_model:
+        # Megatron's build_tokenizer would only fail once every rank has started
+        raise ConfigError("data.tokenizer_model", None, f"{cfg.data.tokenizer_type} needs a tokenizer model",
+                          "set data.tokenizer_model (e.g. a Hugging Face id or a path)")
     if cfg.data.kind == "mock" and cfg.data.paths:
         raise ConfigError("data.paths", list(cfg.data.paths), "mock data reads no files", "set data=indexed")
 

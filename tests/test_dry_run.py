@@ -112,7 +112,7 @@ def test_help_lists_the_groups():
 
 def test_megatron_rejection_is_exit_2_without_traceback(tmp_path):
     """An argv only Megatron's validator rejects (raw flags bypass our rules) still ends as a user error."""
-    proc = _run(["megatron.raw=[--recompute-granularity,full]", "launch.dry_run=true",
+    proc = _run(["megatron.raw=[--distribute-saved-activations]", "launch.dry_run=true",
                  f"launch.run_dir={tmp_path / 'bad'}"])
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -120,7 +120,7 @@ def test_megatron_rejection_is_exit_2_without_traceback(tmp_path):
     assert len(lines) == 1, proc.stderr  # importing torch/megatron adds no notices on the login node
     last = lines[0]
     assert last.startswith("moe-launch: error: megatron='world_size=1': Megatron-Core rejected the argv: ")
-    assert 'recompute_method must be "block" or "uniform"' in last
+    assert "can distribute recomputed activations only across tensor model parallel groups" in last
     assert not (tmp_path / "bad").exists()
 
 

@@ -119,14 +119,8 @@ INVALID = [
     ("bad_routing", ["train.routing=balanced"], "train.routing", r"must be one of dropless, forced_balance"),
     ("bad_gradient_accumulation_fusion", ["train.gradient_accumulation_fusion=yes"],
      "train.gradient_accumulation_fusion", r"must be auto, true or false"),
-    pytest.param("zero_nodes", ["cluster.nodes=0"], "cluster.nodes", r"cluster\.nodes=0",
-                 marks=pytest.mark.xfail(strict=True, reason="BUG launcher/validate.py check_positive_degrees: "
-                                         "nodes < 1 is reported as cluster.gpus_per_node=<nproc>")),
-    pytest.param("indexed_hf_tokenizer_without_model", ["data=indexed", "data.paths=[/data/a]"],
-                 "data.tokenizer_model", r"tokenizer",
-                 marks=pytest.mark.xfail(strict=True, reason="BUG launcher/validate.py check_data: "
-                                         "HuggingFaceTokenizer without data.tokenizer_model passes every "
-                                         "check and fails only when training starts")),
+    ("zero_nodes", ["cluster.nodes=0"], "cluster.nodes", r"cluster\.nodes=0"),
+    ("indexed_hf_tokenizer_without_model", ["data=indexed", "data.paths=[/data/a]"], "data.tokenizer_model", r"tokenizer"),
 ]
 
 

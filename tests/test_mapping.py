@@ -212,24 +212,15 @@ def test_extra_and_raw_setting_the_same_dest_is_rejected():
     assert ei.value.field == "megatron.raw" and ei.value.value == "moe_input_jitter_eps"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG launcher/megatron_flags.py extra_to_argv: a flag-name key is read "
-                   "as its dest's value, so {'--no-overlap-p2p-communication': true} (dest=True, Megatron's "
-                   "default) emits nothing, silently dropping the flag the user named")
 def test_extra_flag_name_true_emits_that_flag():
     assert extra_to_argv({"--no-overlap-p2p-communication": True}) == ["--no-overlap-p2p-communication"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG launcher/megatron_flags.py check_no_duplicates: compares only the "
-                   "flags extra emits, so an extra for a dest a schema field owns is silently dropped when it "
-                   "emits nothing (use_distributed_optimizer: false keeps --use-distributed-optimizer)")
 def test_extra_turning_off_a_table_flag_is_rejected():
     with pytest.raises(ConfigError, match="already set by a config field"):
         plan_for(["+megatron.extra.use_distributed_optimizer=false"], validate_megatron=False)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="BUG launcher/megatron_args.py _fmt: `value != int(value)` raises OverflowError for "
-                   "float('inf') (ValueError for nan), a traceback instead of a flag or a ConfigError")
 def test_infinite_float_renders():
     plan = plan_for(["train.clip_grad=inf"], validate_megatron=False)
     i = plan.argv.index("--clip-grad")
