@@ -168,6 +168,7 @@ LAUNCHER_ONLY: dict[str, str] = {
     "precision.name": "names the precision option",
     "cluster": "where to run: becomes the torchrun/srun command and environment, not Megatron flags",
     "launch": "what the launcher does (dry run, run directory, validation)",
+    "hardware": "the target system: MFU peaks, topology and node layout, not Megatron flags",
     "megatron": "the escape hatch itself, appended after the table's flags",
 }
 

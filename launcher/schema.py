@@ -219,6 +219,25 @@ class ClusterConfig:
 
 
 @dataclass
+class HardwareConfig:
+    """The GPU system a job targets: used for MFU, topology checks and the Slurm node layout."""
+
+    name: str = MISSING
+    gpu: str = MISSING
+    """GPU model as nvidia-smi names it, e.g. "NVIDIA H100 80GB HBM3"."""
+    gpus_per_node: int = 8
+    nvlink_domain: int = 8
+    """GPUs that share one NVLink domain (8 on HGX boards, 72 on NVL72 racks)."""
+    peak_tflops_bf16: float = MISSING
+    """Dense BF16 tensor-core peak per GPU (vendor datasheet, no sparsity)."""
+    peak_tflops_fp8: float = MISSING
+    """Dense FP8 tensor-core peak per GPU (vendor datasheet, no sparsity)."""
+    memory_gib: float = MISSING
+    compute_capability: str = MISSING
+    """e.g. "9.0" (Hopper), "10.0" (Blackwell)."""
+
+
+@dataclass
 class MegatronConfig:
     """Escape hatch for any Megatron flag the schema does not model."""
 
@@ -254,6 +273,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
     megatron: MegatronConfig = field(default_factory=MegatronConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 

@@ -11,7 +11,7 @@ from launcher.compose import CONF_DIR, compose, group_options, groups
 from launcher.errors import ConfigError
 from launcher.schema import ModelConfig, RunConfig
 
-GROUPS = ["cluster", "data", "dispatcher", "model", "parallel", "precision", "recompute", "train"]
+GROUPS = ["cluster", "data", "dispatcher", "hardware", "model", "parallel", "precision", "recompute", "train"]
 
 def test_group_listing_matches_conf_tree():
     assert groups() == GROUPS
