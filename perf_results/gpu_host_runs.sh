@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU-host runs behind perf_results/*.md, exactly as executed (after the staging in
-# ../shared/gpu-host/README.md). usage: bash perf_results/gpu_host_runs.sh tests|tiny|qwen3 OUTDIR
+# ../shared/gpu-host/README.md). usage: bash perf_results/gpu_host_runs.sh tests|tiny|qwen3|failures|mbs OUTDIR
 set -uo pipefail
 source /root/gpu-host.env
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -33,6 +33,30 @@ case $what in
         cluster.gpus_per_node=2 launch.run_dir=/tmp/runs/qwen3_30b_a3b_8l_ep2_$routing > /tmp/q.out 2>&1
       echo "$routing rc=$?"; grep -E "iteration +20/|error" /tmp/q.out | tail -3
       keep qwen3_30b_a3b_8l_ep2_$routing
+    done
+    ;;
+  failures)  # real failing runs, kept as test data for the failure classifier (one GPU)
+    fail() {
+      local name=$1; shift
+      python3 -m launcher cluster.gpus_per_node=1 launch.run_dir=/tmp/runs/$name "$@" > /tmp/$name.out 2>&1
+      echo "$name rc=$?"; mkdir -p "$out/$name"
+      cp /tmp/runs/$name/train.log /tmp/runs/$name/exit.json "$out/$name/" 2>/dev/null || cp /tmp/$name.out "$out/$name/"
+    }
+    # 8 Qwen3-30B-A3B layers (~5.6B parameters) with Adam on one 80 GB GPU: out of memory
+    fail oom_qwen3_8l_1gpu model=qwen3_30b_a3b model.num_layers=8 train=pretrain train.micro_batch_size=4 \
+      train.global_batch_size=8 train.train_iters=5
+    # an absurd learning rate without clipping: the loss and gradients blow up to NaN/inf
+    fail nan_tiny_lr1e9 train.lr=1e9 train.min_lr=1e8 train.clip_grad=0 train.lr_warmup_iters=0 train.train_iters=10
+    fail missing_backend_deepep dispatcher=deepep train.train_iters=2
+    fail missing_backend_ncclep dispatcher=ncclep train.train_iters=2
+    ;;
+  mbs)  # issue 6 baseline: Qwen3-30B-A3B shape cut to 4 layers on one GPU, seq 4096, BF16, alltoall
+    for mbs in 1 2 4; do
+      name=qwen3_30b_a3b_4l_1gpu_mbs$mbs
+      python3 -m launcher model=qwen3_30b_a3b model.num_layers=4 train=pretrain train.micro_batch_size=$mbs \
+        train.global_batch_size=8 train.train_iters=15 cluster.gpus_per_node=1 launch.run_dir=/tmp/runs/$name \
+        > /tmp/$name.out 2>&1
+      echo "$name rc=$?"; grep -E "iteration +15/" /tmp/$name.out | tail -1; keep $name
     done
     ;;
 esac
