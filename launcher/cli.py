@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_help())
         return 0
     try:
+        from launcher import executors
         from launcher.compose import compose
         from launcher.plan import build_plan
         from launcher.probe import detect
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         composed, cfg = compose(args)
         plan = build_plan(cfg, detect())
         run_dir = Path(cfg.launch.run_dir) if cfg.launch.run_dir else default_run_dir(cfg)
-        script = write_run_dir(run_dir, composed, plan, Path.cwd(), args)
+        entry_text = executors.render_entry(cfg, plan, run_dir)  # sbatch.sh / container.sh: checked first
+        script = write_run_dir(run_dir, composed, plan, executors.workdir(cfg), args)
+        script = executors.write_entry(cfg, run_dir, entry_text, script)
     except ConfigError as e:
         print(f"moe-launch: error: {e}", file=sys.stderr)
         return 2
@@ -56,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"moe-launch: run directory {run_dir}")
     if cfg.launch.dry_run:
         print(script.read_text(), end="")
-        print(f"moe-launch: dry run: nothing started; run it with: bash {script}")
+        print(f"moe-launch: dry run: nothing started; run it with: {executors.how_to_run(cfg, script)}")
         return 0
+    if cfg.cluster.executor != "local":
+        return executors.execute(cfg, script)
     from launcher.executors.local import run_local
 
     rc = run_local(script)

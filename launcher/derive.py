@@ -39,6 +39,9 @@ def _device(cfg: RunConfig, probe: MachineProbe) -> tuple[str, str]:
         raise ConfigError("cluster.device", c.device, "must be one of auto, cuda, cpu", "pick one of those")
     if c.gpus_per_node is not None:
         return "cuda", "device=cuda: cluster.gpus_per_node is set"
+    if c.executor == "slurm":
+        # this is a login node: what it has says nothing about the compute nodes
+        return "cuda", "device=cuda: Slurm compute nodes (set cluster.device=cpu for CPU nodes)"
     if probe.gpus > 0:
         return "cuda", f"device=cuda: {probe.gpus} GPU(s) visible on this machine"
     return "cpu", "device=cpu: no GPU visible (nvidia-smi); CPU runs use gloo and the local spec"
@@ -50,8 +53,9 @@ def _transformer_impl(cfg: RunConfig, device: str, probe: MachineProbe) -> tuple
         return impl, None
     if device == "cpu":
         return "local", "transformer_impl=local: CPU run (Transformer Engine needs CUDA)"
-    if probe.gpus > 0 and not probe.transformer_engine:
-        # this machine is the one that runs: we can see TE is missing here
+    if probe.gpus > 0 and not probe.transformer_engine and cfg.cluster.executor == "local":
+        # this machine is the one that runs: we can see TE is missing here (Slurm nodes and container
+        # images have their own environment)
         return "local", ("transformer_impl=local: transformer_engine is not installed here "
                          "(pip install -e '.[gpu]' for fused attention and grouped GEMM)")
     return "transformer_engine", None
@@ -121,6 +125,9 @@ def resolve(cfg: RunConfig, probe: MachineProbe) -> Resolved:
     c = cfg.cluster
     if c.gpus_per_node is not None:
         nproc = c.gpus_per_node
+    elif device == "cuda" and c.executor == "slurm":
+        nproc = cfg.hardware.gpus_per_node
+        notes.append(f"tasks per node={nproc}: hardware.gpus_per_node ({cfg.hardware.name})")
     elif device == "cuda":
         nproc = probe.gpus
         notes.append(f"gpus_per_node={nproc} (detected)")

@@ -75,6 +75,8 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("dispatcher.permute_fusion", "--moe-permute-fusion", TRUE),
     ("dispatcher.router_fusion", "--moe-router-fusion", TRUE),
     ("dispatcher.shared_expert_overlap", "--moe-shared-expert-overlap", TRUE),
+    ("dispatcher.overlap_moe_expert_parallel_comm", "--overlap-moe-expert-parallel-comm", TRUE),
+    ("dispatcher.delay_wgrad_compute", "--delay-wgrad-compute", TRUE),
     # recompute (granularity is SPECIAL: "none" emits nothing)
     ("recompute.modules", "--recompute-modules", LIST),
     ("recompute.method", "--recompute-method", VALUE),
@@ -100,6 +102,8 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("train.global_batch_size", "--global-batch-size", VALUE),
     ("train.train_iters", "--train-iters", VALUE),
     ("train.optimizer", "--optimizer", VALUE),
+    ("train.optimizer_cpu_offload", "--optimizer-cpu-offload", TRUE),
+    ("train.overlap_cpu_optimizer_d2h_h2d", "--overlap-cpu-optimizer-d2h-h2d", TRUE),
     ("train.lr", "--lr", VALUE),
     ("train.min_lr", "--min-lr", VALUE),
     ("train.lr_decay_style", "--lr-decay-style", VALUE),
@@ -117,6 +121,10 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("train.load", "--load", VALUE),
     ("train.manual_gc", "--manual-gc", TRUE),
     ("train.manual_gc_interval", "--manual-gc-interval", VALUE),
+    ("train.profile", "--profile", TRUE),
+    ("train.profile_step_start", "--profile-step-start", VALUE),
+    ("train.profile_step_end", "--profile-step-end", VALUE),
+    ("train.profile_ranks", "--profile-ranks", LIST),
 )
 
 
@@ -166,7 +174,7 @@ DERIVED = frozenset({
 LAUNCHER_ONLY: dict[str, str] = {
     "model.name": "names the run",
     "precision.name": "names the precision option",
-    "cluster": "where to run: becomes the torchrun/srun command and environment, not Megatron flags",
+    "cluster": "where to run: becomes the torchrun/srun/sbatch/docker command and environment, not Megatron flags",
     "launch": "what the launcher does (dry run, run directory, validation)",
     "hardware": "the target system: MFU peaks, topology and node layout, not Megatron flags",
     "megatron": "the escape hatch itself, appended after the table's flags",

@@ -30,6 +30,8 @@ class LaunchPlan:
     resolved: Resolved
     megatron: dict = field(default_factory=dict)
     """Facts Megatron's validator derived (data parallel size, microbatches)."""
+    rank_env: dict[str, str] = field(default_factory=dict)
+    """Per-rank variables read from the process launcher's variables (Slurm: RANK <- SLURM_PROCID)."""
 
     @property
     def command(self) -> list[str]:
@@ -54,7 +56,12 @@ def megatron_argv(cfg: RunConfig, res: Resolved) -> list[str]:
 
 def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
     env = {"PYTHONUNBUFFERED": "1"}  # rank output reaches the log as it happens
-    if cfg.parallel.tp > 1 or cfg.parallel.cp > 1:
+    if cfg.dispatcher.overlap_moe_expert_parallel_comm:
+        # the overlapped 1F1B schedule runs dispatch/combine on their own streams: they need more hardware
+        # queues (validate_args then only warns about TP/CP), and TE's norms leave SMs for the comm kernels
+        env["CUDA_DEVICE_MAX_CONNECTIONS"] = "32"
+        env["NVTE_FWD_LAYERNORM_SM_MARGIN"] = env["NVTE_BWD_LAYERNORM_SM_MARGIN"] = "24"
+    elif cfg.parallel.tp > 1 or cfg.parallel.cp > 1:
         # one hardware queue keeps TP/CP communication kernels ordered ahead of the GEMMs they overlap
         # (validate_args requires it on Hopper and older)
         env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
@@ -82,7 +89,10 @@ def build_plan(cfg: RunConfig, probe: MachineProbe, python: Optional[str] = None
         from launcher.megatron_check import megatron_validate
 
         facts = megatron_validate(argv, res.world_size, env)
-    return LaunchPlan(argv=argv, env=env, launcher=torchrun(cfg, res, python), resolved=res, megatron=facts)
+    from launcher.executors import process_launcher
+
+    launcher, rank_env = process_launcher(cfg, res, python)
+    return LaunchPlan(argv=argv, env=env, launcher=launcher, resolved=res, megatron=facts, rank_env=rank_env)
 
 
 def render_script(plan: LaunchPlan, workdir: Path) -> str:
@@ -91,6 +101,9 @@ def render_script(plan: LaunchPlan, workdir: Path) -> str:
              "set -euo pipefail", f"cd {shlex.quote(str(workdir))}"]
     for k, v in plan.env.items():
         lines.append(f'export {k}="${{{k}:-{_dq(v)}}}"  # the calling shell\'s value wins')
+    if plan.rank_env:
+        lines.append("# this rank's place in the job, from the process launcher")
+        lines += [f'export {k}="${{{v}}}"' for k, v in plan.rank_env.items()]
     head = [shlex.quote(t) for t in plan.launcher] + ["-m", ENTRY_MODULE]
     lines.append("exec " + " ".join(head) + " \\")
     lines += _argv_lines(plan.argv)

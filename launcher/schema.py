@@ -117,6 +117,11 @@ class DispatcherConfig:
     """Fused router top-k/softmax (needs Transformer Engine >= 2.7)."""
     shared_expert_overlap: bool = False
     """Overlap shared-expert compute with dispatch (alltoall/flex only)."""
+    overlap_moe_expert_parallel_comm: bool = False
+    """Hide the EP all-to-all behind another microbatch's compute (1F1B A2A overlap; EP > 1,
+    alltoall or flex, VPP when PP > 1, no full recompute). ModelZoo's A2A_OVERLAP=1."""
+    delay_wgrad_compute: bool = False
+    """Delay expert weight-gradient GEMMs to overlap them with the combine (needs the overlap above, TE)."""
 
 
 @dataclass
@@ -179,6 +184,10 @@ class TrainConfig:
     routing: str = "dropless"
     """dropless (real router) or forced_balance (benchmarking: random balanced routing)."""
     optimizer: str = "adam"
+    optimizer_cpu_offload: bool = False
+    """Keep optimizer states on the CPU and step there (needs precision.use_precision_aware_optimizer)."""
+    overlap_cpu_optimizer_d2h_h2d: bool = False
+    """Overlap the offloaded optimizer's device<->host copies with compute."""
     lr: float = 3e-4
     min_lr: float = 3e-5
     lr_decay_style: str = "cosine"
@@ -196,6 +205,15 @@ class TrainConfig:
     load: Optional[str] = None
     manual_gc: bool = True
     manual_gc_interval: int = 10
+    profile: bool = False
+    """Megatron's profiler range: cudaProfilerStart/Stop around the profile steps on profile_ranks (what
+    `nsys profile --capture-range=cudaProfilerApi` records), or torch.profiler with megatron.extra."""
+    profile_step_start: Optional[int] = None
+    """None = Megatron's default (10)."""
+    profile_step_end: Optional[int] = None
+    """None = Megatron's default (12)."""
+    profile_ranks: list[int] = field(default_factory=list)
+    """Global ranks that profile; empty = every rank (Megatron's default)."""
     gradient_accumulation_fusion: str = "auto"
     """true, false, or auto (on when APEX's fused kernel is importable where the run starts)."""
 
@@ -205,17 +223,53 @@ class ClusterConfig:
     """Where and on how many GPUs the job runs."""
 
     executor: str = "local"
-    """local: torchrun on this machine."""
+    """local: torchrun on this machine; slurm: an sbatch script, one srun task per GPU;
+    container: torchrun inside `docker run` (or podman) on this machine."""
     nodes: int = 1
     gpus_per_node: Optional[int] = None
-    """None = detected on the machine that launches (local executor); CPU runs use nproc."""
+    """None = detected on the machine that launches (local executor), hardware.gpus_per_node for
+    Slurm (8, or 4 on GB200/GB300); CPU runs use nproc_cpu."""
     device: str = "auto"
-    """cuda, cpu, or auto (cuda when nvidia-smi lists a GPU)."""
+    """cuda, cpu, or auto (local: cuda when nvidia-smi lists a GPU; slurm: cuda)."""
     nproc_cpu: int = 1
     """Processes for CPU (gloo) runs when no GPU is present."""
     master_port: int = 29500
     env: dict[str, str] = field(default_factory=dict)
     """Extra process environment for every rank (a value set in the calling shell wins)."""
+    python: Optional[str] = None
+    """Interpreter each rank runs; None = this one (sys.executable), or `python` inside a container."""
+    launch_prefix: list[str] = field(default_factory=list)
+    """Tokens in front of the per-rank (Slurm) or torchrun (local, container) command, e.g. nsys."""
+    # --- Slurm (executor=slurm); values that become #SBATCH lines are checked, the rest shell-quoted ---
+    account: Optional[str] = None
+    partition: Optional[str] = None
+    time: Optional[str] = None
+    """Wall-clock limit in a Slurm time format (MM, HH:MM:SS, D-HH:MM:SS); None = partition default."""
+    job_name: Optional[str] = None
+    """None = moe-<launch.name or model.name>."""
+    output: Optional[str] = None
+    """Slurm output file (a Slurm filename pattern); None = <run_dir>/train.log."""
+    exclusive: bool = True
+    segment: Optional[str] = "auto"
+    """Slurm --segment (nodes per block) so each EP x TP group stays in one NVLink domain: auto
+    (computed where the domain spans nodes, e.g. GB200 NVL72), a node count, or null (never)."""
+    sbatch_extra: list[str] = field(default_factory=list)
+    """More #SBATCH directives, e.g. [qos=high, gpus-per-node=8]."""
+    srun_extra: list[str] = field(default_factory=list)
+    """More srun arguments, e.g. [--mpi=pmix]."""
+    follow: bool = False
+    """After sbatch: wait for the job, print its state changes; exit 0 only when it COMPLETED."""
+    follow_timeout_s: int = 86400
+    """Longest wait when following (the job keeps running after moe-launch stops waiting)."""
+    # --- containers: pyxis flags on srun (slurm), or `docker run`/`podman run` (executor=container) ---
+    container_image: Optional[str] = None
+    """Image to run in; None = no container (Slurm runs on the nodes' own environment)."""
+    container_mounts: list[str] = field(default_factory=list)
+    """SRC:DST[:FLAGS] bind mounts; the working directory and run directory are added."""
+    container_workdir: Optional[str] = None
+    """Working directory inside the container; None = this directory, mounted at the same path."""
+    container_runtime: str = "docker"
+    """docker or podman (executor=container)."""
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from launcher.cluster_checks import CLUSTER_RULES
 from launcher.derive import Resolved
 from launcher.errors import ConfigError, closest
 from launcher.layout import parse_layout
@@ -179,6 +180,16 @@ def check_batch(cfg: RunConfig, res: Resolved) -> None:
                           f"use a multiple of {max(1, t.micro_batch_size) * dp}")
 
 
+def check_lr_schedule(cfg: RunConfig, res: Resolved) -> None:
+    """OptimizerParamScheduler asserts warmup < decay steps (decay = train_iters) inside pretrain(),
+    after the model is built; validate_args does not check it."""
+    t = cfg.train
+    if t.lr_warmup_iters >= t.train_iters:
+        raise ConfigError("train.lr_warmup_iters", t.lr_warmup_iters,
+                          f"warm-up must be shorter than train.train_iters={t.train_iters} (Megatron decays over "
+                          "the remaining steps)", f"set train.lr_warmup_iters below {t.train_iters}")
+
+
 def check_recompute(cfg: RunConfig, res: Resolved) -> None:
     """TransformerConfig recompute rules."""
     r = cfg.recompute
@@ -293,11 +304,72 @@ def check_precision(cfg: RunConfig, res: Resolved) -> None:
                           "set parallel.use_distributed_optimizer=true")
 
 
+def check_fp8_hardware(cfg: RunConfig, res: Resolved) -> None:
+    """MXFP8 scales blocks of 32 values with E8M0 exponents in the tensor cores of Blackwell (sm_100+) only."""
+    cc = cfg.hardware.compute_capability
+    if cfg.precision.fp8_recipe == "mxfp8" and int(cc.split(".")[0]) < 10:
+        raise ConfigError("precision.fp8_recipe", "mxfp8", f"needs Blackwell (compute capability >= 10); "
+                          f"hardware={cfg.hardware.name} is {cc}", "use hardware=b200 (gb200, gb300) or "
+                          "precision=fp8_blockwise on Hopper")
+
+
+def check_optimizer_offload(cfg: RunConfig, res: Resolved) -> None:
+    """validate_args: CPU offload reuses the precision-aware optimizer's code path; with FP8 parameter
+    gather it supports delayed scaling only."""
+    t, pr = cfg.train, cfg.precision
+    if t.overlap_cpu_optimizer_d2h_h2d and not t.optimizer_cpu_offload:
+        raise ConfigError("train.overlap_cpu_optimizer_d2h_h2d", True, "overlaps the offloaded optimizer's copies",
+                          "set train.optimizer_cpu_offload=true or drop it")
+    if t.optimizer_cpu_offload and not pr.use_precision_aware_optimizer:
+        raise ConfigError("train.optimizer_cpu_offload", True, "needs precision.use_precision_aware_optimizer=true",
+                          "set precision.use_precision_aware_optimizer=true")
+    if t.optimizer_cpu_offload and pr.fp8_param_gather and pr.fp8_recipe != "delayed":
+        raise ConfigError("train.optimizer_cpu_offload", True, f"with precision.fp8_param_gather needs fp8_recipe "
+                          f"delayed, not {pr.fp8_recipe}", "set precision.fp8_param_gather=false")
+
+
 def check_overlap(cfg: RunConfig, res: Resolved) -> None:
     p = cfg.parallel
     if p.overlap_param_gather and not (p.use_distributed_optimizer and p.overlap_grad_reduce):
         raise ConfigError("parallel.overlap_param_gather", True, "needs use_distributed_optimizer and "
                           "overlap_grad_reduce", "set parallel.overlap_param_gather=false or enable both")
+
+
+def check_ep_overlap_layout(cfg: RunConfig, res: Resolved) -> None:
+    """TransformerConfig: the 1F1B A2A overlap interleaves two microbatches' EP all-to-alls on CUDA streams."""
+    d, p, field = cfg.dispatcher, cfg.parallel, "dispatcher.overlap_moe_expert_parallel_comm"
+    if not d.overlap_moe_expert_parallel_comm:
+        if d.delay_wgrad_compute:
+            raise ConfigError("dispatcher.delay_wgrad_compute", True, f"needs {field}=true", f"set {field}=true")
+        return
+    if p.ep < 2:
+        raise ConfigError(field, True, "overlaps expert-parallel communication: needs parallel.ep > 1",
+                          "set parallel.ep >= 2 or turn the overlap off")
+    if d.type not in ("alltoall", "flex"):
+        raise ConfigError(field, True, f"needs the alltoall or flex dispatcher, not {d.type}", "use dispatcher=alltoall")
+    if p.pp > 1 and (p.vpp or 1) < 2:
+        raise ConfigError(field, True, "with pp > 1 needs the interleaved schedule (virtual pipeline stages)",
+                          "set parallel.vpp >= 2")
+    if res.device != "cuda" or (d.delay_wgrad_compute and res.transformer_impl != "transformer_engine"):
+        raise ConfigError(field, True, "needs CUDA streams (and Transformer Engine for delay_wgrad_compute)",
+                          "turn it off here")
+
+
+def check_ep_overlap_conflicts(cfg: RunConfig, res: Resolved) -> None:
+    """TransformerConfig: what the overlapped schedule cannot split or recompute."""
+    if not cfg.dispatcher.overlap_moe_expert_parallel_comm:
+        return
+    field, r = "dispatcher.overlap_moe_expert_parallel_comm", cfg.recompute
+    if r.granularity == "full" or "moe" in r.modules:
+        raise ConfigError(field, True, "cannot recompute the whole layer or MoE block it splits",
+                          "use recompute=norm_act (or none) with the overlap")
+    if cfg.precision.params_dtype not in ("bf16", "fp16"):
+        raise ConfigError(field, True, f"needs a bf16 or fp16 model, not {cfg.precision.params_dtype}",
+                          "use precision=bf16")
+    if cfg.dispatcher.shared_expert_overlap:
+        raise ConfigError(field, True, "replaces dispatcher.shared_expert_overlap", "set that to false")
+    if (cfg.model.mtp_num_layers or 0) > 1:
+        raise ConfigError(field, True, "supports at most one MTP layer", "set model.mtp_num_layers to 1 or null")
 
 
 def check_cpu_run(cfg: RunConfig, res: Resolved) -> None:
@@ -316,10 +388,12 @@ def check_cpu_run(cfg: RunConfig, res: Resolved) -> None:
 
 
 def check_executor(cfg: RunConfig, res: Resolved) -> None:
-    _choice("cluster.executor", cfg.cluster.executor, ("local",))
-    if cfg.cluster.executor == "local" and cfg.cluster.nodes > 1 and not cfg.launch.dry_run:
-        raise ConfigError("cluster.nodes", cfg.cluster.nodes, "the local executor runs on this one machine",
-                          "set cluster.nodes=1, or launch.dry_run=true to render a multi-node layout")
+    c = cfg.cluster
+    _choice("cluster.executor", c.executor, ("local", "slurm", "container"))
+    if c.executor != "slurm" and c.nodes > 1 and not cfg.launch.dry_run:
+        raise ConfigError("cluster.nodes", c.nodes, f"the {c.executor} executor runs on this one machine",
+                          "set cluster.nodes=1, cluster=slurm for several nodes, or launch.dry_run=true to render "
+                          "a multi-node layout")
 
 
 def check_data(cfg: RunConfig, res: Resolved) -> None:
@@ -336,11 +410,13 @@ def check_data(cfg: RunConfig, res: Resolved) -> None:
 
 
 RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
-    check_positive_degrees, check_executor, check_world_dense, check_world_expert, check_experts_divisible_by_ep,
+    check_positive_degrees, check_executor, *CLUSTER_RULES, check_world_dense, check_world_expert, check_experts_divisible_by_ep,
     check_topk, check_heads_tp, check_query_groups_tp, check_vpp, check_layers_pipeline, check_layout,
-    check_sequence_parallel, check_context_parallel, check_seq_vs_positions, check_batch, check_recompute,
+    check_sequence_parallel, check_context_parallel, check_seq_vs_positions, check_batch, check_lr_schedule,
+    check_recompute,
     check_recompute_prerequisites, check_dispatcher, check_router, check_routing, check_precision,
-    check_overlap, check_cpu_run, check_data,
+    check_fp8_hardware, check_optimizer_offload, check_overlap, check_ep_overlap_layout, check_ep_overlap_conflicts,
+    check_cpu_run, check_data,
 )
 
 

@@ -42,7 +42,9 @@ case $what in
       echo "$name rc=$?"; mkdir -p "$out/$name"
       cp /tmp/runs/$name/train.log /tmp/runs/$name/exit.json "$out/$name/" 2>/dev/null || cp /tmp/$name.out "$out/$name/"
     }
-    # 8 Qwen3-30B-A3B layers (~5.6B parameters) with Adam on one 80 GB GPU: out of memory
+    # meant as an OOM, this first version asserted earlier: warm-up 10 >= 5 steps (Megatron's LR scheduler,
+    # inside pretrain); launcher/validate.py check_lr_schedule now refuses it on the login node, and the
+    # OOM sample comes from the `mbs` case (MBS 4)
     fail oom_qwen3_8l_1gpu model=qwen3_30b_a3b model.num_layers=8 train=pretrain train.micro_batch_size=4 \
       train.global_batch_size=8 train.train_iters=5
     # an absurd learning rate without clipping: the loss and gradients blow up to NaN/inf

@@ -111,7 +111,7 @@ INVALID = [
     ("fsdp_on_cpu", ["parallel.use_megatron_fsdp=true"], "parallel.use_megatron_fsdp", r"Megatron FSDP needs CUDA"),
     ("multi_node_local_without_dry_run", ["cluster.nodes=2", *G8], "cluster.nodes",
      r"the local executor runs on this one machine.*launch\.dry_run=true"),
-    ("unknown_executor", ["cluster.executor=slurm"], "cluster.executor", r"must be one of local"),
+    ("unknown_executor", ["cluster.executor=pbs"], "cluster.executor", r"must be one of local, slurm, container"),
     ("bad_device", ["cluster.device=tpu"], "cluster.device", r"must be one of auto, cuda, cpu"),
     ("zero_degree", ["parallel.ep=0"], "parallel.ep", r"parallel degrees must be >= 1"),
     ("indexed_data_without_paths", ["data=indexed"], "data.paths", r"indexed data needs at least one"),
@@ -120,6 +120,9 @@ INVALID = [
     ("bad_gradient_accumulation_fusion", ["train.gradient_accumulation_fusion=yes"],
      "train.gradient_accumulation_fusion", r"must be auto, true or false"),
     ("zero_nodes", ["cluster.nodes=0"], "cluster.nodes", r"cluster\.nodes=0"),
+    # found on the GPU host: Megatron's validate_args accepts it, then OptimizerParamScheduler asserts
+    ("warmup_not_shorter_than_training", ["train=pretrain", "train.train_iters=5"], "train.lr_warmup_iters",
+     r"warm-up must be shorter than train\.train_iters=5"),
     ("indexed_hf_tokenizer_without_model", ["data=indexed", "data.paths=[/data/a]"], "data.tokenizer_model", r"tokenizer"),
 ]
 
