@@ -58,8 +58,9 @@ def hydra_quote(value: str) -> str:
     return f"'{out}'"
 
 
-# left unquoted (readable): starts with a letter or /, no Hydra syntax, not a word Hydra would type
-PLAIN = re.compile(r"[A-Za-z/][A-Za-z0-9_./:@%+-]*")
+# left unquoted (readable): a whole number as Hydra reads it back, or a word that starts with a letter
+# or / and holds no Hydra syntax and is not one Hydra would type (null, true, ...)
+PLAIN = re.compile(r"0|[1-9][0-9]*|[A-Za-z/][A-Za-z0-9_./:@%+-]*")
 TYPED_WORDS = ("null", "true", "false", "nan", "inf")
 
 
@@ -77,15 +78,19 @@ class Overrides:
 
     def __init__(self) -> None:
         self.items: dict[str, tuple[str, str]] = {}  # key -> (override text, where it came from)
+        self.weak: set[str] = set()  # keys set from a model default: an explicit value replaces them
 
-    def set(self, key: str, text: str, source: str) -> None:
-        if key in self.items and self.items[key][0] != text:
+    def set(self, key: str, text: str, source: str, weak: bool = False) -> None:
+        if key in self.items and self.items[key][0] != text and key not in self.weak:
             raise ConfigError(source, text.split("=", 1)[1], f"sets {key}, which {self.items[key][1]} already set "
                               f"to {self.items[key][0].split('=', 1)[1]}", "give it once")
+        if key in self.items and key not in self.weak and weak:
+            return
         self.items[key] = (text, source)
+        (self.weak.add if weak else self.weak.discard)(key)
 
-    def value(self, key: str, text: str, source: str) -> None:
-        self.set(key, f"{key}={hydra_value(text)}", source)
+    def value(self, key: str, text: str, source: str, weak: bool = False) -> None:
+        self.set(key, f"{key}={hydra_value(text)}", source, weak)
 
     def argv(self) -> list[str]:
         return [text for text, _ in self.items.values()]
@@ -121,6 +126,15 @@ def _model(env: Mapping[str, str]) -> str:
                       f"did you mean {near}?" if near else "set MODEL to one of those")
 
 
+def _max_positions(model: str) -> Optional[int]:
+    import yaml
+
+    from launcher.compose import CONF_DIR
+
+    value = yaml.safe_load((CONF_DIR / "model" / f"{model}.yaml").read_text()).get("max_position_embeddings")
+    return int(value) if value is not None else None
+
+
 def _choice(env: Mapping[str, str], name: str, options, default: Optional[str]) -> Optional[str]:
     value = env.get(name) or default
     if value is not None and value not in options:
@@ -137,7 +151,13 @@ def env_overrides(env: Mapping[str, str], run_dir: Path) -> Overrides:
     ov = Overrides()
     model = _model(env)
     defaults = {k: str(v) for k, v in DEFAULTS.get(model, {}).items()}
-    merged = {**defaults, **{k: v for k, v in env.items() if v != ""}}
+    given = {k: v for k, v in env.items() if v != ""}
+    merged = {**defaults, **given}
+
+    def src(name: str) -> dict:
+        """Where a value came from; a model default is weak (a trailing flag may replace it)."""
+        return {"source": name, "weak": False} if name in given else \
+            {"source": f"{name} (ModelZoo default for {model})", "weak": True}
     ov.set("model", f"model={model}", "MODEL")
     ov.set("cluster", "cluster=slurm", "sbatch_benchmarking.sh")
     ov.set("train", "train=pretrain", "sbatch_benchmarking.sh")
@@ -145,18 +165,21 @@ def env_overrides(env: Mapping[str, str], run_dir: Path) -> Overrides:
     for name, key in INTS.items():
         n = _int(merged, name)
         if n is not None:
-            ov.set(key, f"{key}={n}", name)
+            ov.set(key, f"{key}={n}", **src(name))
     vpp = _int(merged, "VPP")
     if vpp is not None:
         if vpp > 1:
-            ov.set("parallel.vpp", f"parallel.vpp={vpp}", "VPP")
+            ov.set("parallel.vpp", f"parallel.vpp={vpp}", **src("VPP"))
         else:
-            ov.set("parallel.vpp", "parallel.vpp=null", "VPP")
+            ov.set("parallel.vpp", "parallel.vpp=null", **src("VPP"))
     if (_int(merged, "PP") or 1) > 1:
-        ov.value("parallel.pipeline_layout", "auto", "PP")  # ModelZoo counts embedding and loss as layers too
+        ov.value("parallel.pipeline_layout", "auto", **src("PP"))  # ModelZoo counts embedding and loss as layers too
+    seq, max_pos = _int(merged, "SEQ_LEN"), _max_positions(model)
+    if seq and max_pos and seq > max_pos:  # as ModelZoo does: longer sequences widen the position table
+        ov.set("model.max_position_embeddings", f"model.max_position_embeddings={seq}", **src("SEQ_LEN"))
     for name, key in STRINGS.items():
         if merged.get(name):
-            ov.value(key, merged[name], name)
+            ov.value(key, merged[name], **src(name))
     hardware = _choice(merged, "HARDWARE", group_options("hardware"), None)
     if hardware:
         ov.set("hardware", f"hardware={hardware}", "HARDWARE")
@@ -168,7 +191,7 @@ def env_overrides(env: Mapping[str, str], run_dir: Path) -> Overrides:
     ov.set("precision", f"precision={PRECISIONS[_choice(merged, 'PR', tuple(PRECISIONS), 'bf16')]}", "PR")
     dispatcher = _choice(merged, "DISPATCHER", DISPATCHERS, None)
     if dispatcher:
-        ov.set("dispatcher", f"dispatcher={dispatcher}", "DISPATCHER")
+        ov.set("dispatcher", f"dispatcher={dispatcher}", **src("DISPATCHER"))
     if merged.get("MOE_GROUPED_GEMM"):
         ov.set("model.moe_grouped_gemm", f"model.moe_grouped_gemm={_choice(merged, 'MOE_GROUPED_GEMM', ('true', 'false'), None)}",
                "MOE_GROUPED_GEMM")
