@@ -1,7 +1,7 @@
 """The run directory: everything needed to reproduce a run, written before it starts.
 
   config.yaml   the composed config, as the user's groups and overrides made it
-  plan.json     the moe-launch command, argv, environment, command, resolved facts (how each "auto" was decided), Megatron's facts
+  plan.json     the moe-launch command, the project's git commit, argv, environment, command, resolved facts (how each "auto" was decided), Megatron's facts
   argv.txt      the Megatron argv, one token per line
   command.sh    the exact script a real run executes
   train.log     (real runs) every rank's output
@@ -29,7 +29,10 @@ def write_run_dir(run_dir: Path, composed: DictConfig, plan: LaunchPlan, workdir
     """Write the run directory; returns the path of command.sh."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(composed))
-    record = {"moe_launch": ["moe-launch", *(overrides or [])], **plan_record(plan)}
+    from launcher.provenance import code_version
+
+    code = code_version(Path(__file__).resolve().parent.parent)  # this project's commit (record.py reads it)
+    record = {"moe_launch": ["moe-launch", *(overrides or [])], "code": code, **plan_record(plan)}
     (run_dir / "plan.json").write_text(json.dumps(record, indent=2) + "\n")
     (run_dir / "argv.txt").write_text("\n".join(plan.argv) + "\n")
     script = run_dir / "command.sh"

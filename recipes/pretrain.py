@@ -43,6 +43,10 @@ def main(argv: list[str]) -> int:
 
     sys.argv = [sys.argv[0], *argv]  # Megatron's parser reads sys.argv: give it exactly our argv
     args = parse_and_validate_args()
+    if args.rank == 0:
+        from recipes import runinfo
+
+        runinfo.write()  # versions.json in MOE_RUN_DIR (set by the launcher's executor): what this run ran on
     try:
         backends.check_all(args)
     except backends.BackendError as e:
