@@ -250,7 +250,10 @@ def plot_across(records: list[dict], refs: dict, path: Path) -> Path:
                         va="center", fontsize=7, color="tab:red")
     ax.set_yticks(range(len(ok)), [f"{r['name']}\n{r['system']['world_size']}x "
                                    f"{r['system']['hardware'] or _gpu(r).replace(' (model not recorded)', '?')}, "
-                                   f"{r['routing'].replace('_', ' ')}" for r in ok], fontsize=7)
+                                   f"{r['routing'].replace('_', ' ')}"
+                                   + (f", {r['transformer_impl']} layers"
+                                      if r.get("transformer_impl") not in (None, "transformer_engine") else "")
+                                   for r in ok], fontsize=7)
     ax.set_xlabel("TFLOP/s/GPU, median of the steady-state window (bar: p10-p90)")
     ax.set_title("Throughput across runs")
     if ax.get_legend_handles_labels()[1]:
