@@ -6,6 +6,7 @@ and written to the run directory).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -61,6 +62,50 @@ def _transformer_impl(cfg: RunConfig, device: str, probe: MachineProbe) -> tuple
     return "transformer_engine", None
 
 
+_PATTERN = re.compile(r"[,\d\[\]()+*]+")  # what Megatron's _eval_pattern accepts
+
+
+def eval_layer_pattern(text: str) -> list[int]:
+    """A Megatron list expression such as "([0]*3+[1]*58)" -> its list (Megatron evaluates the same
+    characters: digits, brackets, parentheses, + * and commas)."""
+    if not _PATTERN.fullmatch(text.replace(" ", "")):
+        raise ValueError(f"not a Megatron layer pattern: {text!r}")
+    value = eval(text, {"__builtins__": {}}, {})  # noqa: S307 - only the characters above
+    if not isinstance(value, list) or any(v not in (0, 1) for v in value):
+        raise ValueError(f"layer pattern {text!r} must be a list of 0 and 1")
+    return value
+
+
+def moe_layer_freq(cfg: RunConfig) -> str:
+    """The --moe-layer-freq value: model.moe_first_k_dense (dense first K layers, following
+    model.num_layers) or model.moe_layer_freq as written."""
+    m = cfg.model
+    k = m.moe_first_k_dense
+    return m.moe_layer_freq if not k else f"([0]*{k}+[1]*{m.num_layers - k})"
+
+
+def moe_layer_pattern(cfg: RunConfig) -> list[int]:
+    """1 (MoE) or 0 (dense MLP) for each decoder layer, as Megatron builds them."""
+    text, n = moe_layer_freq(cfg), cfg.model.num_layers
+    if "[" in text:
+        return eval_layer_pattern(text)
+    freq = int(text)
+    return [1 if i % freq == 0 else 0 for i in range(n)]
+
+
+def linear_attention_pattern(cfg: RunConfig) -> list[int]:
+    """1 (linear attention, gated delta net) or 0 (full attention) for each decoder layer; all 0
+    without an experimental attention variant."""
+    m = cfg.model
+    if m.experimental_attention_variant != "gated_delta_net" or m.linear_attention_freq is None:
+        return [0] * m.num_layers
+    text = m.linear_attention_freq
+    if "[" in text:
+        return eval_layer_pattern(text)
+    freq = int(text)
+    return [0 if (i + 1) % freq == 0 else 1 for i in range(m.num_layers)]
+
+
 def balanced_layout(num_layers: int, pp: int, vpp: int, mtp: int = 0) -> str:
     """Megatron layout string over pp*vpp stages, counting embedding, loss and each MTP layer as one
     layer each (MTP layers sit in the last stage, before the loss).
@@ -78,6 +123,10 @@ def balanced_layout(num_layers: int, pp: int, vpp: int, mtp: int = 0) -> str:
     layers = list(sizes)
     layers[0] -= 1
     layers[-1] -= 1 + mtp
+    while mtp and layers[-1] < 0 and max(layers[:-1]) > 1:
+        # the last stage holds the loss and every MTP layer: it takes a decoder layer's place
+        layers[layers.index(max(layers[:-1]))] -= 1
+        layers[-1] += 1
     if stages == 1:
         layers = [num_layers]
     if min(layers) < 0:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from launcher.derive import Resolved
+from launcher.derive import Resolved, moe_layer_freq
 from launcher.schema import RunConfig
 
 VALUE, TRUE, FALSE, LIST = "value", "true", "false", "list"
@@ -58,6 +58,30 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("model.moe_router_num_groups", "--moe-router-num-groups", VALUE),
     ("model.moe_router_group_topk", "--moe-router-group-topk", VALUE),
     ("model.mtp_num_layers", "--mtp-num-layers", VALUE),
+    ("model.moe_shared_expert_gate", "--moe-shared-expert-gate", TRUE),
+    # attention variants, norms, RoPE scaling
+    ("model.add_qkv_bias", "--add-qkv-bias", TRUE),
+    ("model.attention_output_gate", "--attention-output-gate", TRUE),
+    ("model.layernorm_zero_centered_gamma", "--apply-layernorm-1p", TRUE),
+    ("model.rope_type", "--rope-type", VALUE),
+    ("model.rotary_scaling_factor", "--rotary-scaling-factor", VALUE),
+    ("model.mscale", "--mscale", VALUE),
+    ("model.mscale_all_dim", "--mscale-all-dim", VALUE),
+    # multi-latent attention
+    ("model.multi_latent_attention", "--multi-latent-attention", TRUE),
+    ("model.q_lora_rank", "--q-lora-rank", VALUE),
+    ("model.kv_lora_rank", "--kv-lora-rank", VALUE),
+    ("model.qk_head_dim", "--qk-head-dim", VALUE),
+    ("model.qk_pos_emb_head_dim", "--qk-pos-emb-head-dim", VALUE),
+    ("model.v_head_dim", "--v-head-dim", VALUE),
+    # gated delta net (hybrid linear attention)
+    ("model.experimental_attention_variant", "--experimental-attention-variant", VALUE),
+    ("model.linear_attention_freq", "--linear-attention-freq", VALUE),
+    ("model.linear_conv_kernel_dim", "--linear-conv-kernel-dim", VALUE),
+    ("model.linear_key_head_dim", "--linear-key-head-dim", VALUE),
+    ("model.linear_value_head_dim", "--linear-value-head-dim", VALUE),
+    ("model.linear_num_key_heads", "--linear-num-key-heads", VALUE),
+    ("model.linear_num_value_heads", "--linear-num-value-heads", VALUE),
     # parallel layout
     ("parallel.tp", "--tensor-model-parallel-size", VALUE),
     ("parallel.pp", "--pipeline-model-parallel-size", VALUE),
@@ -67,7 +91,6 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("parallel.use_distributed_optimizer", "--use-distributed-optimizer", TRUE),
     ("parallel.overlap_grad_reduce", "--overlap-grad-reduce", TRUE),
     ("parallel.overlap_param_gather", "--overlap-param-gather", TRUE),
-    ("parallel.use_megatron_fsdp", "--use-megatron-fsdp", TRUE),
     # dispatcher
     ("dispatcher.type", "--moe-token-dispatcher-type", VALUE),
     ("dispatcher.flex_backend", "--moe-flex-dispatcher-backend", VALUE),
@@ -125,6 +148,8 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("train.profile_step_start", "--profile-step-start", VALUE),
     ("train.profile_step_end", "--profile-step-end", VALUE),
     ("train.profile_ranks", "--profile-ranks", LIST),
+    ("train.cuda_graph_impl", "--cuda-graph-impl", VALUE),
+    ("train.cuda_graph_modules", "--cuda-graph-modules", LIST),
 )
 
 
@@ -155,6 +180,11 @@ def _routing(cfg: RunConfig) -> list[str]:
     return ["--moe-router-force-load-balancing"] if cfg.train.routing == "forced_balance" else []
 
 
+def _fsdp(cfg: RunConfig) -> list[str]:
+    # validate_args: Megatron FSDP checkpoints only in its fsdp_dtensor format
+    return ["--use-megatron-fsdp", "--ckpt-format", "fsdp_dtensor"] if cfg.parallel.use_megatron_fsdp else []
+
+
 SPECIAL: dict[str, Callable[[RunConfig], list[str]]] = {
     "model.num_query_groups": _gqa,
     "model.vocab_size": _vocab,
@@ -163,6 +193,7 @@ SPECIAL: dict[str, Callable[[RunConfig], list[str]]] = {
     "data.kind": _data,
     "data.paths": _data,
     "train.routing": _routing,
+    "parallel.use_megatron_fsdp": _fsdp,
 }
 
 # Resolved per launch (derive.py) and emitted by resolved_flags().
@@ -173,6 +204,7 @@ DERIVED = frozenset({
 
 LAUNCHER_ONLY: dict[str, str] = {
     "model.name": "names the run",
+    "model.moe_first_k_dense": "folded into the --moe-layer-freq row (COMPUTED: derive.moe_layer_freq)",
     "precision.name": "names the precision option",
     "cluster": "where to run: becomes the torchrun/srun/sbatch/docker command and environment, not Megatron flags",
     "launch": "what the launcher does (dry run, run directory, validation)",
@@ -184,14 +216,22 @@ LAUNCHER_ONLY: dict[str, str] = {
 # Every flag a schema field can emit (TABLE, SPECIAL, DERIVED): megatron.extra/raw may not set these.
 OWNED_FLAGS: tuple[str, ...] = tuple(flag for _, flag, _ in TABLE) + (
     "--group-query-attention", "--num-query-groups", "--vocab-size", "--recompute-granularity", "--bf16", "--fp16",
-    "--mock-data", "--data-path", "--moe-router-force-load-balancing",
+    "--mock-data", "--data-path", "--moe-router-force-load-balancing", "--use-megatron-fsdp",
     "--transformer-impl", "--moe-grouped-gemm", "--sequence-parallel", "--pipeline-model-parallel-layout",
     "--num-virtual-stages-per-pipeline-rank", "--num-layers-per-virtual-pipeline-stage",
     "--no-gradient-accumulation-fusion",
 )
 
 
+# TABLE rows whose value is computed from more than one field.
+COMPUTED: dict[str, Callable[[RunConfig], Any]] = {
+    "model.moe_layer_freq": moe_layer_freq,  # model.moe_first_k_dense follows model.num_layers
+}
+
+
 def _get(cfg: Any, path: str) -> Any:
+    if path in COMPUTED:
+        return COMPUTED[path](cfg)
     for part in path.split("."):
         cfg = getattr(cfg, part)
     return cfg

@@ -72,6 +72,50 @@ class ModelConfig:
     """Grouped GEMM for experts (Transformer Engine only; ignored by the local spec)."""
     mtp_num_layers: Optional[int] = None
     """Multi-token-prediction layers (DeepSeek-V3 style); None = off."""
+    moe_first_k_dense: Optional[int] = None
+    """Dense MLP in the first K layers, MoE after (DeepSeek's first_k_dense_replace): emitted as
+    --moe-layer-freq "([0]*K+[1]*(num_layers-K))", so it follows model.num_layers. Excludes a
+    list-valued moe_layer_freq."""
+    moe_shared_expert_gate: bool = False
+    """Sigmoid gate on the shared expert's output (Qwen2-MoE, Qwen3-Next)."""
+    add_qkv_bias: bool = False
+    """Bias on the query/key/value projections only (Qwen2)."""
+    attention_output_gate: bool = False
+    """Sigmoid gate on the attention output, computed from the input (Qwen3-Next gated attention)."""
+    layernorm_zero_centered_gamma: bool = False
+    """Zero-centred norm weight, y = x_norm * (1 + gamma) (Qwen3-Next); Megatron's --apply-layernorm-1p."""
+    rope_type: Optional[str] = None
+    """MLA RoPE: yarn or rope; None = Megatron's default (yarn with MLA, rope otherwise)."""
+    rotary_scaling_factor: Optional[float] = None
+    """YaRN scaling factor (MLA); None = Megatron's default (1.0)."""
+    mscale: Optional[float] = None
+    """YaRN mscale (MLA); None = Megatron's default (1.0)."""
+    mscale_all_dim: Optional[float] = None
+    """YaRN mscale_all_dim (MLA); None = Megatron's default (0.0)."""
+    # --- multi-latent attention (DeepSeek-V2/V3, Kimi-K2); needs Transformer Engine ---
+    multi_latent_attention: bool = False
+    q_lora_rank: Optional[int] = None
+    """Query compression rank; None = no query compression (V2-Lite)."""
+    kv_lora_rank: Optional[int] = None
+    """Key/value compression rank; None = Megatron's default (32: set it with MLA)."""
+    qk_head_dim: Optional[int] = None
+    """Per-head query/key width without the RoPE part; None = Megatron's default (128)."""
+    qk_pos_emb_head_dim: Optional[int] = None
+    """Per-head RoPE width of query/key; None = Megatron's default (64)."""
+    v_head_dim: Optional[int] = None
+    """Per-head value width; None = Megatron's default (128)."""
+    # --- gated delta net linear attention (Qwen3-Next); needs Transformer Engine ---
+    experimental_attention_variant: Optional[str] = None
+    """gated_delta_net (hybrid linear/full attention, with linear_attention_freq); None = off. (Megatron's
+    other variant, dsa, needs indexer settings the schema does not model.)"""
+    linear_attention_freq: Optional[str] = None
+    """Megatron syntax: "N" (every N-th layer full attention, the rest linear) or a list expression
+    such as "([1]*3+[0]*1)*12" (1 = linear attention layer)."""
+    linear_conv_kernel_dim: Optional[int] = None
+    linear_key_head_dim: Optional[int] = None
+    linear_value_head_dim: Optional[int] = None
+    linear_num_key_heads: Optional[int] = None
+    linear_num_value_heads: Optional[int] = None
 
 
 @dataclass
@@ -216,6 +260,12 @@ class TrainConfig:
     """Global ranks that profile; empty = every rank (Megatron's default)."""
     gradient_accumulation_fusion: str = "auto"
     """true, false, or auto (on when APEX's fused kernel is importable where the run starts)."""
+    cuda_graph_impl: Optional[str] = None
+    """CUDA graphs: transformer_engine (per-layer graphs made by TE, what the MoE recipes use), local, or
+    full_iteration; None = off."""
+    cuda_graph_modules: list[str] = field(default_factory=list)
+    """With a per-layer cuda_graph_impl, the parts of each layer captured: attn, mlp (dense layers),
+    moe_router, moe_preprocess (with moe_router), moe (drop-and-pad MoE only); empty = the whole layer."""
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from launcher.cluster_checks import CLUSTER_RULES
-from launcher.derive import Resolved
+from launcher.derive import Resolved, eval_layer_pattern, moe_layer_pattern
 from launcher.errors import ConfigError, closest
 from launcher.layout import parse_layout
 from launcher.schema import RunConfig
@@ -135,11 +135,11 @@ def check_layout(cfg: RunConfig, res: Resolved) -> None:
         raise ConfigError(field, text, "the loss L must close the last stage, once", "end the layout with L")
     if flat.count("t") != cfg.model.num_layers:
         raise ConfigError(field, text, f"has {flat.count('t')} decoder layers 't' but model.num_layers="
-                          f"{cfg.model.num_layers}", "make the count of t match")
+                          f"{cfg.model.num_layers}", "make the count of t match, or set parallel.pipeline_layout=auto")
     mtp = cfg.model.mtp_num_layers or 0
     if flat.count("m") != mtp:
         raise ConfigError(field, text, f"has {flat.count('m')} MTP layers 'm' but model.mtp_num_layers={mtp}",
-                          "make the count of m match")
+                          "make the count of m match, or set parallel.pipeline_layout=auto")
 
 
 def check_sequence_parallel(cfg: RunConfig, res: Resolved) -> None:
@@ -224,12 +224,12 @@ def check_recompute_prerequisites(cfg: RunConfig, res: Resolved) -> None:
         # CheckpointWithoutOutput references TE's FP8 state manager even in bf16 (random.py:693)
         raise ConfigError("recompute.modules", "layernorm", "output-discarding recompute needs Transformer "
                           "Engine", "drop layernorm or run with model.transformer_impl=transformer_engine")
-    if "mla_up_proj" in mods:
-        raise ConfigError("recompute.modules", "mla_up_proj", "needs multi-latent attention (not in this model)",
-                          "drop mla_up_proj")
-    if "gdn_norm_out" in mods:
-        raise ConfigError("recompute.modules", "gdn_norm_out", "needs gated delta-net layers (not in this model)",
-                          "drop gdn_norm_out")
+    if "mla_up_proj" in mods and not cfg.model.multi_latent_attention:
+        raise ConfigError("recompute.modules", "mla_up_proj", "needs multi-latent attention "
+                          "(model.multi_latent_attention=false)", "drop mla_up_proj")
+    if "gdn_norm_out" in mods and cfg.model.experimental_attention_variant != "gated_delta_net":
+        raise ConfigError("recompute.modules", "gdn_norm_out", "needs gated delta-net layers "
+                          "(model.experimental_attention_variant=gated_delta_net)", "drop gdn_norm_out")
     if "shared_experts" in mods:
         if not cfg.model.moe_shared_expert_intermediate_size:
             raise ConfigError("recompute.modules", "shared_experts", "the model has no shared expert",
@@ -237,6 +237,100 @@ def check_recompute_prerequisites(cfg: RunConfig, res: Resolved) -> None:
         if cfg.dispatcher.shared_expert_overlap:
             raise ConfigError("recompute.modules", "shared_experts", "incompatible with "
                               "dispatcher.shared_expert_overlap", "set dispatcher.shared_expert_overlap=false")
+
+
+def _pattern(field: str, text: str, num_layers: int) -> list[int]:
+    try:
+        pattern = eval_layer_pattern(text)
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise ConfigError(field, text, f"is not a Megatron layer pattern ({e})",
+                          'write a list expression of 0 and 1 such as "([0]*3+[1]*58)"') from None
+    if len(pattern) != num_layers:
+        raise ConfigError(field, text, f"lists {len(pattern)} layers but model.num_layers={num_layers}",
+                          "make the pattern as long as model.num_layers (for dense first layers use "
+                          "model.moe_first_k_dense, which follows num_layers)")
+    return pattern
+
+
+def check_moe_layer_freq(cfg: RunConfig, res: Resolved) -> None:
+    """Megatron's layer-spec builders assert the pattern length; a pattern with no MoE layer has no experts."""
+    m = cfg.model
+    k = m.moe_first_k_dense
+    if k is not None:
+        if "[" in m.moe_layer_freq or m.moe_layer_freq.strip() != "1":
+            raise ConfigError("model.moe_first_k_dense", k, f"excludes model.moe_layer_freq={m.moe_layer_freq!r}",
+                              "set model.moe_layer_freq=1 or model.moe_first_k_dense=null")
+        if not 0 <= k < m.num_layers:
+            raise ConfigError("model.moe_first_k_dense", k, f"must leave at least one MoE layer of "
+                              f"model.num_layers={m.num_layers}", f"set it between 0 and {m.num_layers - 1}")
+        return
+    text = m.moe_layer_freq.strip()
+    if "[" in text:
+        if 1 not in _pattern("model.moe_layer_freq", text, m.num_layers):
+            raise ConfigError("model.moe_layer_freq", text, "has no MoE layer (no 1)", "mark at least one layer 1")
+    elif not text.isdigit() or int(text) < 1:
+        raise ConfigError("model.moe_layer_freq", text, "must be a positive integer N (one MoE layer every N) "
+                          "or a list expression", 'use "1" (every layer MoE)')
+
+
+def check_attention_variant(cfg: RunConfig, res: Resolved) -> None:
+    """validate_args and TransformerConfig rules for multi-latent attention, gated attention and gated delta net."""
+    m, te = cfg.model, res.transformer_impl == "transformer_engine"
+    if m.layernorm_zero_centered_gamma and not te:
+        raise ConfigError("model.layernorm_zero_centered_gamma", True, "zero-centred norms come from Transformer "
+                          f"Engine (torch norms reject them; transformer_impl resolved to {res.transformer_impl})",
+                          "run with Transformer Engine or set it to false for a CPU smoke run")
+    if m.rope_type is not None:
+        _choice("model.rope_type", m.rope_type, ("rope", "yarn"))
+        if m.rope_type != "rope" and not m.multi_latent_attention:
+            raise ConfigError("model.rope_type", m.rope_type, "only multi-latent attention takes yarn here",
+                              "set model.rope_type=null (or rope)")
+    if m.mtp_num_layers and m.position_embedding_type not in ("rope", "none"):
+        raise ConfigError("model.mtp_num_layers", m.mtp_num_layers, "multi-token prediction needs rope or no "
+                          f"position embedding, not {m.position_embedding_type}", "set model.position_embedding_type=rope")
+    if m.multi_latent_attention:
+        if m.num_query_groups is not None:
+            raise ConfigError("model.num_query_groups", m.num_query_groups, "grouped-query attention excludes "
+                              "multi-latent attention", "set model.num_query_groups=null")
+        if m.attention_output_gate:
+            raise ConfigError("model.attention_output_gate", True, "is not supported with multi-latent attention",
+                              "set model.attention_output_gate=false")
+        if not te:
+            # MLASelfAttention passes k/v channels that only TE's DotProductAttention accepts
+            raise ConfigError("model.multi_latent_attention", True, "needs Transformer Engine attention "
+                              f"(transformer_impl resolved to {res.transformer_impl})",
+                              "run on GPUs with Transformer Engine (model.transformer_impl=auto or transformer_engine)")
+    variant = m.experimental_attention_variant
+    if variant is None:
+        if m.linear_attention_freq is not None:
+            raise ConfigError("model.linear_attention_freq", m.linear_attention_freq, "is only used with "
+                              "model.experimental_attention_variant=gated_delta_net",
+                              "set model.linear_attention_freq=null")
+        return
+    _choice("model.experimental_attention_variant", variant, ("gated_delta_net",))
+    if m.linear_attention_freq is None:
+        raise ConfigError("model.linear_attention_freq", None, "gated delta net needs the linear/full attention "
+                          "pattern", 'set model.linear_attention_freq="4" (every 4th layer full attention)')
+    text = m.linear_attention_freq.strip()
+    if "[" in text:
+        _pattern("model.linear_attention_freq", text, m.num_layers)
+    elif not text.isdigit() or int(text) < 1:
+        raise ConfigError("model.linear_attention_freq", text, "must be a positive integer N (every N-th layer "
+                          "full attention) or a list expression", 'use "4"')
+    keys = m.linear_num_key_heads or 16  # Megatron's defaults
+    values = m.linear_num_value_heads or 32
+    if values % keys:
+        raise ConfigError("model.linear_num_value_heads", values, f"must be a multiple of "
+                          f"model.linear_num_key_heads={keys}", "change one of them")
+    split = cfg.parallel.tp * cfg.parallel.cp
+    if keys % split or values % split:
+        raise ConfigError("parallel", f"tp={cfg.parallel.tp} cp={cfg.parallel.cp}", f"gated delta net splits its "
+                          f"{keys} key and {values} value heads over tp*cp={split}",
+                          f"pick tp*cp from {sorted(set(_divisors(keys)) & set(_divisors(values)))}")
+    if not te:
+        raise ConfigError("model.experimental_attention_variant", variant, "gated delta net is built from "
+                          f"Transformer Engine layers (transformer_impl resolved to {res.transformer_impl})",
+                          "run on GPUs with Transformer Engine")
 
 
 def check_dispatcher(cfg: RunConfig, res: Resolved) -> None:
@@ -372,6 +466,47 @@ def check_ep_overlap_conflicts(cfg: RunConfig, res: Resolved) -> None:
         raise ConfigError(field, True, "supports at most one MTP layer", "set model.mtp_num_layers to 1 or null")
 
 
+CUDA_GRAPH_MODULES = ("attn", "mlp", "moe", "moe_router", "moe_preprocess")
+
+
+def check_cuda_graphs(cfg: RunConfig, res: Resolved) -> None:
+    """TransformerConfig / validate_args CUDA-graph rules (transformer_config.py: cuda_graph_* checks)."""
+    t, field = cfg.train, "train.cuda_graph_modules"
+    mods = list(t.cuda_graph_modules)
+    for mod in mods:
+        _choice(field, mod, CUDA_GRAPH_MODULES)
+    if t.cuda_graph_impl in (None, "none"):
+        if mods:
+            raise ConfigError(field, mods, "captures nothing without train.cuda_graph_impl",
+                              "set train.cuda_graph_impl=transformer_engine")
+        return
+    _choice("train.cuda_graph_impl", t.cuda_graph_impl, ("local", "transformer_engine", "full_iteration"))
+    if res.device != "cuda":
+        raise ConfigError("train.cuda_graph_impl", t.cuda_graph_impl, "CUDA graphs need CUDA GPUs",
+                          "set train.cuda_graph_impl=null here")
+    if t.cuda_graph_impl == "transformer_engine" and res.transformer_impl != "transformer_engine":
+        raise ConfigError("train.cuda_graph_impl", t.cuda_graph_impl, "needs Transformer Engine",
+                          "use train.cuda_graph_impl=local or run with Transformer Engine")
+    if t.cuda_graph_impl == "full_iteration":
+        if mods:
+            raise ConfigError(field, mods, "must be empty with cuda_graph_impl=full_iteration (the whole step "
+                              "is one graph)", f"set {field}=[]")
+        return
+    if "moe" in mods and "moe_router" in mods:
+        raise ConfigError(field, mods, "moe and moe_router exclude each other", "keep one of them")
+    if "moe_preprocess" in mods and "moe_router" not in mods:
+        raise ConfigError(field, mods, "moe_preprocess is captured together with moe_router", "add moe_router")
+    if "mlp" in mods and 0 not in moe_layer_pattern(cfg):
+        raise ConfigError(field, mods, "mlp captures dense MLP layers and this model has none", "drop mlp")
+    r = cfg.recompute
+    if r.granularity == "full":
+        raise ConfigError("recompute.granularity", "full", "full recompute works only with "
+                          "train.cuda_graph_impl=full_iteration", "use selective recompute with per-layer graphs")
+    if t.cuda_graph_impl == "transformer_engine" and "moe" in r.modules and "moe_router" in mods:
+        raise ConfigError("recompute.modules", list(r.modules), "recomputing the MoE block would re-run its "
+                          "captured router graph", "drop moe from recompute.modules or moe_router from " + field)
+
+
 def check_cpu_run(cfg: RunConfig, res: Resolved) -> None:
     """What the CPU (gloo, local spec) path cannot do."""
     if res.device != "cpu":
@@ -411,12 +546,13 @@ def check_data(cfg: RunConfig, res: Resolved) -> None:
 
 RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     check_positive_degrees, check_executor, *CLUSTER_RULES, check_world_dense, check_world_expert, check_experts_divisible_by_ep,
-    check_topk, check_heads_tp, check_query_groups_tp, check_vpp, check_layers_pipeline, check_layout,
+    check_topk, check_moe_layer_freq, check_attention_variant, check_heads_tp, check_query_groups_tp, check_vpp,
+    check_layers_pipeline, check_layout,
     check_sequence_parallel, check_context_parallel, check_seq_vs_positions, check_batch, check_lr_schedule,
     check_recompute,
     check_recompute_prerequisites, check_dispatcher, check_router, check_routing, check_precision,
     check_fp8_hardware, check_optimizer_offload, check_overlap, check_ep_overlap_layout, check_ep_overlap_conflicts,
-    check_cpu_run, check_data,
+    check_cuda_graphs, check_cpu_run, check_data,
 )
 
 

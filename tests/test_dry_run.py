@@ -95,7 +95,8 @@ def test_compose_error_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "moe-launch: error: model='qwen3_30b': no such option in conf/model/. Fix: did you mean "
-        "model=qwen3_30b_a3b? options: mixtral_8x7b, qwen3_235b_a22b, qwen3_30b_a3b, tiny_moe"]
+        "model=qwen3_30b_a3b? options: deepseek_v2, deepseek_v2_lite, deepseek_v3, kimi_k2, mixtral_8x22b, "
+        "mixtral_8x7b, qwen2_57b_a14b, qwen3_235b_a22b, qwen3_30b_a3b, qwen3_next_80b_a3b, tiny_deepseek, tiny_moe"]
 
 
 def test_help_lists_the_groups():
