@@ -24,11 +24,21 @@ ENV_PREFIXES = ("NCCL_", "CUDA_", "NVTE_", "TORCH_", "PYTORCH_", "NVSHMEM_", "OM
 """Environment variables that change how a run performs; recorded with their values."""
 
 
-def _version(module: str) -> Optional[str]:
+def _version(module: str, *dists: str) -> Optional[str]:
+    """The installed distribution's version (None when the module does not import here). The module's own
+    __version__ is the fallback only: megatron-core's appends `git rev-parse HEAD` of whatever repository
+    encloses it (a venv inside this project reports this project's commit)."""
     try:
         mod = importlib.import_module(module)
     except Exception:  # not installed, or a broken build
         return None
+    from importlib import metadata
+
+    for dist in dists:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
     return str(getattr(mod, "__version__", "unknown"))
 
 
@@ -50,10 +60,10 @@ def collect() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "megatron_core": _version("megatron.core"),
-        "transformer_engine": _version("transformer_engine"),
-        "deep_ep": _version("deep_ep"),
-        "apex": _version("apex"),
+        "megatron_core": _version("megatron.core", "megatron-core"),
+        "transformer_engine": _version("transformer_engine", "transformer-engine", "transformer_engine"),
+        "deep_ep": _version("deep_ep", "deep_ep", "deep-ep"),
+        "apex": _version("apex", "apex"),
     }
     try:
         info["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else None

@@ -143,3 +143,19 @@ def test_committed_records_match_their_run_dirs():
         if (d / "record.json").exists():
             built = json.loads(json.dumps(build_record(d), default=str))
             assert json.loads((d / "record.json").read_text()) == built, d.name
+
+
+def test_runinfo_writes_versions_json_from_distributions(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    from recipes import runinfo
+
+    monkeypatch.setenv("MOE_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("NCCL_DEBUG", "WARN")
+    path = runinfo.write()
+    v = json.loads(path.read_text())
+    # the distribution's version, not megatron.core.__version__ (which appends the enclosing repo's commit)
+    assert v["megatron_core"] == metadata.version("megatron-core") and "+" not in v["megatron_core"]
+    assert v["torch"] and v["world_size"] >= 1 and v["nodes"] >= 1 and v["env"]["NCCL_DEBUG"] == "WARN"
+    r = read_versions(tmp_path)
+    assert r["source"] == "versions.json" and r["megatron_core"] == v["megatron_core"]
