@@ -61,9 +61,9 @@ def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
         # queues (validate_args then only warns about TP/CP), and TE's norms leave SMs for the comm kernels
         env["CUDA_DEVICE_MAX_CONNECTIONS"] = "32"
         env["NVTE_FWD_LAYERNORM_SM_MARGIN"] = env["NVTE_BWD_LAYERNORM_SM_MARGIN"] = "24"
-    elif cfg.parallel.tp > 1 or cfg.parallel.cp > 1:
+    elif (cfg.parallel.tp > 1 or cfg.parallel.cp > 1) and not cfg.parallel.use_megatron_fsdp:
         # one hardware queue keeps TP/CP communication kernels ordered ahead of the GEMMs they overlap
-        # (validate_args requires it on Hopper and older)
+        # (validate_args requires it on Hopper and older; Megatron FSDP requires it unset or > 1)
         env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
     if res.device == "cpu":
         env["OMP_NUM_THREADS"] = "1" if res.nproc_per_node > 1 else "2"  # 2-core CI machines

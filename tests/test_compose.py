@@ -14,8 +14,10 @@ from launcher.schema import ModelConfig, RunConfig
 GROUPS = ["cluster", "data", "dispatcher", "hardware", "model", "parallel", "precision", "recompute", "train"]
 
 def test_group_listing_matches_conf_tree():
-    assert groups() == GROUPS
-    assert group_options("model") == ["mixtral_8x7b", "qwen3_235b_a22b", "qwen3_30b_a3b", "tiny_moe"]
+    assert groups() == sorted([*GROUPS, "preset"])  # presets are global recipes: tests/test_presets.py
+    assert group_options("model") == ["deepseek_v2", "deepseek_v2_lite", "deepseek_v3", "kimi_k2", "mixtral_8x22b",
+                                      "mixtral_8x7b", "qwen2_57b_a14b", "qwen3_235b_a22b", "qwen3_30b_a3b",
+                                      "qwen3_next_80b_a3b", "tiny_deepseek", "tiny_moe"]
 
 
 def test_defaults_compose_to_typed_run_config():
@@ -112,7 +114,7 @@ def test_unknown_group_option_names_the_closest():
     text = _one_line(ei.value)
     assert ei.value.field == "model" and ei.value.value == "qwen3_30b"
     assert "no such option in conf/model/" in text
-    assert "options: mixtral_8x7b, qwen3_235b_a22b, qwen3_30b_a3b, tiny_moe" in text
+    assert "options: " + ", ".join(group_options("model")) in text
 
 
 def test_unknown_option_without_near_match_lists_options():

@@ -15,13 +15,14 @@ import pytest
 
 from conftest import make_cfg, plan_for
 from launcher.params import PUBLISHED, count, human
+from launcher.presets import family_config
 
 FAMILIES = sorted(PUBLISHED)
 
 
 @pytest.fixture(scope="module")
 def counts():
-    return {name: count(make_cfg([f"model={name}"])) for name in FAMILIES}
+    return {name: count(family_config(name)) for name in FAMILIES}
 
 
 def _last_digit_unit(x: float) -> float:
@@ -57,7 +58,7 @@ def test_total_matches_published(name, counts):
 
 def test_kimi_k2_total_gap_is_what_the_report_says():
     """Keeps the known gap honest: it must stay the 1.3% explained above, not grow."""
-    c = count(make_cfg(["model=kimi_k2"]))
+    c = count(family_config("kimi_k2"))
     assert c.total == pytest.approx(1.026e12, rel=0.001)
     assert c.total / PUBLISHED["kimi_k2"].total - 1 == pytest.approx(-0.013, abs=0.001)
 
@@ -80,7 +81,7 @@ def test_deepseek_v3_mtp_module_and_hugging_face_count(counts):
 
 
 def test_counts_follow_the_config():
-    base = count(make_cfg(["model=deepseek_v3"]))
+    base = count(family_config("deepseek_v3"))
     proxy = count(make_cfg(["model=deepseek_v3", "model.num_layers=5"]))
     # 5 layers: the same 3 dense layers, 2 MoE layers (58 fewer)
     per_moe_layer = (base.total - proxy.total) / 56
