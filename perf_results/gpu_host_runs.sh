@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU-host runs behind perf_results/*.md, exactly as executed (after the staging in
-# ../shared/gpu-host/README.md). usage: bash perf_results/gpu_host_runs.sh tests|tiny|qwen3|failures|mbs OUTDIR
+# ../shared/gpu-host/README.md).
+# usage: bash perf_results/gpu_host_runs.sh tests|tiny|qwen3|failures|mbs OUTDIR
+#        bash perf_results/gpu_host_runs.sh proxies OUTDIR FIRST LAST   (lines of perf_results/proxies.txt)
 set -uo pipefail
 source /root/gpu-host.env
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -51,6 +53,15 @@ case $what in
     fail nan_tiny_lr1e9 train.lr=1e9 train.min_lr=1e8 train.clip_grad=0 train.lr_warmup_iters=0 train.train_iters=10
     fail missing_backend_deepep dispatcher=deepep train.train_iters=2
     fail missing_backend_ncclep dispatcher=ncclep train.train_iters=2
+    ;;
+  proxies)  # each family's proxy on one GPU: seq 2048, 4 x MBS 1 per step, 6 steps, BF16, alltoall
+    grep -v '^#' perf_results/proxies.txt | sed -n "${3},${4}p" | while read -r name overrides; do
+      python3 -m launcher $overrides train=pretrain train.seq_length=2048 train.global_batch_size=4 \
+        train.train_iters=6 train.lr_warmup_iters=1 cluster.gpus_per_node=1 hardware=h200 \
+        launch.run_dir=/tmp/runs/proxy_$name > /tmp/proxy_$name.out 2>&1
+      echo "$name rc=$?"; grep -E "iteration +6/|recipes.pretrain: error" /tmp/proxy_$name.out | cut -c1-200
+    done
+    tar czf "$out/proxies_${3}_${4}.tar.gz" -C /tmp/runs $(cd /tmp/runs && ls -d proxy_*)
     ;;
   mbs)  # issue 6 baseline: Qwen3-30B-A3B shape cut to 4 layers on one GPU, seq 4096, BF16, alltoall
     for mbs in 1 2 4; do
