@@ -14,7 +14,6 @@ import argparse
 import functools
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.compose import CONF_DIR, compose, group_options
@@ -91,12 +90,6 @@ def family_row(name: str) -> list[str]:
     return [f"`{name}`", str(m.num_layers) + (f" ({dense} dense)" if dense else ""), str(m.hidden_size),
             _attention(cfg), experts, str(m.moe_router_topk), str(m.mtp_num_layers or "-"),
             f"{human(c.total)} / {human(active)}", published]
-
-
-@dataclass(frozen=True)
-class PresetRow:
-    name: str
-    cells: list[str]
 
 
 def _recompute(cfg: RunConfig) -> str:

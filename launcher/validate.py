@@ -287,7 +287,8 @@ def check_attention_variant(cfg: RunConfig, res: Resolved) -> None:
                               "set model.rope_type=null (or rope)")
     if m.mtp_num_layers and m.position_embedding_type not in ("rope", "none"):
         raise ConfigError("model.mtp_num_layers", m.mtp_num_layers, "multi-token prediction needs rope or no "
-                          f"position embedding, not {m.position_embedding_type}", "set model.position_embedding_type=rope")
+                          f"position embedding, not {m.position_embedding_type}",
+                          "set model.position_embedding_type=rope")
     if m.multi_latent_attention:
         if m.num_query_groups is not None:
             raise ConfigError("model.num_query_groups", m.num_query_groups, "grouped-query attention excludes "

@@ -136,6 +136,8 @@ GPU1 = ["cluster.gpus_per_node=1"]
     (["model=tiny_moe", "model.experimental_attention_variant=dsa", *GPU1], "model.experimental_attention_variant",
      r"must be one of gated_delta_net"),
     (["model=tiny_moe", "model.linear_attention_freq='4'", *GPU1], "model.linear_attention_freq", r"only used"),
+    (["model=tiny_moe", "model.mtp_num_layers=1", "model.position_embedding_type=learned_absolute"],
+     "model.mtp_num_layers", r"needs rope or no position embedding"),
 ])
 def test_architecture_rules(overrides, field, rule):
     e = _error(overrides)
@@ -163,8 +165,9 @@ def test_mla_and_gdn_recompute_modules_accepted_where_they_exist():
      "train.cuda_graph_modules", r"must be empty"),
     (["train.cuda_graph_impl=transformer_engine", "recompute=full", *GPU1], "recompute.granularity",
      r"full_iteration"),
-    (["train.cuda_graph_impl=transformer_engine", "train.cuda_graph_modules=[moe_router]", "recompute.granularity=selective",
-      "recompute.modules=[moe]", *GPU1], "recompute.modules", r"captured router graph"),
+    (["train.cuda_graph_impl=transformer_engine", "train.cuda_graph_modules=[moe_router]",
+      "recompute.granularity=selective", "recompute.modules=[moe]", *GPU1], "recompute.modules",
+     r"captured router graph"),
     (["train.cuda_graph_impl=transformer_engine", "train.cuda_graph_modules=[router]", *GPU1],
      "train.cuda_graph_modules", r"did you mean"),
 ])
