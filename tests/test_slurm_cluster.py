@@ -1,0 +1,129 @@
+"""A real Slurm job: a one-node cluster on this machine (munged, slurmctld, slurmd from Debian's
+packages, started by tests/slurm/start_cluster.sh), the tiny MoE on CPU with 2 tasks submitted by
+`moe-launch cluster=slurm`, followed to its end. Checks the job's state, that Slurm holds exactly the
+script the dry run printed, and the training log.
+
+With CI=true the cluster must start: a failure to start fails the test with the script's reason.
+Elsewhere it skips when it cannot start for lack of root (start_cluster.sh exit 3).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher.logparse import parse_file
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parent.parent
+START, STOP = REPO / "tests/slurm/start_cluster.sh", REPO / "tests/slurm/stop_cluster.sh"
+ITERS = 3
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The one-node cluster, up; stopped afterwards only if this fixture started it."""
+    try:
+        proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=1500)
+        out, rc = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        out, rc = f"start_cluster.sh did not finish within {e.timeout} s", 124
+    if rc != 0:
+        reason = f"Slurm cluster did not start (exit {rc}): {out.strip()[-2000:]}"
+        if rc == 3 and os.environ.get("CI", "").lower() != "true":
+            pytest.skip(reason)
+        pytest.fail(reason)
+    yield out
+    if "cluster up" in out:  # "already up" means someone else's cluster: leave it alone
+        subprocess.run(["bash", str(STOP)], capture_output=True, timeout=60)
+
+
+def _launch(*overrides: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-m", "launcher", *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def job(cluster, tmp_path_factory):
+    """Dry run, then the real run into the same run directory (cluster.follow waits, bounded)."""
+    run_dir = tmp_path_factory.mktemp("slurm") / "tiny"
+    common = ["cluster=slurm", "cluster.device=cpu", "cluster.nproc_cpu=2", "cluster.exclusive=false",
+              f"train.train_iters={ITERS}", "train.seq_length=128", "data.num_workers=0",
+              "cluster.follow_timeout_s=600", f"launch.run_dir={run_dir}"]
+    dry = _launch(*common, "launch.dry_run=true")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    dry_sbatch = (run_dir / "sbatch.sh").read_text()
+    real = _launch(*common, "cluster.follow=true")
+    return {"dry": dry, "dry_sbatch": dry_sbatch, "real": real, "run_dir": run_dir}
+
+
+def test_job_completes(job):
+    real = job["real"]
+    assert real.returncode == 0, (real.stdout + real.stderr)[-4000:]
+    assert "Traceback" not in real.stderr
+    exit_rec = json.loads((job["run_dir"] / "exit.json").read_text())
+    assert exit_rec["state"] == "COMPLETED" and exit_rec["exit_code"] == "0:0" and exit_rec["returncode"] == 0
+    job_id = json.loads((job["run_dir"] / "job.json").read_text())["job_id"]
+    assert re.search(rf"submitted Slurm job {job_id}\b", real.stdout)
+    assert f"job {job_id} COMPLETED (exit 0:0)" in real.stdout
+
+
+def test_slurm_ran_exactly_the_dry_run_script(job):
+    """The dry run printed sbatch.sh; the real run submitted that file; Slurm stored it byte for byte."""
+    dry_out = job["dry"].stdout
+    assert job["dry_sbatch"] in dry_out
+    assert (job["run_dir"] / "sbatch.sh").read_text() == job["dry_sbatch"]
+    job_id = json.loads((job["run_dir"] / "job.json").read_text())["job_id"]
+    stored = subprocess.run(["scontrol", "write", "batch_script", job_id, "-"], capture_output=True, text=True,
+                            timeout=60)
+    assert stored.returncode == 0, stored.stderr
+    assert stored.stdout == job["dry_sbatch"]
+
+
+def test_both_ranks_trained_and_logged(job):
+    log_path = job["run_dir"] / "train.log"
+    text = log_path.read_text()
+    host = socket.gethostname().split(".")[0]
+    # the batch step's own line: MASTER_ADDR is the allocation's first (only) host, from scontrol
+    assert re.search(rf"moe-launch: Slurm job \d+, 1 node\(s\) x 2 tasks, rendezvous {re.escape(host)}:29500", text)
+    assert f"recipes.pretrain: done, iteration {ITERS}/{ITERS}" in text and "world 2)" in text
+    iters = parse_file(log_path).iterations
+    assert len(iters) == ITERS and all(it["nan_iterations"] == 0 for it in iters)
+
+
+def test_slurm_accounts_two_tasks_on_one_node(job):
+    job_id = json.loads((job["run_dir"] / "job.json").read_text())["job_id"]
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=60).stdout
+    fields = dict(tok.split("=", 1) for tok in out.split() if "=" in tok)
+    assert fields["JobState"] == "COMPLETED" and fields["NumNodes"] == "1" and fields["NumTasks"] == "2"
+    assert fields["BatchHost"] == socket.gethostname().split(".")[0]
+
+
+def test_master_addr_is_the_first_host_of_a_128_node_list(cluster):
+    """The rendered rendezvous line, run by bash with real scontrol on a 128-node list."""
+    line = 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p); echo "$MASTER_ADDR"'
+    for nodelist, first in (("gpu-[007-134]", "gpu-007"), ("a[2-3],b1", "a2"), ("dgx001", "dgx001")):
+        out = subprocess.run(["bash", "-c", line], env={**os.environ, "SLURM_JOB_NODELIST": nodelist},
+                             capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == first, out.stderr
+
+
+def test_a_failing_job_is_reported_failed(cluster, tmp_path):
+    """A job whose ranks fail ends FAILED, and moe-launch exits non-zero with the state."""
+    run_dir = tmp_path / "bad"
+    # every task's interpreter is /bin/false: both ranks exit 1 at once, srun kills the step
+    real = _launch("cluster=slurm", "cluster.device=cpu", "cluster.nproc_cpu=2", "cluster.exclusive=false",
+                   "cluster.follow=true", "cluster.follow_timeout_s=300", "cluster.python=/bin/false",
+                   f"launch.run_dir={run_dir}", "launch.megatron_validate=false", timeout=400)
+    assert real.returncode == 1, real.stdout + real.stderr
+    rec = json.loads((run_dir / "exit.json").read_text())
+    assert rec["state"] == "FAILED" and rec["returncode"] == 1
+    assert "COMPLETED" not in real.stdout
