@@ -21,15 +21,26 @@ from typing import Mapping, Optional
 
 from launcher.errors import ConfigError, closest
 
-MODELS = {"Qwen3-30B-A3B": "qwen3_30b_a3b", "Qwen3-235B-A22B": "qwen3_235b_a22b", "Mixtral-8x7B": "mixtral_8x7b"}
-# ModelZoo's runtime.conf benchmark layout per model, used for variables the caller leaves unset
+MODELS = {"Qwen3-30B-A3B": "qwen3_30b_a3b", "Qwen3-235B-A22B": "qwen3_235b_a22b", "Mixtral-8x7B": "mixtral_8x7b",
+          "Mixtral-8x22B": "mixtral_8x22b", "DeepSeek-V2": "deepseek_v2", "DeepSeek-V2-Lite": "deepseek_v2_lite",
+          "DeepSeek-V3": "deepseek_v3"}
+
+
+def _zoo(tp, pp, ep, cp, vpp, mbs, gbs, nnodes, run_time, dispatcher) -> dict:
+    return dict(TP=tp, PP=pp, EP=ep, CP=cp, VPP=vpp, MBS=mbs, GBS=gbs, NNODES=nnodes, SEQ_LEN=4096,
+                RUN_TIME=run_time, DISPATCHER=dispatcher)
+
+
+# ModelZoo's runtime.conf benchmark layout per model (TP PP EP CP VPP MBS GBS NNODES RUN_TIME dispatcher,
+# seq 4096), used for variables the caller leaves unset; its flex dispatcher is DeepEP
 DEFAULTS = {
-    "qwen3_30b_a3b": dict(TP=1, PP=1, EP=8, CP=1, VPP=1, MBS=1, GBS=256, NNODES=4, SEQ_LEN=4096,
-                          RUN_TIME="00:20:00", DISPATCHER="alltoall"),
-    "qwen3_235b_a22b": dict(TP=2, PP=8, EP=32, CP=1, VPP=4, MBS=1, GBS=256, NNODES=32, SEQ_LEN=4096,
-                            RUN_TIME="00:20:00", DISPATCHER="deepep"),
-    "mixtral_8x7b": dict(TP=1, PP=4, EP=8, CP=1, VPP=8, MBS=1, GBS=256, NNODES=8, SEQ_LEN=4096,
-                         RUN_TIME="00:20:00", DISPATCHER="alltoall"),
+    "qwen3_30b_a3b": _zoo(1, 1, 8, 1, 1, 1, 256, 4, "00:20:00", "alltoall"),
+    "qwen3_235b_a22b": _zoo(2, 8, 32, 1, 4, 1, 256, 32, "00:20:00", "deepep"),
+    "mixtral_8x7b": _zoo(1, 4, 8, 1, 8, 1, 256, 8, "00:20:00", "alltoall"),
+    "mixtral_8x22b": _zoo(2, 8, 8, 1, 1, 1, 256, 16, "00:20:00", "alltoall"),
+    "deepseek_v2": _zoo(1, 16, 8, 1, 2, 1, 1024, 32, "00:20:00", "alltoall"),
+    "deepseek_v2_lite": _zoo(1, 1, 8, 1, 1, 1, 512, 1, "00:20:00", "alltoall"),
+    "deepseek_v3": _zoo(1, 16, 64, 1, 1, 1, 8192, 128, "00:40:00", "deepep"),
 }
 PRECISIONS = {"bf16": "bf16", "fp8": "fp8_blockwise", "mxfp8": "mxfp8"}
 DISPATCHERS = ("alltoall", "allgather", "deepep", "hybridep", "ncclep")

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import PROBE, make_cfg
 from launcher.errors import ConfigError
-from launcher.modelzoo import hydra_quote, translate
+from launcher.modelzoo import DEFAULTS, MODELS, hydra_quote, translate
 from launcher.plan import build_plan
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +48,15 @@ def test_the_published_command_builds_the_published_layout():
     assert argv[argv.index("--recompute-modules") + 1:argv.index("--recompute-modules") + 3] == ["layernorm", "moe"]
     assert "--overlap-moe-expert-parallel-comm" not in argv and "--optimizer-cpu-offload" not in argv
     assert plan.env["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"  # TP/CP > 1 on Hopper, no A2A overlap
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_modelzoo_model_with_its_default_layout(name):
+    """MODEL alone: ModelZoo's benchmark layout for it, accepted by our rules and Megatron's validator."""
+    cfg = make_cfg(_translate({"MODEL": name}))
+    plan = build_plan(cfg, PROBE)
+    nodes = DEFAULTS[MODELS[name]]["NNODES"]
+    assert cfg.model.name == MODELS[name] and plan.resolved.world_size == nodes * 8
 
 
 @pytest.mark.parametrize("pr, precision, recipe, hardware", [("bf16", "bf16", None, "h100"),
@@ -147,7 +156,7 @@ def test_trailing_flags_owned_by_a_field_become_that_field():
 
 @pytest.mark.parametrize("env, args, field, message", [
     ({"MODEL": "Qwen3-235B"}, [], "MODEL", r"did you mean Qwen3-235B-A22B\?"),
-    ({"MODEL": "DeepSeek-V3"}, [], "MODEL", r"Qwen3-30B-A3B, Qwen3-235B-A22B, Mixtral-8x7B"),
+    ({"MODEL": "GPT-OSS-120B"}, [], "MODEL", r"Qwen3-30B-A3B, Qwen3-235B-A22B, Mixtral-8x7B, .*DeepSeek-V3"),
     ({"MODEL": "Mixtral-8x7B", "PR": "fp16"}, [], "PR", r"must be one of bf16, fp8, mxfp8"),
     ({"MODEL": "Mixtral-8x7B", "DISPATCHER": "deep_ep"}, [], "DISPATCHER", r"did you mean deepep\?"),
     ({"MODEL": "Mixtral-8x7B", "A2A_OVERLAP": "yes"}, [], "A2A_OVERLAP", r"must be 0 or 1"),
