@@ -74,6 +74,8 @@ def test_job_completes(job):
     job_id = json.loads((job["run_dir"] / "job.json").read_text())["job_id"]
     assert re.search(rf"submitted Slurm job {job_id}\b", real.stdout)
     assert f"job {job_id} COMPLETED (exit 0:0)" in real.stdout
+    # rank 0 wrote its versions into MOE_RUN_DIR (exported by sbatch.sh); the follower wrote the record
+    assert (job["run_dir"] / "versions.json").exists() and (job["run_dir"] / "record.json").exists()
 
 
 def test_slurm_ran_exactly_the_dry_run_script(job):

@@ -112,5 +112,8 @@ def submit_and_report(cfg: "RunConfig", script: Path) -> int:
         print(f"moe-launch: stopped waiting after {cfg.cluster.follow_timeout_s} s; job {job_id} is {state} "
               f"and keeps running", file=sys.stderr)
         return 1
+    from launcher.executors.local import write_run_record
+
+    write_run_record(run_dir)  # record.json/record.md from train.log, as for a local run
     print(f"moe-launch: job {job_id} {state} (exit {code}); log: {log}", file=sys.stdout if rc == 0 else sys.stderr)
     return rc
