@@ -545,6 +545,16 @@ def check_data(cfg: RunConfig, res: Resolved) -> None:
         raise ConfigError("data.paths", list(cfg.data.paths), "mock data reads no files", "set data=indexed")
 
 
+def check_gated_delta_net_mtp(cfg: RunConfig, res: Resolved) -> None:
+    """megatron-core 0.19.2 builds MTP through get_gpt_decoder_layer_specs, which asserts on any
+    experimental attention variant (training/models/gpt.py mtp_block_spec); validate_args accepts it."""
+    m = cfg.model
+    if m.experimental_attention_variant and m.mtp_num_layers:
+        raise ConfigError("model.mtp_num_layers", m.mtp_num_layers, f"megatron-core 0.19.2 cannot build MTP layers "
+                          f"with experimental_attention_variant={m.experimental_attention_variant}",
+                          "set model.mtp_num_layers=null")
+
+
 RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     check_positive_degrees, check_executor, *CLUSTER_RULES, check_world_dense, check_world_expert, check_experts_divisible_by_ep,
     check_topk, check_moe_layer_freq, check_attention_variant, check_heads_tp, check_query_groups_tp, check_vpp,
@@ -553,7 +563,7 @@ RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     check_recompute,
     check_recompute_prerequisites, check_dispatcher, check_router, check_routing, check_precision,
     check_fp8_hardware, check_optimizer_offload, check_overlap, check_ep_overlap_layout, check_ep_overlap_conflicts,
-    check_cuda_graphs, check_cpu_run, check_data,
+    check_cuda_graphs, check_cpu_run, check_data, check_gated_delta_net_mtp,
 )
 
 

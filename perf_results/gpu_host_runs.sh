@@ -55,6 +55,9 @@ case $what in
     fail missing_backend_ncclep dispatcher=ncclep train.train_iters=2
     ;;
   proxies)  # each family's proxy on one GPU: seq 2048, 4 x MBS 1 per step, 6 steps, BF16, alltoall
+    # gated delta net (qwen3_next) needs flash-linear-attention: WHEELS=dir with flash_linear_attention-0.6.0
+    # and fla_core-0.6.0 (pip download --no-deps), installed next to the staged stack
+    if [ -n "${WHEELS:-}" ]; then python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl; fi
     grep -v '^#' perf_results/proxies.txt | sed -n "${3},${4}p" | while read -r name overrides; do
       python3 -m launcher $overrides train=pretrain train.seq_length=2048 train.global_batch_size=4 \
         train.train_iters=6 train.lr_warmup_iters=1 cluster.gpus_per_node=1 hardware=h200 \

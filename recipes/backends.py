@@ -71,7 +71,14 @@ def check_gradient_accumulation_fusion(args: Namespace) -> None:
               "install APEX with --cuda_ext, or set train.gradient_accumulation_fusion=false")
 
 
+def check_gated_delta_net(args: Namespace) -> None:
+    if getattr(args, "experimental_attention_variant", None) == "gated_delta_net":
+        _need("fla.ops.gated_delta_rule", "gated delta net layers (experimental_attention_variant=gated_delta_net)",
+              "pip install flash-linear-attention (its Triton kernels: chunk_gated_delta_rule, causal_conv1d)")
+
+
 def check_all(args: Namespace) -> None:
     check_transformer_engine(args)
+    check_gated_delta_net(args)
     check_flex_backend(args)
     check_gradient_accumulation_fusion(args)

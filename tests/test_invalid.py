@@ -120,6 +120,9 @@ INVALID = [
     ("bad_gradient_accumulation_fusion", ["train.gradient_accumulation_fusion=yes"],
      "train.gradient_accumulation_fusion", r"must be auto, true or false"),
     ("zero_nodes", ["cluster.nodes=0"], "cluster.nodes", r"cluster\.nodes=0"),
+    # found on the GPU host: validate_args accepts it, then the model builder asserts (mtp_block_spec)
+    ("gated_delta_net_with_mtp", ["model=qwen3_next_80b_a3b", "model.mtp_num_layers=1", "cluster.gpus_per_node=1"],
+     "model.mtp_num_layers", r"cannot build MTP layers with experimental_attention_variant=gated_delta_net"),
     # found on the GPU host: Megatron's validate_args accepts it, then OptimizerParamScheduler asserts
     ("warmup_not_shorter_than_training", ["train=pretrain", "train.train_iters=5"], "train.lr_warmup_iters",
      r"warm-up must be shorter than train\.train_iters=5"),
