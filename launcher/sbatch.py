@@ -79,7 +79,7 @@ def directives(cfg: "RunConfig", plan: "LaunchPlan", run_dir: Path) -> tuple[lis
     c = cfg.cluster
     tasks = plan.resolved.nproc_per_node
     items: list[tuple[str, str, Optional[str]]] = [  # (field for errors, directive, value)
-        ("cluster.job_name", "job-name", job_name(cfg)),
+        ("cluster.job_name" if c.job_name else "launch.name", "job-name", job_name(cfg)),
         ("cluster.nodes", "nodes", str(c.nodes)),
         ("cluster.gpus_per_node", "ntasks-per-node", str(tasks)),
     ]
@@ -100,7 +100,9 @@ def directives(cfg: "RunConfig", plan: "LaunchPlan", run_dir: Path) -> tuple[lis
         items.append(("cluster.sbatch_extra", key, value if eq else None))
     lines = []
     for field, key, value in items:
-        check_directive(field, key if value is None else f"{key}={value}")
+        check_directive(field, key)
+        if value is not None:
+            check_directive(field, value)
         lines.append(f"#SBATCH --{key}" + ("" if value is None else f"={value}"))
     return lines, why
 

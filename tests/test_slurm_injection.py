@@ -51,6 +51,13 @@ def test_plain_directive_values_pass_and_render():
         assert line + "\n" in text
 
 
+def test_a_launch_name_that_cannot_be_a_job_name_is_named():
+    with pytest.raises(ConfigError) as e:
+        cfg, plan = _plan([*QUICK, "launch.name='my run'"])
+        render_sbatch(cfg, plan, Path("/runs/x"), Path("/w"))
+    assert e.value.field == "launch.name" and e.value.value == "moe-my run"
+
+
 def test_run_dir_that_cannot_be_a_directive_is_refused_and_percent_is_escaped():
     cfg, plan = _plan(QUICK)
     with pytest.raises(ConfigError) as e:

@@ -40,7 +40,7 @@ def docker_argv(cfg: "RunConfig", plan: "LaunchPlan", run_dir: Path, workdir: Pa
         argv += GPU_FLAGS[c.container_runtime]
     for spec in volumes(cfg, run_dir, workdir):
         argv += ["-v", spec]
-    for name in plan.env:
+    for name in [*plan.env, "MOE_RUN_DIR"]:  # MOE_RUN_DIR: run_local sets it; rank 0 writes versions.json there
         argv += ["-e", name]
     argv += ["-w", str(c.container_workdir or workdir), str(c.container_image), "bash", str(run_dir / "command.sh")]
     return argv
