@@ -38,11 +38,11 @@ if [ "$(id -u)" != 0 ]; then
   exit 3
 fi
 
-if ! have slurmctld || ! have slurmd || ! have sbatch || ! have munged; then
-  say "installing slurmctld slurmd slurm-client munge (apt-get)"
+if ! have slurmctld || ! have slurmd || ! have sbatch || ! have munged || ! have pgrep; then
+  say "installing slurmctld slurmd slurm-client munge procps (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   timeout 600 apt-get update -qq
-  timeout 900 apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+  timeout 900 apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge procps >/dev/null
 fi
 
 mkdir -p "$CONF_DIR" "$STATE/ctld" "$STATE/d" "$LOGS" /run/munge /var/lib/munge /var/log/munge
