@@ -53,11 +53,16 @@ def check_world_expert(cfg: RunConfig, res: Resolved) -> None:
     _world_multiple_of(res, p.etp * p.ep * p.pp, "ep*etp*pp", f"ep={p.ep} etp={p.etp} pp={p.pp}")
 
 
+def _degree_divides(field: str, degree: int, count_name: str, count: int) -> None:
+    """A parallel degree must divide what it splits (experts over EP ranks, heads over TP ranks)."""
+    name = field.rsplit(".", 1)[-1]
+    if count % degree:
+        raise ConfigError(field, degree, f"{count_name}={count} is not divisible by {name}",
+                          f"pick {name} from {_divisors(count)}")
+
+
 def check_experts_divisible_by_ep(cfg: RunConfig, res: Resolved) -> None:
-    n, ep = cfg.model.num_experts, cfg.parallel.ep
-    if n % ep:
-        raise ConfigError("parallel.ep", ep, f"model.num_experts={n} is not divisible by ep",
-                          f"pick ep from {_divisors(n)}")
+    _degree_divides("parallel.ep", cfg.parallel.ep, "model.num_experts", cfg.model.num_experts)
 
 
 def check_topk(cfg: RunConfig, res: Resolved) -> None:
@@ -68,10 +73,7 @@ def check_topk(cfg: RunConfig, res: Resolved) -> None:
 
 
 def check_heads_tp(cfg: RunConfig, res: Resolved) -> None:
-    heads, tp = cfg.model.num_attention_heads, cfg.parallel.tp
-    if heads % tp:
-        raise ConfigError("parallel.tp", tp, f"model.num_attention_heads={heads} is not divisible by tp",
-                          f"pick tp from {_divisors(heads)}")
+    _degree_divides("parallel.tp", cfg.parallel.tp, "model.num_attention_heads", cfg.model.num_attention_heads)
 
 
 def check_query_groups_tp(cfg: RunConfig, res: Resolved) -> None:
