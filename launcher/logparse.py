@@ -17,7 +17,6 @@ This module reads text only: it imports neither torch nor megatron.
 from __future__ import annotations
 
 import re
-import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -82,29 +81,9 @@ class LogSummary:
     done: Optional[dict] = None
     """The training entry's closing line: iteration, train_iters, seconds, device, world."""
 
-    def steady(self, skip: int) -> list[dict]:
-        """Iterations after the first `skip` (warm-up: allocator growth, autotuning, NCCL setup)."""
-        return [it for it in self.iterations if it["iteration"] > skip]
-
     @property
     def last_iteration(self) -> int:
         return self.iterations[-1]["iteration"] if self.iterations else 0
-
-    def summary(self, skip: int = 3) -> dict:
-        """Short form kept for the GPU tests: medians/min/max after `skip` iterations, first/last loss."""
-        steady = self.steady(skip) or self.iterations
-        out: dict = {"logged_iterations": len(self.iterations), "warmup_skipped": skip,
-                     "train_iters": self.train_iters, **self.memory_mb}
-        for key in ("step_ms", "tflops_per_gpu"):
-            values = [it[key] for it in steady if key in it]
-            if values:
-                out[f"{key}_median"] = round(statistics.median(values), 2)
-                out[f"{key}_min"] = round(min(values), 2)
-                out[f"{key}_max"] = round(max(values), 2)
-        losses = [it for it in self.iterations if "loss" in it]
-        if losses:
-            out["loss_first"], out["loss_last"] = losses[0]["loss"], losses[-1]["loss"]
-        return out
 
 
 def parse_log(text: str) -> LogSummary:

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 from launcher.logparse import parse_file, parse_iteration_line, parse_log
+from launcher.record import series_of, steady_state
 
 LOGS = Path(__file__).parent / "data" / "logs"
 QWEN = LOGS / "ok_gpu_h200x2_qwen3_30b_a3b_8l_ep2_forced_balance.log"
@@ -47,7 +48,11 @@ def test_duplicate_iteration_lines_kept_once():
     assert len(log.iterations) == 1 and log.iterations[0]["step_ms"] == 1390.0
 
 
-def test_summary_short_form_kept_for_gpu_tests():
-    s = parse_file(QWEN).summary(skip=3)
-    assert s["logged_iterations"] == 20 and s["step_ms_min"] <= s["step_ms_median"] <= s["step_ms_max"]
-    assert s["loss_last"] < s["loss_first"]
+def test_steady_state_window_of_a_real_log():
+    # the one steady-state computation (launcher.record), fed by this parser
+    log = parse_file(QWEN)
+    series = series_of(log, seq=4096, world=2, peak=989.0)
+    s = steady_state(series, warmup=3, last=None, memory=log.memory_mb)
+    step = s["step_time_ms"]
+    assert len(log.iterations) == 20 and step["min"] <= step["median"] <= step["max"]
+    assert series[-1]["loss"] < series[0]["loss"]

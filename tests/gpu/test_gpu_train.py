@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from launcher.logparse import parse_file
 
 pytestmark = pytest.mark.gpu
+
+
+def _record(run_dir: Path) -> dict:
+    """The record the local executor writes when a run ends (launcher.record)."""
+    return json.loads((run_dir / "record.json").read_text())
 
 
 def _gpus() -> int:
@@ -33,10 +37,11 @@ def test_tiny_moe_trains_on_one_gpu_with_transformer_engine(tmp_path):
     plan = json.loads((run_dir / "plan.json").read_text())
     assert plan["resolved"]["device"] == "cuda"
     assert plan["resolved"]["transformer_impl"] == "transformer_engine"
-    summary = parse_file(run_dir / "train.log").summary()
-    assert summary["logged_iterations"] == 15
-    assert summary["loss_last"] < summary["loss_first"] - 0.5, summary
-    assert summary["max_allocated_mb"] > 0
+    record = _record(run_dir)
+    assert record["iterations"]["logged"] == 15
+    series = record["series"]
+    assert series[-1]["loss"] < series[0]["loss"] - 0.5, [it["loss"] for it in series]
+    assert record["memory"]["max_allocated_mb"] > 0
 
 
 @pytest.mark.skipif("_gpus() < 2")
@@ -45,8 +50,8 @@ def test_qwen3_shape_ep2_trains_on_two_gpus(tmp_path):
                                "train.seq_length=1024", "train.global_batch_size=4", "train.train_iters=5",
                                "cluster.gpus_per_node=2")
     assert rc == 0, out[-3000:]
-    summary = parse_file(run_dir / "train.log").summary(skip=1)
-    assert summary["logged_iterations"] == 5 and summary["tflops_per_gpu_median"] > 0
+    record = _record(run_dir)
+    assert record["iterations"]["logged"] == 5 and record["steady_state"]["tflops_per_gpu"]["median"] > 0
 
 
 @pytest.mark.skipif("_gpus() < 1")
