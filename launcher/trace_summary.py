@@ -53,9 +53,10 @@ RULES: tuple[tuple[str, str, str], ...] = (
     # the whole optimizer phase: Megatron's grad-norm/clip/copies and any collectives it launches too;
     # clip_grad_norm_ (HF) shows as _foreach_norm + linalg_vector_norm of the per-tensor norms
     ("optimizer", r"optimizer|(?<!had)adam|multi_tensor|_foreach_|clip_grad|zero_grad|linalg_vector_norm", ANY),
-    # TE GroupedLinear (Megatron TEGroupedMLP), TE ops fuser grouped MLP, torch._grouped_mm (HF grouped_mm)
-    ("expert_gemm", r"groupedlinear|_grouped_?mm|groupedmm|grouped_?gemm|groupedmlp|"
-                    r"_OperationFuserAutogradFunction", ANY),
+    # TE GroupedLinear (Megatron TEGroupedMLP), torch._grouped_mm (HF grouped_mm), TE ops fuser grouped MLP
+    # (TEFusedMLPWithGroupedLinear). The fuser's own op (_OperationFuserAutogradFunction) also runs dense
+    # TEFusedMLP and fused norms, so it alone is no evidence: without with_stack its GEMMs go to dense_gemm
+    ("expert_gemm", r"groupedlinear|_grouped_?mm|groupedmm|grouped_?gemm|groupedmlp", ANY),
     ("expert_gemm", ANY, r"grouped_?(gemm|mm)|groupedgemm|GroupProblemShape"),
     ("attention", r"scaled_?dot_?product|dotproductattention|fusedattn|flashattn|flash_attn|"
                   r"_efficient_attention|_cudnn_attention|attnfunc|fused_attn|scaled(uppertriang)?(masked)?softmax",

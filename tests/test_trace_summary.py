@@ -56,7 +56,9 @@ CASES = [
      "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "expert_gemm"),
     (["aten::_grouped_mm"], "cutlass::device_kernel<GemmUniversal<cutlass::gemm::GroupProblemShape<>>>",
      "expert_gemm"),
-    (["_OperationFuserAutogradFunction"], "nvjet_tst_64x8_64x16_4x1_v_bz_TNT", "expert_gemm"),
+    (["nn.Module: TEFusedMLPWithGroupedLinear_0", "_OperationFuserAutogradFunction"],
+     "nvjet_tst_64x8_64x16_4x1_v_bz_TNT", "expert_gemm"),
+    (["_OperationFuserAutogradFunction"], "nvjet_tst_64x8_64x16_4x1_v_bz_TNT", "dense_gemm"),  # TEFusedMLP too
     ([], "cutlass::device_kernel<GemmUniversal<cutlass::gemm::GroupProblemShape<>>>", "expert_gemm"),
     (["aten::linear", "aten::addmm"], "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", "dense_gemm"),
     (["_LayerNormLinear"], "nvjet_tst_192x192_64x4_2x1_v_bz_coopB_TNN", "dense_gemm"),
