@@ -143,6 +143,7 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("train.save_interval", "--save-interval", VALUE),
     ("train.load", "--load", VALUE),
     ("train.manual_gc", "--manual-gc", TRUE),
+    ("train.cross_entropy_loss_fusion", "--cross-entropy-loss-fusion", TRUE),
     ("train.manual_gc_interval", "--manual-gc-interval", VALUE),
     ("train.profile", "--profile", TRUE),
     ("train.profile_step_start", "--profile-step-start", VALUE),
@@ -185,7 +186,14 @@ def _fsdp(cfg: RunConfig) -> list[str]:
     return ["--use-megatron-fsdp", "--ckpt-format", "fsdp_dtensor"] if cfg.parallel.use_megatron_fsdp else []
 
 
+def _ce_impl(cfg: RunConfig) -> list[str]:
+    # the implementation flag only means something with the fusion on; Megatron's default is native
+    t = cfg.train
+    return ["--cross-entropy-fusion-impl", t.cross_entropy_fusion_impl] if t.cross_entropy_loss_fusion else []
+
+
 SPECIAL: dict[str, Callable[[RunConfig], list[str]]] = {
+    "train.cross_entropy_fusion_impl": _ce_impl,
     "model.num_query_groups": _gqa,
     "model.vocab_size": _vocab,
     "recompute.granularity": _granularity,
@@ -210,6 +218,8 @@ LAUNCHER_ONLY: dict[str, str] = {
     "launch": "what the launcher does (dry run, run directory, validation)",
     "hardware": "the target system: MFU peaks, topology and node layout, not Megatron flags",
     "megatron": "the escape hatch itself, appended after the table's flags",
+    "model.moe_grouped_gemm_impl": "which module computes the experts (recipes/experts.py), passed as MOE_GROUPED_GEMM_IMPL",
+    "train.kernel_profile": "our own profiler window (recipes/profiling.py), passed as MOE_PROFILE_STEPS",
 }
 
 
@@ -219,7 +229,7 @@ OWNED_FLAGS: tuple[str, ...] = tuple(flag for _, flag, _ in TABLE) + (
     "--mock-data", "--data-path", "--moe-router-force-load-balancing", "--use-megatron-fsdp",
     "--transformer-impl", "--moe-grouped-gemm", "--sequence-parallel", "--pipeline-model-parallel-layout",
     "--num-virtual-stages-per-pipeline-rank", "--num-layers-per-virtual-pipeline-stage",
-    "--no-gradient-accumulation-fusion",
+    "--no-gradient-accumulation-fusion", "--cross-entropy-fusion-impl",
 )
 
 

@@ -118,6 +118,18 @@ def _grid(args) -> None:
         dist.destroy_process_group()
 
 
+def flops_per_sequence(args) -> float:
+    """Megatron's own FLOP count (megatron.training.training.num_floating_point_operations, the formula
+    behind its logged TFLOP/s/GPU) for one sequence of args.seq_length tokens, forward and backward.
+    The benchmark applies the same number to the Hugging Face peer, so both sides share one formula."""
+    from megatron.core.tokenizers.utils.build_tokenizer import vocab_size_with_padding
+    from megatron.training.training import num_floating_point_operations
+
+    if getattr(args, "padded_vocab_size", None) is None:  # set by the tokenizer at start-up in a real run
+        args.padded_vocab_size = vocab_size_with_padding(args.vocab_size, args, logging_enabled=False)
+    return float(num_floating_point_operations(args, 1))
+
+
 def megatron_validate(argv: list[str], world_size: int, env: dict[str, str]) -> dict:
     """Run Megatron's checks; return a few derived facts, or raise ConfigError with Megatron's words."""
     from launcher.megatron_flags import parser
@@ -145,6 +157,7 @@ def megatron_validate(argv: list[str], world_size: int, env: dict[str, str]) -> 
                 validate_args(args, {})
                 core_transformer_config_from_args(args)
                 _grid(args)
+                flops = flops_per_sequence(args) if args.vocab_size else None
             dp = args.data_parallel_size
             if args.global_batch_size % (args.micro_batch_size * dp):
                 raise AssertionError(f"global batch size {args.global_batch_size} is not divisible by "
@@ -156,4 +169,5 @@ def megatron_validate(argv: list[str], world_size: int, env: dict[str, str]) -> 
                               "launch.dry_run=true writes the argv to inspect)") from None
     return {"data_parallel_size": args.data_parallel_size,
             "virtual_pipeline_model_parallel_size": args.virtual_pipeline_model_parallel_size,
-            "num_microbatches": args.global_batch_size // (args.micro_batch_size * args.data_parallel_size)}
+            "num_microbatches": args.global_batch_size // (args.micro_batch_size * args.data_parallel_size),
+            "flops_per_sequence": flops}

@@ -65,6 +65,10 @@ def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
         # one hardware queue keeps TP/CP communication kernels ordered ahead of the GEMMs they overlap
         # (validate_args requires it on Hopper and older; Megatron FSDP requires it unset or > 1)
         env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
+    if cfg.model.moe_grouped_gemm_impl != "te":
+        env["MOE_GROUPED_GEMM_IMPL"] = cfg.model.moe_grouped_gemm_impl  # read by recipes/experts.py
+    if cfg.train.kernel_profile:
+        env["MOE_PROFILE_STEPS"] = cfg.train.kernel_profile  # read by recipes/profiling.py on every rank
     if res.device == "cpu":
         env["OMP_NUM_THREADS"] = "1" if res.nproc_per_node > 1 else "2"  # 2-core CI machines
     env.update({k: str(v) for k, v in cfg.cluster.env.items()})

@@ -70,6 +70,10 @@ class ModelConfig:
     moe_router_group_topk: Optional[int] = None
     moe_grouped_gemm: bool = True
     """Grouped GEMM for experts (Transformer Engine only; ignored by the local spec)."""
+    moe_grouped_gemm_impl: str = "te"
+    """Expert GEMMs: te (Transformer Engine GroupedLinear; on Hopper with cuBLASLt < 13.4 one GEMM per expert)
+    or torch (torch.nn.functional.grouped_mm inside Megatron's TEGroupedMLP, one kernel per projection:
+    recipes/experts.py). torch needs TE, BF16, parallel.etp=1, no expert bias, no checkpoint save/load."""
     mtp_num_layers: Optional[int] = None
     """Multi-token-prediction layers (DeepSeek-V3 style); None = off."""
     moe_first_k_dense: Optional[int] = None
@@ -258,6 +262,15 @@ class TrainConfig:
     """None = Megatron's default (12)."""
     profile_ranks: list[int] = field(default_factory=list)
     """Global ranks that profile; empty = every rank (Megatron's default)."""
+    cross_entropy_loss_fusion: bool = False
+    """Megatron's fused vocab-parallel cross entropy (--cross-entropy-loss-fusion): no FP32 copy of the
+    full logits; with a 150k vocabulary the logits are the largest activation of a small MoE."""
+    cross_entropy_fusion_impl: str = "native"
+    """native or te (--cross-entropy-fusion-impl); used with cross_entropy_loss_fusion."""
+    kernel_profile: Optional[str] = None
+    """"START:END" (1-based iterations, inclusive): torch.profiler over those whole iterations on rank 0,
+    written with a GPU-time summary by category to <run_dir>/profile (recipes/profiling.py); null = off.
+    Independent of `profile` (Megatron's nsys range)."""
     gradient_accumulation_fusion: str = "auto"
     """true, false, or auto (on when APEX's fused kernel is importable where the run starts)."""
     cuda_graph_impl: Optional[str] = None

@@ -180,6 +180,47 @@ def check_lr_schedule(cfg: RunConfig, res: Resolved) -> None:
                           "the remaining steps)", f"set train.lr_warmup_iters below {t.train_iters}")
 
 
+def check_torch_grouped_gemm(cfg: RunConfig, res: Resolved) -> None:
+    """model.moe_grouped_gemm_impl=torch swaps TEGroupedMLP's two grouped linears for torch's grouped_mm
+    (recipes/experts.py): what that module does not implement is refused here."""
+    m = cfg.model
+    _choice("model.moe_grouped_gemm_impl", m.moe_grouped_gemm_impl, ("te", "torch"))
+    if m.moe_grouped_gemm_impl != "torch":
+        return
+    fix = "set model.moe_grouped_gemm_impl=te"
+    conflicts = (
+        ("model.transformer_impl", res.transformer_impl, res.transformer_impl != "transformer_engine",
+         "the torch experts live inside Megatron's TE grouped MLP (transformer_impl=transformer_engine)"),
+        ("model.moe_grouped_gemm", m.moe_grouped_gemm, not m.moe_grouped_gemm, "needs grouped-GEMM experts"),
+        ("parallel.etp", cfg.parallel.etp, cfg.parallel.etp != 1, "expert tensor parallelism is not implemented"),
+        ("model.add_bias_linear", m.add_bias_linear, m.add_bias_linear, "expert biases are not implemented"),
+        ("precision.fp8_recipe", cfg.precision.fp8_recipe, cfg.precision.fp8_format is not None,
+         "FP8 expert GEMMs need Transformer Engine's grouped linear"),
+        ("dispatcher.delay_wgrad_compute", True, cfg.dispatcher.delay_wgrad_compute,
+         "delayed weight gradients are a TE grouped-linear feature"),
+        ("train.save", cfg.train.save or cfg.train.load, bool(cfg.train.save or cfg.train.load),
+         "checkpoints of the torch experts (one [experts, out, in] weight) are not implemented"),
+    )
+    for field, value, bad, rule in conflicts:
+        if bad:
+            raise ConfigError(field, value, f"model.moe_grouped_gemm_impl=torch: {rule}", fix)
+
+
+def check_kernel_profile(cfg: RunConfig, res: Resolved) -> None:
+    """train.kernel_profile is START:END whole iterations inside the run (recipes/profiling.py stops the
+    profiler at the first forward of END+1, or when training ends)."""
+    text = cfg.train.kernel_profile
+    if not text:
+        return
+    fix = f"write START:END with 1 <= START <= END <= train.train_iters={cfg.train.train_iters}, e.g. 5:6"
+    try:
+        start, end = (int(x) for x in str(text).split(":"))
+    except ValueError:
+        raise ConfigError("train.kernel_profile", text, "START:END iterations", fix) from None
+    if not 1 <= start <= end <= cfg.train.train_iters:
+        raise ConfigError("train.kernel_profile", text, "the window must lie inside the run", fix)
+
+
 def check_cpu_run(cfg: RunConfig, res: Resolved) -> None:
     """What the CPU (gloo, local spec) path cannot do."""
     if res.device != "cpu":
@@ -225,7 +266,7 @@ RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     check_recompute,
     check_recompute_prerequisites, check_dispatcher, check_router, check_routing, check_precision,
     check_fp8_hardware, check_optimizer_offload, check_overlap, check_ep_overlap_layout, check_ep_overlap_conflicts,
-    check_cuda_graphs, check_cpu_run, check_data, check_gated_delta_net_mtp,
+    check_cuda_graphs, check_torch_grouped_gemm, check_kernel_profile, check_cpu_run, check_data, check_gated_delta_net_mtp,
 )
 
 

@@ -17,5 +17,7 @@ cmp qwen3_30b_a3b_8l_ep2_forced_balance issue7_nemo_automodel_h100x8_qwen3_30b_a
 cmp qwen3_30b_a3b_4l_1gpu_mbs1 issue6_h100x1_qwen3_30b_a3b_4l
 # Megatron's local layers (no TE) on a recorded H100 vs the same shape with TE (GPU not recorded)
 cmp qwen3_30b_a3b_4l_1gpu_local_mbs1 "$runs/qwen3_30b_a3b_4l_1gpu_mbs1"
+# moe-bench results (issue 6): both sides' steady state rebuilt from each bench directory's files
+for b in perf_results/bench/*/; do $PY -m launcher.bench --summarize "$b" > /dev/null; done
 $PY -m launcher.results "$runs"/* --readme perf_results/README.md --plots perf_results/plots \
   --compare-dir perf_results/compare --summary README.md

@@ -10,6 +10,8 @@ from megatron.core.tokenizers.utils.build_tokenizer import build_tokenizer
 from megatron.core.utils import get_batch_on_this_cp_rank
 from megatron.training import get_args
 
+from recipes import profiling
+
 
 def datasets_provider(train_val_test_num_samples, vp_stage=None):
     """Build train/valid/test datasets. Every rank builds them (mock data is generated, indexed data
@@ -47,6 +49,7 @@ def _batch(data_iterator) -> dict:
 def forward_step(data_iterator, model):
     """One micro-batch forward; the loss function returns (sum, token count, log dict) so Megatron
     normalises per token across micro-batches and data-parallel ranks."""
+    profiling.maybe_step(get_args())  # train.kernel_profile's window (no-op unless MOE_PROFILE_STEPS is set)
     batch = _batch(data_iterator)
     loss_mask = batch["loss_mask"]
     output = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"),

@@ -53,6 +53,11 @@ def main(argv: list[str]) -> int:
         if args.rank == 0:
             print(f"recipes.pretrain: error: {e}", file=sys.stderr, flush=True)
         return 3
+    from recipes import experts
+
+    impl = experts.apply()  # MOE_GROUPED_GEMM_IMPL (model.moe_grouped_gemm_impl): before the model is built
+    if args.rank == 0 and impl != "te":
+        print(f"recipes.pretrain: expert GEMMs through {impl} grouped_mm (recipes/experts.py)", flush=True)
     config = pretrain_cfg_container_from_args(args, gpt_config_from_args(args))
     t0 = time.time()
     try:
@@ -60,6 +65,9 @@ def main(argv: list[str]) -> int:
     except SystemExit as e:  # Megatron exits from inside on signals, exit intervals, checkpoint issues
         if e.code not in (0, None):
             raise
+    from recipes import profiling
+
+    profiling.finish()  # a kernel_profile window that training ended inside
     # completed steps: samples consumed / samples per step (no batch-size ramp-up in these recipes)
     done = get_args().consumed_train_samples // args.global_batch_size
     if args.rank == 0:

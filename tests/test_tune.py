@@ -1,0 +1,84 @@
+"""moe-tune's greedy chain: what is kept, what is not, resume, inheritance (runs faked by record files)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from launcher import tune
+from launcher.errors import ConfigError
+
+DOC = {"base": ["model=tiny_moe", "train.micro_batch_size=1"],
+       "steps": [{"name": "fusions", "overrides": ["dispatcher.permute_fusion=true"]},
+                 {"name": "micro batch", "options": {"mbs2": ["train.micro_batch_size=2"],
+                                                     "mbs4": ["train.micro_batch_size=4"]}},
+                 {"name": "noise", "overrides": ["train.manual_gc=false"]},
+                 {"name": "oom", "overrides": ["train.micro_batch_size=64"]}]}
+# tokens/s/GPU each attempt would measure, by the setting that distinguishes it
+SPEED = {"baseline": 100.0, "fusions": 110.0, "mbs2": 150.0, "mbs4": 140.0, "noise": 150.5, "oom": None}
+
+
+def fake_launch(calls):
+    """Writes the record an attempt would leave, its speed looked up by the attempt's name."""
+    def launch(overrides, run_dir):
+        calls.append(overrides)
+        name = run_dir.name.split("_", 1)[1].removeprefix("micro_batch_")
+        value = SPEED[name]
+        run_dir.mkdir(parents=True)
+        ok = value is not None
+        (run_dir / "record.json").write_text(json.dumps({
+            "status": "ok" if ok else "failed", "failure": None if ok else {"category": "oom"},
+            "steady_state": {"tokens_per_s_per_gpu": {"median": value, "cv_pct": 1.0},
+                             "peak_memory_mb": {"max_allocated_mb": 1024.0}} if ok else {}}))
+        return 0 if ok else 1
+    return launch
+
+
+def test_greedy_chain_keeps_only_real_gains(tmp_path):
+    calls: list[list[str]] = []
+    doc = tune.Tuner(DOC, tmp_path, ["cluster.master_port=29600"], "tokens_per_s_per_gpu", 0.01,
+                     fake_launch(calls)).run()
+    kept = {a["name"]: a["kept"] for a in doc["attempts"]}
+    assert kept == {"00_baseline": True, "01_fusions": True, "02_micro_batch_mbs2": True,
+                    "03_micro_batch_mbs4": False, "04_noise": False, "05_oom": False}
+    assert doc["best"] == 150.0  # 150.5 is within the 1% threshold: noise is not kept
+    assert doc["kept_overrides"] == ["model=tiny_moe", "dispatcher.permute_fusion=true", "train.micro_batch_size=2"]
+    # each attempt stacks on what was kept; command-line overrides and no double validation come last
+    assert calls[3][-2:] == ["cluster.master_port=29600", "launch.megatron_validate=false"]
+    assert "train.micro_batch_size=2" in calls[4] and "dispatcher.permute_fusion=true" in calls[4]
+    failed = next(a for a in doc["attempts"] if a["name"] == "05_oom")
+    assert failed["status"] == "failed" and failed["failure"] == "oom"
+    log = (tmp_path / "tuning_log.md").read_text()
+    assert "| 02_micro_batch_mbs2 |" in log and "failed (oom)" in log
+
+
+def test_resume_runs_nothing_twice(tmp_path):
+    calls: list[list[str]] = []
+    tune.Tuner(DOC, tmp_path, [], "tokens_per_s_per_gpu", 0.01, fake_launch(calls)).run()
+    n = len(calls)
+    again = tune.Tuner(DOC, tmp_path, [], "tokens_per_s_per_gpu", 0.01, fake_launch(calls)).run()
+    assert len(calls) == n and again["best"] == 150.0
+
+
+def test_merge_and_inherit(tmp_path):
+    assert tune.merge(["a=1", "b=2"], ["++a=3"]) == ["b=2", "++a=3"]
+    (tmp_path / "t.json").write_text(json.dumps({"base": ["model=x", "train.micro_batch_size=1"],
+                                                 "kept_overrides": ["model=x", "train.micro_batch_size=8",
+                                                                    "dispatcher.permute_fusion=true"]}))
+    assert tune.inherited(tmp_path / "t.json", ["train.micro_batch_size"]) == ["dispatcher.permute_fusion=true"]
+
+
+def test_bad_tuning_file_is_refused(tmp_path):
+    p = tmp_path / "t.yaml"
+    p.write_text("base: [a=1]\nsteps:\n  - name: x\n")
+    with pytest.raises(ConfigError, match="overrides"):
+        tune.load_steps(p)
+    assert tune.main([str(p), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_committed_tuning_files_load():
+    from pathlib import Path
+
+    for p in (Path(__file__).resolve().parent.parent / "perf_results" / "tuning").glob("*.yaml"):
+        doc = tune.load_steps(p)
+        assert any(o.startswith("model=qwen3_30b_a3b") for o in doc["base"])
