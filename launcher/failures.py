@@ -33,7 +33,9 @@ _RULES: list[tuple[str, str, re.Pattern]] = [
      re.compile(r"AssertionError.*|ValueError: .*(must be|should be|not supported|divisible)")),
     ("missing_backend", "incompatible",
      re.compile(r"recipes\.pretrain: error: .*(versions disagree|has none|signature)"
-                r"|ep_bootstrap\(\) (missing|got an unexpected)")),
+                r"|ep_bootstrap\(\) (missing|got an unexpected)"
+                # a kernel library refusing the installed compiler (flash-linear-attention on Triton < 3.7.1)
+                r"|Please upgrade \w+ to >= ?[0-9.]+")),
     ("missing_backend", "not installed",
      re.compile(r"recipes\.pretrain: error: .*cannot be imported"
                 r"|No module named '(deep_ep|transformer_engine|hybrid_ep|nvshmem|fused_weight_gradient_mlp_cuda)"

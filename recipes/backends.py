@@ -75,6 +75,32 @@ def check_gated_delta_net(args: Namespace) -> None:
     if getattr(args, "experimental_attention_variant", None) == "gated_delta_net":
         _need("fla.ops.gated_delta_rule", "gated delta net layers (experimental_attention_variant=gated_delta_net)",
               "pip install flash-linear-attention (its Triton kernels: chunk_gated_delta_rule, causal_conv1d)")
+        check_fla_triton()
+
+
+def check_fla_triton(capability=None, triton_version=None, have_tilelang=None) -> None:
+    """flash-linear-attention's gated delta rule backward gives wrong results with Triton >= 3.4, < 3.7.1 on
+    Hopper and fla refuses it inside the first backward (seen on the GPU host: Triton 3.6, fla 0.6.0);
+    say so before the model is built. tilelang is fla's other kernel backend."""
+    import importlib.util
+
+    import torch
+
+    if capability is None:
+        capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    if capability is None or capability[0] != 9:
+        return
+    if triton_version is None:
+        import triton
+
+        triton_version = triton.__version__
+    if have_tilelang is None:
+        have_tilelang = importlib.util.find_spec("tilelang") is not None
+    v = tuple(int(x) for x in triton_version.split("+")[0].split(".")[:3])
+    if (3, 4, 0) <= v < (3, 7, 1) and not have_tilelang:
+        raise BackendError(f"gated delta net layers on Hopper: flash-linear-attention refuses Triton {triton_version} "
+                           "(its gated delta rule backward is wrong with Triton >= 3.4.0, < 3.7.1 on sm_90). Fix: "
+                           "install Triton >= 3.7.1 or tilelang in the image, or train on another GPU generation")
 
 
 def check_all(args: Namespace) -> None:

@@ -199,3 +199,22 @@ def test_torch_experts_reach_the_ranks_as_environment():
     assert plan.env["MOE_GROUPED_GEMM_IMPL"] == "torch" and plan.env["MOE_PROFILE_STEPS"] == "2:3"
     with pytest.raises(ConfigError, match="inside the run"):
         plan_for(["train.kernel_profile=5:50"], validate_megatron=False)
+
+
+# ------------------------------------------------------------------------------------------- fla on Hopper
+
+@pytest.mark.parametrize("capability, triton, tilelang, refused", [
+    ((9, 0), "3.6.0", False, True),   # the GPU host: fla 0.6.0 stopped the Qwen3-Next proxy in its first backward
+    ((9, 0), "3.7.1", False, False),
+    ((9, 0), "3.6.0", True, False),   # tilelang is fla's other kernel backend
+    ((10, 0), "3.6.0", False, False),  # the wrong-results bug is Hopper's
+    ((9, 0), "3.3.1+git", False, False),
+])
+def test_gated_delta_net_refuses_the_triton_fla_refuses(capability, triton, tilelang, refused):
+    from recipes.backends import BackendError, check_fla_triton
+
+    if refused:
+        with pytest.raises(BackendError, match="Triton >= 3.7.1 or tilelang"):
+            check_fla_triton(capability, triton, tilelang)
+    else:
+        check_fla_triton(capability, triton, tilelang)
