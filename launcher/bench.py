@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import ConfigError
-from launcher.record import DEFAULT_WARMUP, stats
+from launcher.record import DEFAULT_WARMUP, _flag, steady_state
 
 SCHEMA = "moe-recipes/bench/1"
 REPO = Path(__file__).resolve().parent.parent
@@ -91,47 +91,56 @@ def run_logged(cmd: list[str], log: Path) -> tuple[int, float]:
 # ---------------------------------------------------------------------------------------------- summaries
 
 
-def steady_rows(rows: list[dict], warmup: int, skip: Optional[tuple[int, int]]) -> list[dict]:
-    """The steady-state window of both sides: iterations after `warmup`, minus a profiled window (its
-    iterations carry the profiler's overhead) and iterations Megatron counted as skipped or NaN."""
-    return [r for r in rows if r["iteration"] > warmup and not (skip and skip[0] <= r["iteration"] <= skip[1])
-            and not r.get("skipped") and not r.get("nan_iterations")]
+def _medians(ss: dict) -> dict:
+    """The steady state's medians under the names bench.json uses."""
+    med = lambda k: (ss.get(k) or {}).get("median")  # noqa: E731
+    return {"tokens_per_s_per_gpu": med("tokens_per_s_per_gpu"), "tflops_per_gpu": med("tflops_per_gpu"),
+            "step_time_ms": med("step_time_ms"), "mfu": med("mfu"), "iterations": ss["window"]["iterations"]}
 
 
-def ours_summary(run_dir: Path, warmup: int, skip: Optional[tuple[int, int]] = None) -> dict:
-    """Steady state of our run from its record's per-iteration series (what every other table shows)."""
-    rec_path = run_dir / "record.json"
-    if not rec_path.exists():
+def ours_summary(r: Optional[dict], run_dir: Path, warmup: int, skip: Optional[tuple[int, int]] = None) -> dict:
+    """Steady state of our run (record `r`, None when it did not run) from its per-iteration series, by
+    the records' own window rule (launcher.record.steady_state), profiled iterations left out."""
+    if r is None:
         return {"side": "ours", "run_dir": run_dir.name, "status": "not run"}
-    r = json.loads(rec_path.read_text())
-    rows = steady_rows(r.get("series", []), warmup, skip)
-    med = lambda k: (stats([x.get(k) for x in rows]) or {}).get("median")  # noqa: E731
-    mem = (r.get("memory") or {}).get("max_allocated_mb")
+    ss = steady_state(r.get("series", []), warmup, None, r.get("memory") or {}, skip)
     return {"side": "ours", "run_dir": run_dir.name, "status": r["status"],
             "failure": (r.get("failure") or {}).get("category"),
-            "micro_batch_size": r["batch"]["micro_batch_size"], "gpus": r["system"]["world_size"],
-            "tokens_per_s_per_gpu": med("tokens_per_s_per_gpu"), "tflops_per_gpu": med("tflops_per_gpu"),
-            "step_time_ms": med("step_ms"), "mfu": med("mfu"), "iterations": len(rows),
-            "peak_allocated_gib": _gib(mem), "gpu_name": r["system"].get("gpu_name"),
-            "numerics": _our_numerics(r.get("argv", []))}
+            "micro_batch_size": r["batch"]["micro_batch_size"], "gpus": r["system"]["world_size"], **_medians(ss),
+            "peak_allocated_gib": _gib((r.get("memory") or {}).get("max_allocated_mb")),
+            "gpu_name": r["system"].get("gpu_name"), "numerics": _our_numerics(r.get("argv", []))}
 
 
 def _our_numerics(argv: list[str]) -> str:
-    def val(flag, default):
-        return argv[argv.index(flag) + 1] if flag in argv else default
     if "--fp8-format" in argv:
-        head = f"FP8 {val('--fp8-recipe', 'delayed')} GEMMs, BF16 elsewhere"
+        head = f"FP8 {_flag(argv, '--fp8-recipe', 'delayed')} GEMMs, BF16 elsewhere"
     else:
         head = "BF16 weights and activations" if "--bf16" in argv else "FP32 weights and activations"
-    opt = (f"precision-aware optimizer (master {val('--main-params-dtype', 'fp32')}, grads "
-           f"{val('--main-grads-dtype', 'fp32')}, moments {val('--exp-avg-dtype', 'fp32')}/"
-           f"{val('--exp-avg-sq-dtype', 'fp32')})" if "--use-precision-aware-optimizer" in argv
+    opt = (f"precision-aware optimizer (master {_flag(argv, '--main-params-dtype', 'fp32')}, grads "
+           f"{_flag(argv, '--main-grads-dtype', 'fp32')}, moments {_flag(argv, '--exp-avg-dtype', 'fp32')}/"
+           f"{_flag(argv, '--exp-avg-sq-dtype', 'fp32')})" if "--use-precision-aware-optimizer" in argv
            else "FP32 master weights, FP32 gradients and Adam moments")
     return f"{head}; {opt}; FP32 loss"
 
 
 def _gib(mb: Optional[float]) -> Optional[float]:
     return round(mb / 1024, 2) if mb is not None else None
+
+
+def peer_series(rows: list[dict], spec: dict, world: int, flops_per_sequence: Optional[float],
+                peak_tflops: Optional[float]) -> list[dict]:
+    """The peer's per-step rows with the columns our records carry: tokens/s/GPU, TFLOP/s/GPU (Megatron's
+    FLOP count per sequence x sequences/s / GPUs) and MFU."""
+    gbs, seq = spec["global_batch_size"], spec["seq_length"]
+    out = []
+    for r in rows:
+        per_s = 1000 / r["step_ms"]
+        row = {**r, "tokens_per_s_per_gpu": gbs * seq * per_s / world}
+        if flops_per_sequence:
+            row["tflops_per_gpu"] = flops_per_sequence * gbs * per_s / world / 1e12
+            row["mfu"] = row["tflops_per_gpu"] / peak_tflops if peak_tflops else None
+        out.append(row)
+    return out
 
 
 def peer_summary(run_dir: Path, flops_per_sequence: Optional[float], warmup: int, peak_tflops: Optional[float],
@@ -146,18 +155,13 @@ def peer_summary(run_dir: Path, flops_per_sequence: Optional[float], warmup: int
            "experts_implementation": spec.get("experts_implementation")}
     series_path = run_dir / "peer_series.jsonl"
     rows = [json.loads(x) for x in series_path.read_text().splitlines() if x.strip()] if series_path.exists() else []
-    rows = steady_rows(rows, warmup, skip)
     if not rows or out["status"] != "ok":
         return out
-    world, seq, gbs = info["world_size"], spec["seq_length"], spec["global_batch_size"]
-    step = stats([r["step_ms"] for r in rows])
-    tok = stats([gbs * seq / (r["step_ms"] / 1000) / world for r in rows])
-    out.update(step_time_ms=step["median"], tokens_per_s_per_gpu=round(tok["median"], 1), iterations=len(rows),
-               peak_allocated_gib=_gib(info.get("max_allocated_mb")), loss_last=rows[-1]["loss"])
-    if flops_per_sequence:
-        tflops = stats([flops_per_sequence * gbs / (r["step_ms"] / 1000) / world / 1e12 for r in rows])
-        out["tflops_per_gpu"] = round(tflops["median"], 2)
-        out["mfu"] = round(out["tflops_per_gpu"] / peak_tflops, 4) if peak_tflops else None
+    ss = steady_state(peer_series(rows, spec, info["world_size"], flops_per_sequence, peak_tflops), warmup, None,
+                      {}, skip)
+    if "reason" in ss:  # no iteration after the warm-up
+        return out
+    out.update(_medians(ss), peak_allocated_gib=_gib(info.get("max_allocated_mb")), loss_last=ss["loss"]["last"])
     return out
 
 
@@ -166,11 +170,10 @@ def summarize(out: Path, warmup: int = DEFAULT_WARMUP, skip: Optional[tuple[int,
     iterations, left out of both sides' steady state."""
     plan = json.loads((out / "ours" / "plan.json").read_text())
     flops = (plan.get("megatron") or {}).get("flops_per_sequence")
-    ours = ours_summary(out / "ours", warmup, skip)
-    peak = None
-    rec = out / "ours" / "record.json"
-    if rec.exists():
-        peak = ((json.loads(rec.read_text())["system"].get("peak_tflops")) or {}).get("bf16")
+    rec_path = out / "ours" / "record.json"
+    rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
+    ours = ours_summary(rec, out / "ours", warmup, skip)
+    peak = ((rec["system"].get("peak_tflops") or {}).get("bf16")) if rec else None
     peers = [peer_summary(d, flops, warmup, peak, skip) for d in sorted(out.glob("peer_mbs*"), key=_mbs_key)]
     ok = [p for p in peers if p.get("tokens_per_s_per_gpu")]
     best = max(ok, key=lambda p: p["tokens_per_s_per_gpu"]) if ok else None

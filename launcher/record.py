@@ -225,15 +225,22 @@ def series_of(log: LogSummary, seq: int, world: int, peak: Optional[float]) -> l
     return out
 
 
-def steady_state(series: list[dict], warmup: int, last: Optional[int], memory: dict) -> dict:
+def steady_state(series: list[dict], warmup: int, last: Optional[int], memory: dict,
+                 skip: Optional[tuple[int, int]] = None) -> dict:
+    """The declared window: iterations after `warmup` up to `last`, minus those Megatron counted as skipped
+    or NaN and minus `skip` (START, END), a profiled window whose iterations carry the profiler's overhead."""
     window = {"warmup_iterations": warmup, "last": last,
               "rule": f"iterations {warmup + 1}..{last if last else 'last logged'}, "
-                      "leaving out those Megatron counted as skipped or NaN"}
+                      "leaving out those Megatron counted as skipped or NaN"
+                      + (f" and the profiled iterations {skip[0]}..{skip[1]}" if skip else "")}
     rows = [r for r in series if r["iteration"] > warmup and (last is None or r["iteration"] <= last)]
+    profiled = [r["iteration"] for r in rows if skip and skip[0] <= r["iteration"] <= skip[1]]
     dropped = [r["iteration"] for r in rows if r.get("skipped") or r.get("nan_iterations")]
-    rows = [r for r in rows if r["iteration"] not in dropped]
+    rows = [r for r in rows if r["iteration"] not in dropped and r["iteration"] not in profiled]
     window.update(first=rows[0]["iteration"] if rows else None, last=rows[-1]["iteration"] if rows else last,
                   iterations=len(rows), left_out=dropped)
+    if skip:
+        window["profiled"] = profiled
     if not rows:
         return {"window": window, "reason": f"no logged iteration after the {warmup} warm-up iterations"}
     col = lambda key: [r.get(key) for r in rows]  # noqa: E731

@@ -92,9 +92,14 @@ def test_bench_summary_rebuilds_the_committed_result():
     assert peer["step_time_ms"] == pytest.approx(steady[len(steady) // 2], rel=0.1)
 
 
-def test_steady_rows_leave_out_warmup_and_profiled_steps():
-    rows = [{"iteration": i} for i in range(1, 11)]
-    assert [r["iteration"] for r in bench.steady_rows(rows, 3, (9, 9))] == [4, 5, 6, 7, 8, 10]
+def test_steady_state_leaves_out_warmup_and_profiled_steps():
+    from launcher.record import steady_state
+
+    rows = [{"iteration": i, "step_ms": 100.0 * i} for i in range(1, 11)]
+    w = steady_state(rows, 3, None, {}, (9, 9))
+    # iterations 4, 5, 6, 7, 8, 10: median step = (600 + 700) / 2
+    assert (w["window"]["first"], w["window"]["last"], w["window"]["iterations"]) == (4, 10, 6)
+    assert w["window"]["profiled"] == [9] and w["step_time_ms"]["median"] == 650.0
     with pytest.raises(ConfigError):
         bench.parse_window("9-9")
 
