@@ -29,6 +29,7 @@ from typing import Optional
 
 from launcher.errors import ConfigError
 from launcher.record import DEFAULT_WARMUP, _flag, steady_state
+from launcher.rules import iteration_window
 
 SCHEMA = "moe-recipes/bench/1"
 REPO = Path(__file__).resolve().parent.parent
@@ -39,12 +40,10 @@ def parse_window(text: Optional[str]) -> Optional[tuple[int, int]]:
     if not text:
         return None
     try:
-        a, b = (int(x) for x in text.split(":"))
+        return iteration_window(text)
     except ValueError:
-        raise ConfigError("--profile", text, "START:END iterations, e.g. 5:6", "write two integers") from None
-    if not 1 <= a <= b:
-        raise ConfigError("--profile", text, "1 <= START <= END", "pick a window inside the run")
-    return a, b
+        raise ConfigError("--profile", text, "START:END iterations with 1 <= START <= END, e.g. 5:6",
+                          "write two integers, the first not above the second") from None
 
 
 def _ours_overrides(overrides: list[str], out: Path, dry_run: bool, profile) -> list[str]:

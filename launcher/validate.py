@@ -17,7 +17,7 @@ from launcher.feature_checks import (check_attention_variant, check_cuda_graphs,
                                      check_overlap, check_precision, check_recompute,
                                      check_recompute_prerequisites, check_router, check_routing)
 from launcher.layout import parse_layout
-from launcher.rules import choice as _choice, divisors as _divisors
+from launcher.rules import choice as _choice, divisors as _divisors, iteration_window
 from launcher.schema import RunConfig
 
 
@@ -214,10 +214,10 @@ def check_kernel_profile(cfg: RunConfig, res: Resolved) -> None:
         return
     fix = f"write START:END with 1 <= START <= END <= train.train_iters={cfg.train.train_iters}, e.g. 5:6"
     try:
-        start, end = (int(x) for x in str(text).split(":"))
+        _, end = iteration_window(text)
     except ValueError:
         raise ConfigError("train.kernel_profile", text, "START:END iterations", fix) from None
-    if not 1 <= start <= end <= cfg.train.train_iters:
+    if end > cfg.train.train_iters:
         raise ConfigError("train.kernel_profile", text, "the window must lie inside the run", fix)
 
 

@@ -51,17 +51,13 @@ _S = _State()
 
 def parse_steps(value: str) -> tuple[int, int]:
     """'START:END' -> (START, END), 1 <= START <= END; anything else is a ValueError naming the variable."""
-    parts = value.strip().split(":")
+    from launcher.rules import iteration_window  # the launcher's parser of the same window (train.kernel_profile)
+
     try:
-        if len(parts) != 2:
-            raise ValueError
-        start, end = int(parts[0]), int(parts[1])
+        return iteration_window(value)
     except ValueError:
-        start = end = None
-    if start is None or not 1 <= start <= end:
         raise ValueError(f"{ENV_STEPS}={value!r}: expected 'START:END', 1-based training iterations with "
-                         f"1 <= START <= END (inclusive), e.g. {ENV_STEPS}=5:7")
-    return start, end
+                         f"1 <= START <= END (inclusive), e.g. {ENV_STEPS}=5:7") from None
 
 
 def window() -> Optional[tuple[int, int]]:
