@@ -16,6 +16,7 @@ check_torch_grouped_gemm refuses the rest before anything starts.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -68,29 +69,21 @@ class TorchGroupedLinear(torch.nn.Module):
 
         tracker = get_cuda_rng_tracker()
         fork = tracker.fork(get_expert_parallel_rng_tracker_name()) if is_expert and tracker.is_initialized() \
-            else _Null()
+            else contextlib.nullcontext()
         with fork, torch.no_grad():
             for i in range(self.num_gemms):  # each expert like its own Linear weight [out, in]
                 init_method(self.weight[i])
 
     def forward(self, x: torch.Tensor, tokens_per_expert):
-        counts = torch.as_tensor(tokens_per_expert, dtype=torch.int32)
         if x.shape[0] == 0:  # no token routed here: keep the weight in the graph for its (zero) gradient
             return x @ self.weight[0].t() + 0 * self.weight.sum(), None
+        counts = torch.as_tensor(tokens_per_expert, dtype=torch.int32)
         offs = torch.cumsum(counts, 0, dtype=torch.int32).to(x.device, non_blocking=True)
         y = grouped_mm()(x.to(self.weight.dtype), self.weight.transpose(1, 2), offs=offs)
         return y, None
 
     def extra_repr(self) -> str:
         return f"experts={self.num_gemms}, in={self.in_features}, out={self.out_features}, grouped_mm"
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def apply(impl: Optional[str] = None) -> str:

@@ -19,6 +19,7 @@ memory, status). The launcher computes the steady state and the FLOP rate (Megat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -112,7 +113,7 @@ def train(spec: dict, run_dir: Path) -> int:
         for micro in range(accum):
             tokens = _batch(spec, mbs, device, gen)
             sync = world == 1 or micro == accum - 1  # all-reduce once per step, like Megatron's DDP
-            ctx = ddp.no_sync() if not sync else _null()
+            ctx = ddp.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 out = ddp(input_ids=tokens, labels=tokens, output_router_logits=True)
                 (out.loss / accum).backward()
@@ -143,14 +144,6 @@ def train(spec: dict, run_dir: Path) -> int:
             "numerics": "pure_bf16: BF16 weights, gradients and AdamW states, no FP32 master copy; FP32 loss",
             "versions": _versions(device)}, indent=1))
     return 0
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _Profiler:
