@@ -87,6 +87,13 @@ def _command(run_dir: Path, plan: dict) -> Optional[str]:
     return path.read_text().strip() if path.exists() else None
 
 
+def _kernel_libs(v: dict) -> str:
+    """Triton / flash-linear-attention / tilelang, where the run recorded them (versions.json since Nov 2026)."""
+    libs = [f"{name} {v[k]}" for k, name in (("triton", "Triton"), ("fla_core", "fla"), ("tilelang", "tilelang"))
+            if v.get(k)]
+    return "".join(f", {lib}" for lib in libs)
+
+
 def read_versions(run_dir: Path) -> dict:
     """versions.json (compute side, current) or versions.txt (three lines, older runs), normalised:
     torch, cuda, nccl, megatron_core, transformer_engine, deep_ep, gpu_name, gpus_visible, ..."""
@@ -336,7 +343,8 @@ def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int
             "nvlink_domain": hw.get("nvlink_domain") if hw else None,
         },
         "versions": {k: versions.get(k) for k in ("megatron_core", "transformer_engine", "torch", "cuda", "nccl",
-                                                  "deep_ep", "apex", "python", "source")},
+                                                  "deep_ep", "apex", "python", "source", "triton", "fla_core",
+                                                  "tilelang")},
         "parallel": layout,
         "batch": {"seq_length": seq, "micro_batch_size": mbs, "global_batch_size": gbs,
                   "grad_accum": plan.get("megatron", {}).get("num_microbatches")
@@ -406,8 +414,8 @@ def render_md(r: dict) -> str:
         f"{r['model']['num_experts']} experts, top-{r['model']['topk']}) |",
         f"| system | {gpu} on {sysm['nodes']} node(s), hardware {_fmt(sysm['hardware'])} |",
         f"| versions | megatron-core {_fmt(v['megatron_core'])}, TE {_fmt(v['transformer_engine'])}, torch "
-        f"{_fmt(v['torch'])}, CUDA {_fmt(v['cuda'])}, NCCL {_fmt(v['nccl'])}, DeepEP {_fmt(v['deep_ep'])} "
-        f"({_fmt(v['source'])}) |",
+        f"{_fmt(v['torch'])}, CUDA {_fmt(v['cuda'])}, NCCL {_fmt(v['nccl'])}, DeepEP {_fmt(v['deep_ep'])}"
+        f"{_kernel_libs(v)} ({_fmt(v['source'])}) |",
         f"| code | {_fmt((r['code'] or {}).get('describe'))} |",
         f"| TP / PP / VPP / CP / EP / ETP / DP / EDP | {lay['tp']} / {lay['pp']} / {_fmt(lay['vpp'])} / {lay['cp']} / "
         f"{lay['ep']} / {lay['etp']} / {lay['dp']} / {lay['edp']} |",

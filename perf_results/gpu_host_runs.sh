@@ -56,7 +56,10 @@ case $what in
     ;;
   proxies)  # each family's proxy on one GPU: seq 2048, 4 x MBS 1 per step, 6 steps, BF16, alltoall
     # gated delta net (qwen3_next) needs flash-linear-attention: WHEELS=dir with flash_linear_attention-0.6.0
-    # and fla_core-0.6.0 (pip download --no-deps), installed next to the staged stack
+    # and fla_core-0.6.0 (pip download --no-deps), installed next to the staged stack. On Hopper with the
+    # host's Triton 3.6 fla refuses its gated backward (wrong results below Triton 3.7.1) unless tilelang is
+    # there: the Nov 23 run added tilelang 0.1.15, apache-tvm-ffi 0.1.12, torch-c-dlpack-ext 0.1.5 and
+    # z3-solver 4.15.4.0 to WHEELS (the host has nvcc 13.0, which tilelang compiles with)
     if [ -n "${WHEELS:-}" ]; then python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl; fi
     grep -v '^#' perf_results/proxies.txt | sed -n "${3},${4}p" | while read -r name overrides; do
       python3 -m launcher $overrides train=pretrain train.seq_length=2048 train.global_batch_size=4 \

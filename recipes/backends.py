@@ -74,14 +74,15 @@ def check_gradient_accumulation_fusion(args: Namespace) -> None:
 def check_gated_delta_net(args: Namespace) -> None:
     if getattr(args, "experimental_attention_variant", None) == "gated_delta_net":
         _need("fla.ops.gated_delta_rule", "gated delta net layers (experimental_attention_variant=gated_delta_net)",
-              "pip install flash-linear-attention (its Triton kernels: chunk_gated_delta_rule, causal_conv1d)")
+              "pip install -e '.[gpu]' (flash-linear-attention 0.6.0 with tilelang 0.1.15), or use the container")
         check_fla_triton()
 
 
 def check_fla_triton(capability=None, triton_version=None, have_tilelang=None) -> None:
     """flash-linear-attention's gated delta rule backward gives wrong results with Triton >= 3.4, < 3.7.1 on
     Hopper and fla refuses it inside the first backward (seen on the GPU host: Triton 3.6, fla 0.6.0);
-    say so before the model is built. tilelang is fla's other kernel backend."""
+    say so before the model is built. With tilelang installed fla runs that backward with it (measured on H200:
+    fla 0.6.0, tilelang 0.1.15, Triton 3.6)."""
     import importlib.util
 
     import torch
@@ -100,7 +101,8 @@ def check_fla_triton(capability=None, triton_version=None, have_tilelang=None) -
     if (3, 4, 0) <= v < (3, 7, 1) and not have_tilelang:
         raise BackendError(f"gated delta net layers on Hopper: flash-linear-attention refuses Triton {triton_version} "
                            "(its gated delta rule backward is wrong with Triton >= 3.4.0, < 3.7.1 on sm_90). Fix: "
-                           "install Triton >= 3.7.1 or tilelang in the image, or train on another GPU generation")
+                           "install Triton >= 3.7.1 or tilelang (pip install -e '.[gpu]' pins tilelang 0.1.15, the "
+                           "container has it), or train on another GPU generation")
 
 
 def check_all(args: Namespace) -> None:

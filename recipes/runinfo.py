@@ -42,6 +42,16 @@ def _version(module: str, *dists: str) -> Optional[str]:
     return str(getattr(mod, "__version__", "unknown"))
 
 
+def _dist_version(dist: str) -> Optional[str]:
+    """An installed distribution's version without importing it (tilelang's import loads TVM, seconds)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _nvidia_smi(*args: str) -> Optional[str]:
     try:
         out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=20)
@@ -64,6 +74,11 @@ def collect() -> dict:
         "transformer_engine": _version("transformer_engine", "transformer-engine", "transformer_engine"),
         "deep_ep": _version("deep_ep", "deep_ep", "deep-ep"),
         "apex": _version("apex", "apex"),
+        # the kernel compilers and libraries behind gated delta net (Qwen3-Next): flash-linear-attention's
+        # Hopper backward needs Triton >= 3.7.1 or tilelang (recipes/backends.py check_fla_triton)
+        "triton": _dist_version("triton"),
+        "fla_core": _dist_version("fla-core"),
+        "tilelang": _dist_version("tilelang"),
     }
     try:
         info["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else None

@@ -103,10 +103,14 @@ def test_versions_live_in_one_file_and_match_the_package_pins():
     assert f'transformer-engine[pytorch]=={pins["TRANSFORMER_ENGINE"]}' in pyproject
     assert all(re.fullmatch(r"[0-9a-f]{40}", pins[k]) for k in ("DEEPEP_COMMIT", "HYBRIDEP_COMMIT"))
     assert re.fullmatch(r"\d+\.\d+\.\d+", pins["NVSHMEM"])
+    # gated delta net's kernels: the image installs the pair the gpu extra pins
+    assert f'"flash-linear-attention=={pins["FLA"]}"' in pyproject and f'"tilelang=={pins["TILELANG"]}"' in pyproject
     for dockerfile, deepep in (("Dockerfile", "DEEPEP_COMMIT"), ("Dockerfile.blackwell", "HYBRIDEP_COMMIT")):
         text = (REPO / "container" / dockerfile).read_text()
         args = set(re.findall(r"^ARG (\w+)", text, re.M))
-        assert {"NGC_PYTORCH", "MEGATRON_CORE", "TRANSFORMER_ENGINE", deepep, "NVSHMEM", "NVSHMEM_PKG"} <= args
+        assert {"NGC_PYTORCH", "MEGATRON_CORE", "TRANSFORMER_ENGINE", deepep, "NVSHMEM", "NVSHMEM_PKG", "FLA",
+                "TILELANG"} <= args
+        assert '"flash-linear-attention==${FLA}" "tilelang==${TILELANG}"' in text
         # defaults in the Dockerfile equal versions.env (a build without --build-arg gets the same image)
         for name, value in re.findall(r"^ARG (\w+)=(\S+)", text, re.M):
             if name in pins:

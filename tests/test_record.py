@@ -157,5 +157,19 @@ def test_runinfo_writes_versions_json_from_distributions(tmp_path, monkeypatch):
     # the distribution's version, not megatron.core.__version__ (which appends the enclosing repo's commit)
     assert v["megatron_core"] == metadata.version("megatron-core") and "+" not in v["megatron_core"]
     assert v["torch"] and v["world_size"] >= 1 and v["nodes"] >= 1 and v["env"]["NCCL_DEBUG"] == "WARN"
+    # kernel libraries by distribution metadata (not imported): None where not installed
+    for key, dist in (("triton", "triton"), ("fla_core", "fla-core"), ("tilelang", "tilelang")):
+        try:
+            assert v[key] == metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            assert v[key] is None
     r = read_versions(tmp_path)
     assert r["source"] == "versions.json" and r["megatron_core"] == v["megatron_core"]
+
+
+def test_record_names_the_kernel_libraries_a_run_had():
+    """The Qwen3-Next proxy ran because tilelang was there; its record says so, older records stay as they were."""
+    md = (RUNS / "proxy_qwen3_next_80b_a3b" / "record.md").read_text()
+    assert "DeepEP -, Triton 3.6.0, fla 0.6.0, tilelang 0.1.15 (versions.json)" in md
+    old = (RUNS / "proxy_qwen3_next_80b_a3b_without_tilelang" / "record.json").read_text()
+    assert json.loads(old)["versions"]["tilelang"] is None
