@@ -186,8 +186,11 @@ PUBLISHED: dict[str, Published] = {
                              active_counts_input_embedding=False),
     "deepseek_v2_lite": Published(15.7e9, 2.4e9, "deepseek-ai/DeepSeek-V2-Lite model card: 15.7B total, 2.4B "
                                   "activated", active_counts_input_embedding=False),
-    "kimi_k2": Published(1.04e12, 32e9, "Kimi K2 technical report (arXiv:2507.20534): 1.04T total, 32B activated "
-                         "(model card: 1T, 32B)", active_counts_input_embedding=False),
+    # the released checkpoint's count; the technical report (arXiv:2507.20534) says 1.04T, which this config
+    # reproduces only with one MTP layer added (1.026T + 17.2B), and the release has none
+    "kimi_k2": Published(1.03e12, 32e9, "moonshotai/Kimi-K2-Base on Hugging Face: 1.03T (safetensors metadata; "
+                         "the report's 1.04T matches this plus one MTP layer), model card: 32B activated",
+                         active_counts_input_embedding=False),
     "qwen3_30b_a3b": Published(30.5e9, 3.3e9, "Qwen/Qwen3-30B-A3B model card: 30.5B total, 3.3B activated"),
     "qwen3_235b_a22b": Published(235e9, 22e9, "Qwen/Qwen3-235B-A22B model card: 235B total, 22B activated"),
     "qwen3_next_80b_a3b": Published(80e9, 3e9, "Qwen/Qwen3-Next-80B-A3B-Base model card: 80B total, 3B activated"),
