@@ -4,7 +4,8 @@
 # usage: bash perf_results/gpu_host_issue6.sh tune1|tune2|bench OUTDIR
 #   tune1  GPU 0: the one-GPU tuning chain (perf_results/tuning/qwen3_30b_a3b_4l_1gpu.yaml)
 #          GPU 1: the transformers peer at several micro batches (4 and 8 layers), then our FP8 runs
-#   tune2  both GPUs: the EP2 chain, starting from what tune1 kept; then dropless with the kept settings
+#   tune2  both GPUs: the EP2 chain from the measured EP2 preset; then dropless with the kept settings
+#   overlap  both GPUs: the EP2 preset with the EP all-to-all overlap (after the forward-step fix)
 #   bench  moe-bench at the kept settings, both sides profiled: 1 GPU (4 layers), 2 GPUs EP2 (8 layers)
 set -uo pipefail
 source /root/gpu-host.env
@@ -66,14 +67,21 @@ case $what in
     tar czf "$out/final.tar.gz" -C "$w" bench_1gpu_torch_mbs8 runs b1.out r1.out
     ;;
   tune2)
-    python3 -m launcher.tune perf_results/tuning/qwen3_30b_a3b_8l_ep2.yaml --out $w/t2 --inherit $w/t1/tune.json \
-      > $w/t2.out 2>&1
+    # the chain starts from the measured EP2 preset (its base), so it needs no one-GPU chain on this host
+    python3 -m launcher.tune perf_results/tuning/qwen3_30b_a3b_8l_ep2.yaml --out $w/t2 > $w/t2.out 2>&1
     cat $w/t2/tuning_log.md
     kept=$(python3 -c "import json; print(' '.join(json.load(open('$w/t2/tune.json'))['kept_overrides']))")
     python3 -m launcher $kept train.routing=dropless train.train_iters=12 launch.run_dir=$w/t2/dropless_kept \
       > /dev/null 2>&1; echo "dropless rc=$?"
     python3 -m launcher.record $w/t2/dropless_kept | tail -3
     pack tune2 t2 t2.out
+    ;;
+  overlap)  # the EP2 chain's A2A overlap attempt again, after the forward step learned return_schedule_plan
+    name=qwen3_30b_a3b_8l_ep2_torch_experts_a2a_overlap_forced_balance
+    python3 -m launcher preset=qwen3_30b_a3b_8l_2xh200_ep2_bench_bf16 dispatcher.overlap_moe_expert_parallel_comm=true \
+      train.train_iters=9 train.lr_warmup_iters=2 launch.run_dir=$w/$name > $w/$name.out 2>&1; echo "$name rc=$?"
+    tail -3 $w/$name.out
+    pack overlap $name
     ;;
   bench)
     k1=$(python3 -c "import json; print(' '.join(json.load(open('$w/t1/tune.json'))['kept_overrides']))")

@@ -46,14 +46,19 @@ def _batch(data_iterator) -> dict:
     return batch
 
 
-def forward_step(data_iterator, model):
+def forward_step(data_iterator, model, return_schedule_plan: bool = False):
     """One micro-batch forward; the loss function returns (sum, token count, log dict) so Megatron
-    normalises per token across micro-batches and data-parallel ranks."""
+    normalises per token across micro-batches and data-parallel ranks.
+
+    With the EP all-to-all overlap (--overlap-moe-expert-parallel-comm) Megatron's combined 1F1B schedule
+    calls this with return_schedule_plan=True and wants the model's schedule plan in place of its output:
+    it then runs the layers itself, one micro batch's dispatch/combine beside another's compute."""
     profiling.maybe_step(get_args())  # train.kernel_profile's window (no-op unless MOE_PROFILE_STEPS is set)
     batch = _batch(data_iterator)
     loss_mask = batch["loss_mask"]
-    output = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"),
-                   labels=batch["labels"], loss_mask=loss_mask)
+    run = model.build_schedule_plan if return_schedule_plan else model
+    output = run(batch["tokens"], batch["position_ids"], batch.get("attention_mask"),
+                 labels=batch["labels"], loss_mask=loss_mask)
 
     def loss_func(output_tensor):
         mask = loss_mask.view(-1).float()

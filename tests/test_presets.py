@@ -101,7 +101,7 @@ EXPECTED: dict[str, Expect] = {
         Expect("qwen3_30b_a3b", 1, "h200", 1, 1, 1, 1, None, 1, 8, 16, 4096, "alltoall", ()),
     "qwen3_30b_a3b_8l_2xh200_ep2_bench_bf16":
         Expect("qwen3_30b_a3b", 2, "h200", 1, 1, 2, 1, None, 1, 4, 32, 4096, "alltoall", (),
-               routing="forced_balance"),
+               routing="forced_balance", a2a_overlap=True),
     # best_practice/qwen3/run_30b.sh, 1x8 B200
     "qwen3_30b_a3b_8xb200_ep8_mbs4_alltoall_bf16":
         Expect("qwen3_30b_a3b", 8, "b200", 1, 1, 8, 1, None, 1, 4, 256, 4096, "alltoall", NORM_ACT,

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from conftest import make_cfg
 from launcher import tune
 from launcher.errors import ConfigError
 
@@ -81,4 +82,5 @@ def test_committed_tuning_files_load():
 
     for p in (Path(__file__).resolve().parent.parent / "perf_results" / "tuning").glob("*.yaml"):
         doc = tune.load_steps(p)
-        assert any(o.startswith("model=qwen3_30b_a3b") for o in doc["base"])
+        # the base composes (a preset or groups) into the Qwen3-30B-A3B shape each chain documents
+        assert make_cfg(doc["base"]).model.name == "qwen3_30b_a3b", p.name

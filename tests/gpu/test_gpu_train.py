@@ -45,10 +45,16 @@ def test_tiny_moe_trains_on_one_gpu_with_transformer_engine(tmp_path):
 
 
 @pytest.mark.skipif("_gpus() < 2")
-def test_qwen3_shape_ep2_trains_on_two_gpus(tmp_path):
+@pytest.mark.parametrize("extra", [
+    [],
+    # EP all-to-all overlap: Megatron's combined 1F1B schedule asks the forward step for a schedule plan
+    # (GBS 8 = 2 micro batches per rank: one's dispatch/combine runs beside the other's compute)
+    ["dispatcher.overlap_moe_expert_parallel_comm=true", "train.global_batch_size=8"],
+], ids=["alltoall", "a2a_overlap"])
+def test_qwen3_shape_ep2_trains_on_two_gpus(tmp_path, extra):
     rc, run_dir, out = _launch(tmp_path, "model=qwen3_30b_a3b", "model.num_layers=2", "parallel=ep2",
                                "train.seq_length=1024", "train.global_batch_size=4", "train.train_iters=5",
-                               "cluster.gpus_per_node=2")
+                               "cluster.gpus_per_node=2", *extra)
     assert rc == 0, out[-3000:]
     record = _record(run_dir)
     assert record["iterations"]["logged"] == 5 and record["steady_state"]["tflops_per_gpu"]["median"] > 0
@@ -62,7 +68,8 @@ def test_missing_deepep_fails_clearly_instead_of_falling_back(tmp_path):
         pytest.skip("deep_ep is installed here")
     except ImportError:
         pass
-    rc, _, out = _launch(tmp_path, "cluster.gpus_per_node=1", "dispatcher=deepep", "train.train_iters=2")
+    rc, _, out = _launch(tmp_path, "cluster.gpus_per_node=1", "dispatcher=deepep", "train.train_iters=2",
+                        "train.lr_warmup_iters=1")
     assert rc != 0
     assert "dispatcher=deepep needs the 'deep_ep' package" in out
     assert "iteration        1/" not in out  # nothing trained on another dispatcher
