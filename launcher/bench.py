@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import ConfigError
-from launcher.record import DEFAULT_WARMUP, _flag, steady_state
+from launcher.record import DEFAULT_WARMUP, _flag, steady_medians, steady_state
+from launcher.record_md import failure_label
 from launcher.rules import iteration_window
 
 SCHEMA = "moe-recipes/bench/1"
@@ -90,13 +91,6 @@ def run_logged(cmd: list[str], log: Path) -> tuple[int, float]:
 # ---------------------------------------------------------------------------------------------- summaries
 
 
-def _medians(ss: dict) -> dict:
-    """The steady state's medians under the names bench.json uses."""
-    med = lambda k: (ss.get(k) or {}).get("median")  # noqa: E731
-    return {"tokens_per_s_per_gpu": med("tokens_per_s_per_gpu"), "tflops_per_gpu": med("tflops_per_gpu"),
-            "step_time_ms": med("step_time_ms"), "mfu": med("mfu"), "iterations": ss["window"]["iterations"]}
-
-
 def ours_summary(r: Optional[dict], run_dir: Path, warmup: int, skip: Optional[tuple[int, int]] = None) -> dict:
     """Steady state of our run (record `r`, None when it did not run) from its per-iteration series, by
     the records' own window rule (launcher.record.steady_state), profiled iterations left out."""
@@ -104,8 +98,9 @@ def ours_summary(r: Optional[dict], run_dir: Path, warmup: int, skip: Optional[t
         return {"side": "ours", "run_dir": run_dir.name, "status": "not run"}
     ss = steady_state(r.get("series", []), warmup, None, r.get("memory") or {}, skip)
     return {"side": "ours", "run_dir": run_dir.name, "status": r["status"],
-            "failure": (r.get("failure") or {}).get("category"),
-            "micro_batch_size": r["batch"]["micro_batch_size"], "gpus": r["system"]["world_size"], **_medians(ss),
+            "failure": failure_label(r.get("failure")),
+            "micro_batch_size": r["batch"]["micro_batch_size"], "gpus": r["system"]["world_size"],
+            **steady_medians(ss),
             "peak_allocated_gib": _gib((r.get("memory") or {}).get("max_allocated_mb")),
             "gpu_name": r["system"].get("gpu_name"), "numerics": _our_numerics(r.get("argv", []))}
 
@@ -160,7 +155,8 @@ def peer_summary(run_dir: Path, flops_per_sequence: Optional[float], warmup: int
                       {}, skip)
     if "reason" in ss:  # no iteration after the warm-up
         return out
-    out.update(_medians(ss), peak_allocated_gib=_gib(info.get("max_allocated_mb")), loss_last=ss["loss"]["last"])
+    out.update(steady_medians(ss), peak_allocated_gib=_gib(info.get("max_allocated_mb")),
+               loss_last=ss["loss"]["last"])
     return out
 
 

@@ -256,6 +256,14 @@ def steady_state(series: list[dict], warmup: int, last: Optional[int], memory: d
     }
 
 
+def steady_medians(ss: dict) -> dict:
+    """The medians of a steady state (steady_state's result), the figures a tuning or benchmark table shows."""
+    med = lambda k: (ss.get(k) or {}).get("median")  # noqa: E731
+    return {"tokens_per_s_per_gpu": med("tokens_per_s_per_gpu"), "tflops_per_gpu": med("tflops_per_gpu"),
+            "step_time_ms": med("step_time_ms"), "mfu": med("mfu"),
+            "iterations": (ss.get("window") or {}).get("iterations")}
+
+
 def status_of(exit_info: Optional[dict], log: LogSummary, failure) -> str:
     if exit_info is not None:
         return "ok" if exit_info.get("returncode") == 0 else "failed"

@@ -1,7 +1,7 @@
 """record.md and the one-line headline of a run record (launcher.record builds the record itself)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 
 def _kernel_libs(v: dict) -> str:
@@ -9,6 +9,13 @@ def _kernel_libs(v: dict) -> str:
     libs = [f"{name} {v[k]}" for k, name in (("triton", "Triton"), ("fla_core", "fla"), ("tilelang", "tilelang"))
             if v.get(k)]
     return "".join(f", {lib}" for lib in libs)
+
+
+def failure_label(f: Optional[dict]) -> Optional[str]:
+    """A record's failure as "class/kind" (e.g. "oom/cuda"); None when the run did not fail."""
+    if not f:
+        return None
+    return f["class"] + (f"/{f['kind']}" if f.get("kind") else "")
 
 
 def _fmt(x: Any, nd: int = 1, pct: bool = False) -> str:
@@ -24,8 +31,7 @@ def _fmt(x: Any, nd: int = 1, pct: bool = False) -> str:
 def headline(r: dict) -> str:
     """One line: what the run measured, or how it failed."""
     if r["status"] == "failed" and r["failure"]:
-        f = r["failure"]
-        return f"FAILED [{f['class']}{'/' + f['kind'] if f.get('kind') else ''}] {f['summary']}"
+        return f"FAILED [{failure_label(r['failure'])}] {r['failure']['summary']}"
     ss = r["steady_state"]
     if "tflops_per_gpu" not in ss or not ss.get("step_time_ms"):
         return f"{r['status']}: {ss.get('reason', 'no steady-state iterations')}"

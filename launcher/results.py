@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from launcher.compare import DEFAULT_REFERENCES, entry_from_record, load_references, matching_references
-from launcher.record import DEFAULT_WARMUP, headline, write_record
+from launcher.record import DEFAULT_WARMUP, write_record
+from launcher.record_md import failure_label, headline
 
 COLUMNS = ["Model", "Dispatcher", "System", "Precision", "#GPUs", "SEQ LEN", "TP", "CP", "EP", "PP", "EDP", "ETP",
            "VPP", "DP", "FSDP", "MBS", "GBS", "GA", "recompute", "Step time (sec)", "Per GPU TF", "MFU", "Mem",
@@ -138,7 +139,7 @@ def detail_row(r: dict, link: str) -> list[str]:
     w = ss.get("window", {})
     mem = r["memory"]
     f = r.get("failure")
-    status = r["status"] if not f else f"{r['status']}: {f['class']}" + (f"/{f['kind']}" if f.get("kind") else "")
+    status = r["status"] if not f else f"{r['status']}: {failure_label(f)}"
     loss = ss.get("loss") or {}
     return [f"[{r['name']}]({link})", status, r["routing"].replace("_", " "),
             _spread(ss.get("step_time_ms"), 2, 1 / 1000), _spread(ss.get("tokens_per_s_per_gpu"), 0),

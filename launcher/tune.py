@@ -29,6 +29,8 @@ from typing import Optional
 import yaml
 
 from launcher.errors import ConfigError
+from launcher.record import steady_medians
+from launcher.record_md import failure_label
 
 SCHEMA = "moe-recipes/tuning/1"
 
@@ -78,11 +80,10 @@ def measure(run_dir: Path, metric: str) -> dict:
         return {"status": "no record", "value": None}
     r = json.loads(rec_path.read_text())
     ss = r.get("steady_state") or {}
-    get = lambda k: (ss.get(k) or {}).get("median")  # noqa: E731
+    medians = steady_medians(ss)
     mem = (ss.get("peak_memory_mb") or {}).get("max_allocated_mb")
-    return {"status": r["status"], "failure": (r.get("failure") or {}).get("category"),
-            "value": get(metric) if r["status"] == "ok" else None, "tflops_per_gpu": get("tflops_per_gpu"),
-            "tokens_per_s_per_gpu": get("tokens_per_s_per_gpu"), "step_time_ms": get("step_time_ms"),
+    return {"status": r["status"], "failure": failure_label(r.get("failure")),
+            "value": medians[metric] if r["status"] == "ok" else None, **medians,
             "cv_pct": (ss.get(metric) or {}).get("cv_pct"),
             "peak_allocated_gib": round(mem / 1024, 2) if mem else None}
 

@@ -28,7 +28,7 @@ def fake_launch(calls):
         run_dir.mkdir(parents=True)
         ok = value is not None
         (run_dir / "record.json").write_text(json.dumps({
-            "status": "ok" if ok else "failed", "failure": None if ok else {"category": "oom"},
+            "status": "ok" if ok else "failed", "failure": None if ok else {"class": "oom", "kind": "cuda"},
             "steady_state": {"tokens_per_s_per_gpu": {"median": value, "cv_pct": 1.0},
                              "peak_memory_mb": {"max_allocated_mb": 1024.0}} if ok else {}}))
         return 0 if ok else 1
@@ -48,9 +48,18 @@ def test_greedy_chain_keeps_only_real_gains(tmp_path):
     assert calls[3][-2:] == ["cluster.master_port=29600", "launch.megatron_validate=false"]
     assert "train.micro_batch_size=2" in calls[4] and "dispatcher.permute_fusion=true" in calls[4]
     failed = next(a for a in doc["attempts"] if a["name"] == "05_oom")
-    assert failed["status"] == "failed" and failed["failure"] == "oom"
+    assert failed["status"] == "failed" and failed["failure"] == "oom/cuda"
     log = (tmp_path / "tuning_log.md").read_text()
-    assert "| 02_micro_batch_mbs2 |" in log and "failed (oom)" in log
+    assert "| 02_micro_batch_mbs2 |" in log and "failed (oom/cuda)" in log
+
+
+def test_measure_reads_a_real_failed_record():
+    """The failure class comes from what launcher.record writes (its "class" and "kind" keys)."""
+    from pathlib import Path
+
+    run = Path(__file__).resolve().parent.parent / "perf_results" / "runs" / "qwen3_30b_a3b_4l_1gpu_mbs4"
+    m = tune.measure(run, "tokens_per_s_per_gpu")
+    assert m["status"] == "failed" and m["failure"] == "oom/cuda" and m["value"] is None
 
 
 def test_resume_runs_nothing_twice(tmp_path):
