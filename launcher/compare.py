@@ -81,12 +81,9 @@ def load_references(path: Path = DEFAULT_REFERENCES) -> dict[str, dict]:
     out = {}
     for raw in data.get("references", []):
         e = {"kind": "reference", "approx": False, **raw}
-        if e.get("recompute") == "none":
-            e["recompute"] = "none"
-        full = e.get("num_layers")
         model_cfg = _model_layers(e.get("model"))
         e.setdefault("full_num_layers", model_cfg)
-        if e.get("num_layers") is None and full is None:
+        if e.get("num_layers") is None:  # a published full-model row: the model's own layer count
             e["num_layers"] = model_cfg
         hw = catalog.get(str(e.get("system")))
         peak_key = "peak_tflops_fp8" if str(e.get("precision", "")).startswith("fp8") else "peak_tflops_bf16"

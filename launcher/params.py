@@ -121,10 +121,6 @@ class ParamCount:
         return self.total + self.mtp
 
     @property
-    def active_without_embeddings(self) -> int:
-        return self.active - self.embedding - self.output
-
-    @property
     def hf_checkpoint(self) -> int:
         """What a Hugging Face checkpoint holds: each MTP module stores its own copy of the embedding
         and output head (DeepSeek-V3: 671B + 14B MTP module = 685B)."""
