@@ -4,6 +4,8 @@ mirrors a check Megatron-Core makes later, so a config stops on the login node u
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from launcher.derive import Resolved, eval_layer_pattern, moe_layer_pattern
 from launcher.errors import ConfigError
 from launcher.rules import choice as _choice, divisors as _divisors
@@ -78,6 +80,16 @@ def _pattern(field: str, text: str, num_layers: int) -> list[int]:
     return pattern
 
 
+def _frequency(field: str, text: str, num_layers: int, meaning: str, example: str) -> Optional[list[int]]:
+    """A Megatron layer-frequency value: "N" (returns None) or a list expression (returns its pattern)."""
+    text = text.strip()
+    if "[" in text:
+        return _pattern(field, text, num_layers)
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(field, text, f"must be a positive integer N ({meaning}) or a list expression", example)
+    return None
+
+
 def check_moe_layer_freq(cfg: RunConfig, res: Resolved) -> None:
     """Megatron's layer-spec builders assert the pattern length; a pattern with no MoE layer has no experts."""
     m = cfg.model
@@ -90,13 +102,11 @@ def check_moe_layer_freq(cfg: RunConfig, res: Resolved) -> None:
             raise ConfigError("model.moe_first_k_dense", k, f"must leave at least one MoE layer of "
                               f"model.num_layers={m.num_layers}", f"set it between 0 and {m.num_layers - 1}")
         return
-    text = m.moe_layer_freq.strip()
-    if "[" in text:
-        if 1 not in _pattern("model.moe_layer_freq", text, m.num_layers):
-            raise ConfigError("model.moe_layer_freq", text, "has no MoE layer (no 1)", "mark at least one layer 1")
-    elif not text.isdigit() or int(text) < 1:
-        raise ConfigError("model.moe_layer_freq", text, "must be a positive integer N (one MoE layer every N) "
-                          "or a list expression", 'use "1" (every layer MoE)')
+    pattern = _frequency("model.moe_layer_freq", m.moe_layer_freq, m.num_layers, "one MoE layer every N",
+                         'use "1" (every layer MoE)')
+    if pattern is not None and 1 not in pattern:
+        raise ConfigError("model.moe_layer_freq", m.moe_layer_freq.strip(), "has no MoE layer (no 1)",
+                          "mark at least one layer 1")
 
 
 def check_attention_variant(cfg: RunConfig, res: Resolved) -> None:
@@ -138,12 +148,8 @@ def check_attention_variant(cfg: RunConfig, res: Resolved) -> None:
     if m.linear_attention_freq is None:
         raise ConfigError("model.linear_attention_freq", None, "gated delta net needs the linear/full attention "
                           "pattern", 'set model.linear_attention_freq="4" (every 4th layer full attention)')
-    text = m.linear_attention_freq.strip()
-    if "[" in text:
-        _pattern("model.linear_attention_freq", text, m.num_layers)
-    elif not text.isdigit() or int(text) < 1:
-        raise ConfigError("model.linear_attention_freq", text, "must be a positive integer N (every N-th layer "
-                          "full attention) or a list expression", 'use "4"')
+    _frequency("model.linear_attention_freq", m.linear_attention_freq, m.num_layers,
+               "every N-th layer full attention", 'use "4"')
     keys = m.linear_num_key_heads or 16  # Megatron's defaults
     values = m.linear_num_value_heads or 32
     if values % keys:
