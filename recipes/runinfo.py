@@ -32,14 +32,8 @@ def _version(module: str, *dists: str) -> Optional[str]:
         mod = importlib.import_module(module)
     except Exception:  # not installed, or a broken build
         return None
-    from importlib import metadata
-
-    for dist in dists:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return str(getattr(mod, "__version__", "unknown"))
+    found = next((v for v in map(_dist_version, dists) if v is not None), None)
+    return found or str(getattr(mod, "__version__", "unknown"))
 
 
 def _dist_version(dist: str) -> Optional[str]:

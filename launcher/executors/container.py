@@ -25,20 +25,15 @@ if TYPE_CHECKING:
 GPU_FLAGS = {"docker": ["--gpus", "all"], "podman": ["--device", "nvidia.com/gpu=all"]}
 
 
-def volumes(cfg: "RunConfig", run_dir: Path, workdir: Path) -> list[str]:
-    """-v specs: the user's mounts, then this directory and the run directory at the same paths."""
-    from launcher.sbatch import container_mounts
-
-    return container_mounts(cfg, run_dir, workdir)
-
-
 def docker_argv(cfg: "RunConfig", plan: "LaunchPlan", run_dir: Path, workdir: Path) -> list[str]:
     c = cfg.cluster
     argv = [c.container_runtime, "run", "--rm", "--ipc=host", "--network=host", "--ulimit", "memlock=-1",
             "--ulimit", "stack=67108864"]
     if plan.resolved.device == "cuda":
         argv += GPU_FLAGS[c.container_runtime]
-    for spec in volumes(cfg, run_dir, workdir):
+    from launcher.sbatch import container_mounts  # the same mounts pyxis gets on Slurm
+
+    for spec in container_mounts(cfg, run_dir, workdir):  # -v specs: the user's, then workdir and run_dir
         argv += ["-v", spec]
     for name in [*plan.env, "MOE_RUN_DIR"]:  # MOE_RUN_DIR: run_local sets it; rank 0 writes versions.json there
         argv += ["-e", name]
