@@ -50,6 +50,7 @@ class TorchGroupedLinear(torch.nn.Module):
             raise ValueError("model.moe_grouped_gemm_impl=torch needs parallel.etp=1. Fix: set "
                              "model.moe_grouped_gemm_impl=te")
         self.config, self.num_gemms, self.use_bias = config, num_gemms, False
+        self._grouped_mm = grouped_mm()  # looked up once, not in every forward
         self.in_features, self.out_features = input_size, output_size
         device = "cpu" if config.use_cpu_initialization or not torch.cuda.is_available() \
             else torch.cuda.current_device()
@@ -79,7 +80,7 @@ class TorchGroupedLinear(torch.nn.Module):
             return x @ self.weight[0].t() + 0 * self.weight.sum(), None
         counts = torch.as_tensor(tokens_per_expert, dtype=torch.int32)
         offs = torch.cumsum(counts, 0, dtype=torch.int32).to(x.device, non_blocking=True)
-        y = grouped_mm()(x.to(self.weight.dtype), self.weight.transpose(1, 2), offs=offs)
+        y = self._grouped_mm(x.to(self.weight.dtype), self.weight.transpose(1, 2), offs=offs)
         return y, None
 
     def extra_repr(self) -> str:
