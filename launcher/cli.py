@@ -14,7 +14,7 @@ USAGE = __doc__.split("\n", 2)[2]
 
 
 def _help() -> str:
-    from launcher.compose import group_options, groups
+    from launcher.config.compose import group_options, groups
 
     lines = [USAGE.rstrip(), "", "config groups (conf/<group>/<option>.yaml):"]
     lines += [f"  {g:<11} {', '.join(group_options(g))}" for g in groups()]
@@ -32,18 +32,18 @@ def main(argv: list[str] | None = None) -> int:
         print(_help())
         return 0
     try:
-        from launcher import executors
-        from launcher.compose import compose
-        from launcher.plan import build_plan
-        from launcher.probe import detect
-        from launcher.rundir import default_run_dir, write_run_dir
+        from launcher.config.compose import compose
+        from launcher.plan.probe import detect
+        from launcher.run.registry import executor_for, launch_plan
+        from launcher.run.rundir import default_run_dir, write_run_dir
 
         composed, cfg = compose(args)
-        plan = build_plan(cfg, detect())
+        executor = executor_for(cfg)
+        plan = launch_plan(cfg, detect())
         run_dir = Path(cfg.launch.run_dir) if cfg.launch.run_dir else default_run_dir(cfg)
-        entry_text = executors.render_entry(cfg, plan, run_dir)  # sbatch.sh / container.sh: checked first
-        script = write_run_dir(run_dir, composed, plan, executors.workdir(cfg), args)
-        script = executors.write_entry(cfg, run_dir, entry_text, script)
+        entry_text = executor.render(cfg, plan, run_dir)  # sbatch.sh / container.sh: checked first
+        script = write_run_dir(run_dir, composed, plan, executor.workdir(cfg), args)
+        script = executor.write_entry(run_dir, entry_text, script)
     except ConfigError as e:
         print(f"moe-launch: error: {e}", file=sys.stderr)
         return 2
@@ -59,13 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"moe-launch: run directory {run_dir}")
     if cfg.launch.dry_run:
         print(script.read_text(), end="")
-        print(f"moe-launch: dry run: nothing started; run it with: {executors.how_to_run(cfg, script)}")
+        print(f"moe-launch: dry run: nothing started; run it with: {executor.how_to_run(script)}")
         return 0
-    if cfg.cluster.executor != "local":
-        return executors.execute(cfg, script)
-    from launcher.executors.local import run_local
-
-    rc = run_local(script)
-    status = "finished" if rc == 0 else f"FAILED (exit {rc})"
-    print(f"moe-launch: {status}; log: {run_dir / 'train.log'}", file=sys.stderr if rc else sys.stdout)
-    return rc
+    return executor.run(cfg, script)

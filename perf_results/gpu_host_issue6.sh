@@ -20,13 +20,13 @@ pack() { tar czf "$out/$1.tar.gz" --exclude='*.json.gz' -C "$w" "${@:2}"; }
 case $what in
   tune1)
     python3 -c "import torch, transformer_engine.pytorch, transformer_engine_torch as t; print('cublasLt', t.get_cublasLt_version(), torch.cuda.get_device_name(0))"
-    CUDA_VISIBLE_DEVICES=0 python3 -m launcher.tune perf_results/tuning/qwen3_30b_a3b_4l_1gpu.yaml --out $w/t1 \
+    CUDA_VISIBLE_DEVICES=0 python3 -m launcher.tools.tune perf_results/tuning/qwen3_30b_a3b_4l_1gpu.yaml --out $w/t1 \
       cluster.master_port=29500 > $w/t1.out 2>&1 &
     (
       export CUDA_VISIBLE_DEVICES=1
-      python3 -m launcher.bench --no-ours --peer-mbs 1,2,4,8 --out $w/peer4l "${q4[@]}" cluster.gpus_per_node=1 \
+      python3 -m launcher.tools.bench --no-ours --peer-mbs 1,2,4,8 --out $w/peer4l "${q4[@]}" cluster.gpus_per_node=1 \
         cluster.device=cuda cluster.master_port=29600
-      python3 -m launcher.bench --no-ours --peer-mbs 2,4,8 --out $w/peer8l "${q8[@]}" cluster.gpus_per_node=1 \
+      python3 -m launcher.tools.bench --no-ours --peer-mbs 2,4,8 --out $w/peer8l "${q8[@]}" cluster.gpus_per_node=1 \
         cluster.device=cuda cluster.master_port=29600
       for r in blockwise tensorwise; do
         python3 -m launcher "${q4[@]}" precision=fp8_$r train.micro_batch_size=4 dispatcher.permute_fusion=true \
@@ -40,9 +40,9 @@ case $what in
     pack tune1 t1 peer4l peer8l fp8 t1.out gpu1.out
     ;;
   tune1b)  # the chain again (tune1's command line was refused by moe-tune's parser), GPU 1 profiles both sides
-    CUDA_VISIBLE_DEVICES=0 timeout 560 python3 -m launcher.tune perf_results/tuning/qwen3_30b_a3b_4l_1gpu.yaml \
+    CUDA_VISIBLE_DEVICES=0 timeout 560 python3 -m launcher.tools.tune perf_results/tuning/qwen3_30b_a3b_4l_1gpu.yaml \
       --out $w/t1 cluster.master_port=29500 > $w/t1.out 2>&1 &
-    CUDA_VISIBLE_DEVICES=1 python3 -m launcher.bench --peer-mbs 8 --profile 9:9 --out $w/prof4l "${q4[@]}" \
+    CUDA_VISIBLE_DEVICES=1 python3 -m launcher.tools.bench --peer-mbs 8 --profile 9:9 --out $w/prof4l "${q4[@]}" \
       train.micro_batch_size=4 dispatcher.permute_fusion=true dispatcher.router_fusion=true \
       train.cross_entropy_loss_fusion=true cluster.gpus_per_node=1 cluster.master_port=29600 > $w/prof4l.out 2>&1
     wait
@@ -53,7 +53,7 @@ case $what in
   final)  # torch grouped-GEMM experts (recipes/experts.py) on top of what the one-GPU chain kept
     fuse=(dispatcher.permute_fusion=true dispatcher.router_fusion=true train.cross_entropy_loss_fusion=true
           model.moe_grouped_gemm_impl=torch)
-    CUDA_VISIBLE_DEVICES=0 python3 -m launcher.bench --peer-mbs 8 --profile 9:9 --out $w/bench_1gpu_torch_mbs8 \
+    CUDA_VISIBLE_DEVICES=0 python3 -m launcher.tools.bench --peer-mbs 8 --profile 9:9 --out $w/bench_1gpu_torch_mbs8 \
       "${q4[@]}" "${fuse[@]}" train.micro_batch_size=8 cluster.gpus_per_node=1 cluster.master_port=29500 \
       > $w/b1.out 2>&1 &
     CUDA_VISIBLE_DEVICES=1 python3 -m launcher "${q4[@]}" "${fuse[@]}" train.micro_batch_size=4 cluster.gpus_per_node=1 \
@@ -68,12 +68,12 @@ case $what in
     ;;
   tune2)
     # the chain starts from the measured EP2 preset (its base), so it needs no one-GPU chain on this host
-    python3 -m launcher.tune perf_results/tuning/qwen3_30b_a3b_8l_ep2.yaml --out $w/t2 > $w/t2.out 2>&1
+    python3 -m launcher.tools.tune perf_results/tuning/qwen3_30b_a3b_8l_ep2.yaml --out $w/t2 > $w/t2.out 2>&1
     cat $w/t2/tuning_log.md
     kept=$(python3 -c "import json; print(' '.join(json.load(open('$w/t2/tune.json'))['kept_overrides']))")
     python3 -m launcher $kept train.routing=dropless train.train_iters=12 launch.run_dir=$w/t2/dropless_kept \
       > /dev/null 2>&1; echo "dropless rc=$?"
-    python3 -m launcher.record $w/t2/dropless_kept | tail -3
+    python3 -m launcher.records.record $w/t2/dropless_kept | tail -3
     pack tune2 t2 t2.out
     ;;
   overlap)  # the EP2 chain's A2A overlap attempt again, after the forward step learned return_schedule_plan
@@ -88,8 +88,8 @@ case $what in
     k2=$(python3 -c "import json; print(' '.join(json.load(open('$w/t2/tune.json'))['kept_overrides']))")
     mbs1=$(python3 -c "import json; b=json.load(open('$w/peer4l/bench.json')); print(b['best_peer'].removeprefix('peer_mbs'))")
     mbs2=$(python3 -c "import json; b=json.load(open('$w/peer8l/bench.json')); print(b['best_peer'].removeprefix('peer_mbs'))")
-    python3 -m launcher.bench --peer-mbs $mbs1 --profile 10:10 --out $w/bench_1gpu $k1 train.train_iters=10
-    python3 -m launcher.bench --peer-mbs $mbs2 --profile 10:10 --out $w/bench_ep2 $k2 train.train_iters=10
+    python3 -m launcher.tools.bench --peer-mbs $mbs1 --profile 10:10 --out $w/bench_1gpu $k1 train.train_iters=10
+    python3 -m launcher.tools.bench --peer-mbs $mbs2 --profile 10:10 --out $w/bench_ep2 $k2 train.train_iters=10
     tar czf "$out/bench.tar.gz" -C "$w" bench_1gpu bench_ep2
     ;;
 esac

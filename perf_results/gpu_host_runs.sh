@@ -45,7 +45,7 @@ case $what in
       cp /tmp/runs/$name/train.log /tmp/runs/$name/exit.json "$out/$name/" 2>/dev/null || cp /tmp/$name.out "$out/$name/"
     }
     # meant as an OOM, this first version asserted earlier: warm-up 10 >= 5 steps (Megatron's LR scheduler,
-    # inside pretrain); launcher/validate.py check_lr_schedule now refuses it on the login node, and the
+    # inside pretrain); launcher/plan/rules/__init__.py check_lr_schedule now refuses it on the login node, and the
     # OOM sample comes from the `mbs` case (MBS 4)
     fail oom_qwen3_8l_1gpu model=qwen3_30b_a3b model.num_layers=8 train=pretrain train.micro_batch_size=4 \
       train.global_batch_size=8 train.train_iters=5

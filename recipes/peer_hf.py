@@ -4,7 +4,7 @@
     torchrun --nproc-per-node N -m recipes.peer_hf --spec ... --run-dir # N GPUs, data parallel (DDP)
 
 What a user would otherwise write: `Qwen3MoeForCausalLM` (or `MixtralForCausalLM`) from transformers,
-built from the same architecture as our recipe (launcher/bench.py writes SPEC.json from the composed
+built from the same architecture as our recipe (launcher/tools/bench.py writes SPEC.json from the composed
 config), random tokens of the same sequence length, the same tokens per optimizer step (global batch =
 micro batch x accumulation x data-parallel ranks), gradient clipping at 1.0 like Megatron, and torch's
 fused AdamW. Numerics ("pure_bf16", the only mode): BF16 weights, BF16 gradients and BF16 AdamW states
@@ -148,7 +148,7 @@ def train(spec: dict, run_dir: Path) -> int:
 
 class _Profiler:
     """torch.profiler over steps START..END (1-based, inclusive) when the spec asks; summary by
-    launcher.trace_summary next to the trace, like recipes/profiling.py does for Megatron runs."""
+    launcher.records.trace_summary next to the trace, like recipes/profiling.py does for Megatron runs."""
 
     def __init__(self, steps, run_dir: Path, rank: int):
         self.window = tuple(steps) if steps else None
@@ -180,7 +180,7 @@ class _Profiler:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="recipes.peer_hf", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--spec", required=True, help="JSON written by launcher/bench.py")
+    ap.add_argument("--spec", required=True, help="JSON written by launcher/tools/bench.py")
     ap.add_argument("--run-dir", required=True)
     a = ap.parse_args(argv)
     spec = json.loads(Path(a.spec).read_text())

@@ -16,8 +16,8 @@ neighbouring iteration leaks in or out): the window holds whole iterations, thei
 optimizer steps included (it is shifted by the work Megatron does before an iteration's first forward:
 the gradient-buffer zeroing of START is outside, that of END+1 inside, so still one per iteration). finish() stops it when training ends inside the window. Every rank profiles
 (equal overhead keeps ranks in step); the selected ranks then write, under $MOE_RUN_DIR/profile/:
-  trace_rank{R}.json.gz   the Chrome trace (chrome://tracing, Perfetto, launcher.trace_summary)
-  summary_rank{R}.json    launcher.trace_summary's numbers, steps = iterations in the window
+  trace_rank{R}.json.gz   the Chrome trace (chrome://tracing, Perfetto, launcher.records.trace_summary)
+  summary_rank{R}.json    launcher.records.trace_summary's numbers, steps = iterations in the window
   summary_rank{R}.md      the same as a readable report
 A failure to write them is reported on stderr and does not stop training.
 """
@@ -51,7 +51,7 @@ _S = _State()
 
 def parse_steps(value: str) -> tuple[int, int]:
     """'START:END' -> (START, END), 1 <= START <= END; anything else is a ValueError naming the variable."""
-    from launcher.rules import iteration_window  # the launcher's parser of the same window (train.kernel_profile)
+    from launcher.records.steady import iteration_window  # the launcher's parser of the same window (train.kernel_profile)
 
     try:
         return iteration_window(value)
@@ -153,7 +153,7 @@ def _stop(steps: int) -> None:
 
 def export(prof, rank: int, steps: int, run_dir: Optional[Path] = None) -> Path:
     """Write the gzipped Chrome trace and its summary (.json, .md) under RUN_DIR/profile/; the trace path."""
-    from launcher import trace_summary  # repo root is on PYTHONPATH on compute nodes
+    from launcher.records import trace_summary  # repo root is on PYTHONPATH on compute nodes
 
     out = Path(run_dir or os.environ.get("MOE_RUN_DIR") or ".") / "profile"
     out.mkdir(parents=True, exist_ok=True)

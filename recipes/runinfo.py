@@ -1,7 +1,7 @@
 """What the run actually ran on, written by rank 0 into the run directory as versions.json.
 
 The compute node is the only place that knows the package versions, the GPU model and the NCCL build
-that a run used; the launcher's record (launcher/record.py) reads this file. The run directory comes
+that a run used; the launcher's record (launcher/records/record.py) reads this file. The run directory comes
 from MOE_RUN_DIR, which the launcher's executor sets; without it nothing is written.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Shared helpers: a fixed machine probe and one-call config/plan builders.
 
-Every test builds plans with PROBE, never with launcher.probe.detect(), so results do not depend on
+Every test builds plans with PROBE, never with launcher.plan.probe.detect(), so results do not depend on
 the machine the suite runs on (GPUs, Transformer Engine, APEX, DeepEP).
 """
 from __future__ import annotations
@@ -8,17 +8,17 @@ from __future__ import annotations
 import importlib.util
 import re
 
-from launcher.compose import compose
-from launcher.plan import LaunchPlan, build_plan
-from launcher.probe import MachineProbe
-from launcher.schema import RunConfig
+from launcher.config.compose import compose
+from launcher.plan.plan import LaunchPlan, build_plan
+from launcher.plan.probe import MachineProbe
+from launcher.config.schema import RunConfig
 
 PROBE = MachineProbe(gpus=0, transformer_engine=False, apex_fused_wgrad=False, deep_ep=False, cpu_count=2)
 
 HAVE_TE = importlib.util.find_spec("transformer_engine") is not None
 
 # Megatron's TransformerConfig asks whether Transformer Engine kernels are *installed here* (rope
-# fusion, fused permute, TE version for FP8). launcher/megatron_check.py stands in for the target GPU's
+# fusion, fused permute, TE version for FP8). launcher/plan/megatron/validator.py stands in for the target GPU's
 # arch and capability but not for TE, so on a machine without TE every transformer_engine argv is
 # rejected with one of these messages (see the report: megatron_check TE stand-in bug).
 TE_MISSING = re.compile(r"Please install TE|transformer-engine>=|your version is 0\.0\.0")

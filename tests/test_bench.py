@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import make_cfg, plan_for
-from launcher import bench
+from launcher.tools import bench
 from launcher.errors import ConfigError
-from launcher.peer_spec import peer_spec
+from launcher.tools.peer_spec import peer_spec
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "perf_results" / "runs"
@@ -93,7 +93,7 @@ def test_bench_summary_rebuilds_the_committed_result():
 
 
 def test_steady_state_leaves_out_warmup_and_profiled_steps():
-    from launcher.record import steady_state
+    from launcher.records.record import steady_state
 
     rows = [{"iteration": i, "step_ms": 100.0 * i} for i in range(1, 11)]
     w = steady_state(rows, 3, None, {}, (9, 9))

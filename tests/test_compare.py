@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import compare
-from launcher.compare import entry_from_record, like_for_like, load_references, ratios, render
-from launcher.record import build_record
+from launcher.records import compare
+from launcher.records.compare import entry_from_record, like_for_like, load_references, ratios, render
+from launcher.records.record import build_record
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "perf_results" / "runs"

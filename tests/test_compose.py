@@ -7,9 +7,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import make_cfg
-from launcher.compose import CONF_DIR, compose, group_options, groups
+from launcher.config.compose import CONF_DIR, compose, group_options, groups
 from launcher.errors import ConfigError
-from launcher.schema import ModelConfig, RunConfig
+from launcher.config.schema import ModelConfig, RunConfig
 
 GROUPS = ["cluster", "data", "dispatcher", "hardware", "model", "parallel", "precision", "recompute", "train"]
 

@@ -14,8 +14,9 @@ import pytest
 
 from conftest import PROBE, make_cfg
 from launcher.errors import ConfigError
-from launcher.executors.container import render_container
-from launcher.plan import build_plan, render_script
+from launcher.run.container import render_container
+from launcher.run.command import render_script
+from launcher.run.registry import launch_plan
 
 REPO = Path(__file__).resolve().parent.parent
 RUN, WORK = Path("/runs/c"), Path("/work/moe-recipes")
@@ -23,7 +24,7 @@ RUN, WORK = Path("/runs/c"), Path("/work/moe-recipes")
 
 def _render(*overrides, probe=PROBE):
     cfg = make_cfg(["cluster=container", "cluster.container_image=moe-recipes:h100", *overrides])
-    plan = build_plan(cfg, probe)
+    plan = launch_plan(cfg, probe)
     return cfg, plan, render_container(cfg, plan, RUN, WORK)
 
 
@@ -75,7 +76,7 @@ def test_image_workdir_and_user_mounts():
 def test_container_config_errors(overrides, field):
     with pytest.raises(ConfigError) as e:
         make_cfg_plan = make_cfg(["cluster=container", "cluster.container_image=img", *overrides])
-        build_plan(make_cfg_plan, PROBE)
+        launch_plan(make_cfg_plan, PROBE)
     assert e.value.field == field
 
 

@@ -131,13 +131,14 @@ def _exec_tokens(script: str) -> list[str]:
 
 def test_render_script_quotes_shell_metacharacters(tmp_path):
     from conftest import make_cfg, PROBE
-    from launcher.plan import build_plan, render_script
+    from launcher.run.command import render_script
+    from launcher.run.registry import launch_plan
 
     cfg = make_cfg(["model=qwen3_235b_a22b", "parallel=tp2_pp8_vpp4_ep32", "train=pretrain", "cluster.nodes=32",
                     "cluster.gpus_per_node=8", "launch.dry_run=true", "launch.megatron_validate=false",
                     "data=indexed", "data.tokenizer_model=Qwen/Qwen3-235B-A22B"])
     cfg.data.paths = ["0.7", "/data/my corpus/a_text_document", "0.3", "/data/it's/b"]
-    plan = build_plan(cfg, PROBE)
+    plan = launch_plan(cfg, PROBE)
     assert "Ett|(ttt|)*30ttL" in plan.argv
     workdir = tmp_path / "work dir"
     script = render_script(plan, workdir)
@@ -147,12 +148,13 @@ def test_render_script_quotes_shell_metacharacters(tmp_path):
 
 def test_render_script_env_defaults_and_caller_wins(tmp_path):
     from conftest import make_cfg, PROBE
-    from launcher.plan import build_plan, render_script
+    from launcher.run.command import render_script
+    from launcher.run.registry import launch_plan
 
     cfg = make_cfg(["launch.megatron_validate=false"])
     weird = 'a "b" $HOME `id` \\n'
     cfg.cluster.env = {"WEIRD": weird, "NCCL_DEBUG": "INFO"}
-    plan = build_plan(cfg, PROBE)
+    plan = launch_plan(cfg, PROBE)
     script = render_script(plan, tmp_path)
     head = script[:script.index("\nexec ")]
     probe = head + '\nprintf "%s|%s|%s" "$WEIRD" "$NCCL_DEBUG" "$OMP_NUM_THREADS"\n'

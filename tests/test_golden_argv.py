@@ -15,7 +15,7 @@ import pytest
 
 from conftest import HAVE_TE, TE_MISSING, plan_for
 from launcher.errors import ConfigError
-from launcher.megatron_check import megatron_validate
+from launcher.plan.megatron.validator import megatron_validate
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"

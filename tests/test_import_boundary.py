@@ -27,23 +27,24 @@ def test_probe_detects_heavy_imports():
 
 def test_launcher_modules_import_without_torch_or_megatron():
     mods = _heavy_modules_after(
-        "import launcher.cli, launcher.compose, launcher.plan, launcher.validate, launcher.derive, "
-        "launcher.megatron_args, launcher.megatron_flags, launcher.megatron_check, launcher.rundir, "
-        "launcher.layout, launcher.probe, launcher.schema, launcher.errors, launcher.executors.local\n")
+        "import launcher.cli, launcher.config.compose, launcher.plan.plan, launcher.plan.rules, launcher.plan.resolve, "
+        "launcher.plan.megatron.table, launcher.plan.megatron.parser, launcher.plan.megatron.validator, launcher.run.rundir, "
+        "launcher.plan.layout, launcher.plan.probe, launcher.config.schema, launcher.errors, launcher.run.local\n")
     assert mods == []
 
 
 def test_plan_without_megatron_validation_stays_light():
     """compose + resolve + validate + table mapping run without torch (megatron_validate=false, no extras)."""
     mods = _heavy_modules_after(textwrap.dedent("""
-        from launcher.compose import compose
-        from launcher.plan import build_plan, render_script
-        from launcher.probe import MachineProbe
+        from launcher.config.compose import compose
+        from launcher.run.command import render_script
+        from launcher.run.registry import launch_plan
+        from launcher.plan.probe import MachineProbe
         from pathlib import Path
         _, cfg = compose(["model=qwen3_235b_a22b", "parallel=tp2_pp8_vpp4_ep32", "train=pretrain",
                           "cluster.nodes=32", "cluster.gpus_per_node=8", "launch.dry_run=true",
                           "launch.megatron_validate=false"])
-        plan = build_plan(cfg, MachineProbe())
+        plan = launch_plan(cfg, MachineProbe())
         assert "--pipeline-model-parallel-layout" in plan.argv
         render_script(plan, Path("."))
     """))

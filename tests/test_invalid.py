@@ -1,4 +1,4 @@
-"""Invalid configurations: each stops in launcher.validate (or derive) with a one-line ConfigError that
+"""Invalid configurations: each stops in launcher.plan.rules (or derive) with a one-line ConfigError that
 names the field, the rule and a fix. For the rules Megatron-Core itself enforces, the same argv built
 *without* our rules is rejected by Megatron's validator too: our rule only front-runs it."""
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from conftest import PROBE, make_cfg, plan_for
-from launcher.derive import resolve
+from launcher.plan.resolve import resolve
 from launcher.errors import ConfigError
-from launcher.megatron_check import megatron_validate
-from launcher.plan import megatron_argv, run_env
-from launcher.validate import validate
+from launcher.plan.megatron.validator import megatron_validate
+from launcher.plan.plan import megatron_argv, run_env
+from launcher.plan.rules import validate
 
 G2, G3, G6, G8 = ("cluster.gpus_per_node=2",), ("cluster.gpus_per_node=3",), ("cluster.gpus_per_node=6",), \
     ("cluster.gpus_per_node=8",)
@@ -193,7 +193,7 @@ def test_megatron_rejects_what_our_rule_rejects(case_id, megatron_says):
     with pytest.raises(ConfigError) as ours:
         validate(cfg, res)
     assert field in ours.value.field
-    # bypass launcher.validate: Megatron sees the argv our rules would have stopped
+    # bypass launcher.plan.rules: Megatron sees the argv our rules would have stopped
     argv, env = megatron_argv(cfg, res), run_env(cfg, res)
     with pytest.raises(ConfigError, match=megatron_says) as theirs:
         megatron_validate(argv, res.world_size, env)

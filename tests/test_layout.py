@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import PROBE, make_cfg
-from launcher.derive import balanced_layout, resolve
+from launcher.plan.resolve import balanced_layout, resolve
 from launcher.errors import ConfigError
-from launcher.layout import parse_layout
+from launcher.plan.layout import parse_layout
 
 from conftest import plan_for
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.failures import CLASSES, classify, root_cause
+from launcher.records.failures import CLASSES, classify, root_cause
 
 LOGS = Path(__file__).parent / "data" / "logs"
 RUNS = Path(__file__).parent / "data" / "runs"

@@ -6,13 +6,13 @@ import dataclasses
 import pytest
 
 from conftest import PROBE, make_cfg, plan_for
-from launcher.derive import resolve
+from launcher.plan.resolve import resolve
 from launcher.errors import ConfigError
-from launcher.megatron_args import DERIVED, FALSE, LAUNCHER_ONLY, LIST, SPECIAL, TABLE, TRUE, VALUE, schema_fields
-from launcher.megatron_flags import check_raw, extra_to_argv, parser
-from launcher.megatron_check import megatron_validate
-from launcher.plan import megatron_argv, run_env
-from launcher.schema import ClusterConfig, ModelConfig, RunConfig
+from launcher.plan.megatron.table import DERIVED, FALSE, LAUNCHER_ONLY, LIST, SPECIAL, TABLE, TRUE, VALUE, schema_fields
+from launcher.plan.megatron.parser import check_raw, extra_to_argv, parser
+from launcher.plan.megatron.validator import megatron_validate
+from launcher.plan.plan import megatron_argv, run_env
+from launcher.config.schema import ClusterConfig, ModelConfig, RunConfig
 
 
 def uncovered(fields: list[str]) -> list[str]:

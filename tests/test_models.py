@@ -9,12 +9,12 @@ import re
 import pytest
 
 from conftest import PROBE, make_cfg, plan_for
-from launcher.compose import group_options
-from launcher.derive import linear_attention_pattern, moe_layer_pattern, resolve
+from launcher.config.compose import group_options
+from launcher.plan.resolve import linear_attention_pattern, moe_layer_pattern, resolve
 from launcher.errors import ConfigError
-from launcher.layout import parse_layout
-from launcher.presets import family_config
-from launcher.validate import validate
+from launcher.plan.layout import parse_layout
+from launcher.tools.presets import family_config
+from launcher.plan.rules import validate
 
 GPU8 = ["cluster.gpus_per_node=8", "train=pretrain", "train.global_batch_size=64"]
 

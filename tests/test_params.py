@@ -1,9 +1,9 @@
-"""Parameter counts from the configs (launcher/params.py) against the published figures and against a
+"""Parameter counts from the configs (launcher/plan/params.py) against the published figures and against a
 model Megatron actually builds.
 
 Published figures are rounded (37B, 3.3B, "3B"): a computed total must be within 1% of the published
 total; a computed active count within 1% or one unit of the published figure's last digit, whichever is
-looser (37B covers 36-38B), counted the way the publisher counts it (launcher.params.Published).
+looser (37B covers 36-38B), counted the way the publisher counts it (launcher.plan.params.Published).
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import math
 import pytest
 
 from conftest import make_cfg, plan_for
-from launcher.params import PUBLISHED, count, human
-from launcher.presets import family_config
+from launcher.plan.params import PUBLISHED, count, human
+from launcher.tools.presets import family_config
 
 FAMILIES = sorted(PUBLISHED)
 
@@ -94,7 +94,7 @@ def _megatron_param_count(overrides: list[str]) -> tuple[int, int]:
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_mtp_block_spec
     from megatron.training.argument_utils import core_transformer_config_from_args
     from megatron.training.arguments import validate_args
-    from launcher.megatron_flags import parser
+    from launcher.plan.megatron.parser import parser
 
     # allgather: the alltoall dispatcher allocates CUDA streams when it is built
     plan = plan_for([*overrides, "dispatcher=allgather"], validate_megatron=False)

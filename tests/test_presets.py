@@ -4,7 +4,7 @@ for, and renders the argv in tests/golden/presets/<name>.txt. Also: Hydra's over
 every preset switches with one override, and the generated README tables.
 
 After an intended change: UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_presets.py (review
-the diff), and python -m launcher.presets --readme README.md.
+the diff), and python -m launcher.tools.presets --readme README.md.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 
 from conftest import PROBE, make_cfg, plan_for
 from launcher.errors import ConfigError
-from launcher.layout import parse_layout
-from launcher.plan import build_plan
-from launcher.presets import main as presets_main, preset_config, preset_names, preset_text, published_throughput, \
+from launcher.plan.layout import parse_layout
+from launcher.plan.plan import build_plan
+from launcher.tools.presets import main as presets_main, preset_config, preset_names, preset_text, published_throughput, \
     source_of
 
 GOLDEN = Path(__file__).parent / "golden" / "presets"

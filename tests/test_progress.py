@@ -8,8 +8,8 @@ import json
 import shutil
 from pathlib import Path
 
-from launcher.executors.local import run_local
-from launcher.progress import CLEAR, Progress
+from launcher.run.local import run_local
+from launcher.run.progress import CLEAR, Progress
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = Path(__file__).parent / "data" / "logs"

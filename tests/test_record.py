@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import record
-from launcher.record import build_record, hardware_catalog, match_hardware, read_versions, write_record
+from launcher.records import record
+from launcher.records.record import build_record, hardware_catalog, match_hardware, read_versions, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "perf_results" / "runs"

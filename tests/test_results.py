@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher import results
-from launcher.compare import entry_from_record, load_references
-from launcher.record import build_record
+from launcher.records import results
+from launcher.records.compare import entry_from_record, load_references
+from launcher.records.record import build_record
 
 ROOT = Path(__file__).resolve().parent.parent
 PERF = ROOT / "perf_results"

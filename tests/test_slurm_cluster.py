@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.logparse import parse_file
+from launcher.records.logparse import parse_file
 
 pytestmark = pytest.mark.slurm
 

@@ -13,9 +13,10 @@ import pytest
 
 from conftest import PROBE, make_cfg
 from launcher.errors import ConfigError
-from launcher.executors.container import render_container
-from launcher.plan import build_plan, render_script
-from launcher.sbatch import render_sbatch
+from launcher.run.container import render_container
+from launcher.run.command import render_script
+from launcher.run.registry import launch_plan
+from launcher.run.slurm import render_sbatch
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = ["a b", "it's", 'say "hi"', "$(touch CANARY)", "`touch CANARY`", "x; touch CANARY", "a\nb", "a\0b",
@@ -28,7 +29,7 @@ def _plan(overrides, **cluster):
     cfg = make_cfg(overrides)
     for key, value in cluster.items():
         setattr(cfg.cluster, key, value)
-    return cfg, build_plan(cfg, PROBE)
+    return cfg, launch_plan(cfg, PROBE)
 
 
 @pytest.mark.parametrize("field", ["account", "partition", "time", "job_name", "output"])

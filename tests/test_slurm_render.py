@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import PROBE, make_cfg
-from launcher.modelzoo import translate
-from launcher.plan import build_plan, render_script
-from launcher.sbatch import render_sbatch
+from launcher.tools.modelzoo import translate
+from launcher.run.command import render_script
+from launcher.run.registry import launch_plan
+from launcher.run.slurm import render_sbatch
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests/slurm/golden"
@@ -46,7 +47,7 @@ NODES = {"h100_2n_qwen3_30b_ep8": (2, 8), "h100_32n_modelzoo_seed": (32, 8), "gb
 
 def _plan(overrides):
     cfg = make_cfg([*overrides, "cluster.python=python"])
-    return cfg, build_plan(cfg, PROBE)
+    return cfg, launch_plan(cfg, PROBE)
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -110,7 +111,7 @@ def test_every_rank_gets_its_place_from_slurm(name, tmp_path):
     second, last-on-node-0, first-on-node-1 and last rank; a stale RANK in the caller never wins."""
     nodes, per_node = NODES[name]
     cfg = make_cfg([*CASES[name], f"cluster.python={_stub_python(tmp_path)}", "launch.megatron_validate=false"])
-    plan = build_plan(cfg, PROBE)
+    plan = launch_plan(cfg, PROBE)
     script = tmp_path / "command.sh"
     script.write_text(render_script(plan, tmp_path))
     world = nodes * per_node

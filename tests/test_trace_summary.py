@@ -1,4 +1,4 @@
-"""launcher.trace_summary: classification, busy/idle arithmetic, input forms, CLI, and a real trace."""
+"""launcher.records.trace_summary: classification, busy/idle arithmetic, input forms, CLI, and a real trace."""
 from __future__ import annotations
 
 import gzip
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher import trace_summary as ts
+from launcher.records import trace_summary as ts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -245,7 +245,7 @@ def test_gz_and_bare_list_inputs(tmp_path):
 
 def test_cli_writes_json_and_md(tmp_path):
     trace = _overlap_trace().write(tmp_path / "t.json.gz", gz=True)
-    proc = subprocess.run([sys.executable, "-m", "launcher.trace_summary", str(trace), "--steps", "2",
+    proc = subprocess.run([sys.executable, "-m", "launcher.records.trace_summary", str(trace), "--steps", "2",
                            "--json", str(tmp_path / "s.json"), "--md", str(tmp_path / "s.md")],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -266,7 +266,7 @@ def test_cli_errors(tmp_path):
 
 
 def test_import_needs_no_torch():
-    code = "import sys, launcher.trace_summary; print(any(m.split('.')[0] == 'torch' for m in sys.modules))"
+    code = "import sys, launcher.records.trace_summary; print(any(m.split('.')[0] == 'torch' for m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
 

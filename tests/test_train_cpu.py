@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from launcher.logparse import parse_file
+from launcher.records.logparse import parse_file
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import make_cfg
-from launcher import tune
+from launcher.tools import tune
 from launcher.errors import ConfigError
 
 DOC = {"base": ["model=tiny_moe", "train.micro_batch_size=1"],
@@ -54,7 +54,7 @@ def test_greedy_chain_keeps_only_real_gains(tmp_path):
 
 
 def test_measure_reads_a_real_failed_record():
-    """The failure class comes from what launcher.record writes (its "class" and "kind" keys)."""
+    """The failure class comes from what launcher.records.record writes (its "class" and "kind" keys)."""
     from pathlib import Path
 
     run = Path(__file__).resolve().parent.parent / "perf_results" / "runs" / "qwen3_30b_a3b_4l_1gpu_mbs4"

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import PROBE, make_cfg
 from launcher.errors import ConfigError
-from launcher.modelzoo import DEFAULTS, MODELS, hydra_quote, translate
-from launcher.plan import build_plan
+from launcher.tools.modelzoo import DEFAULTS, MODELS, hydra_quote, translate
+from launcher.run.registry import launch_plan
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_ENV = {"NNODES": "32", "MODEL": "Qwen3-235B-A22B", "PP": "8", "VPP": "4", "TP": "4", "EP": "8", "CP": "2",
@@ -36,7 +36,7 @@ def test_the_published_long_context_command():
 
 def test_the_published_command_builds_the_published_layout():
     cfg = make_cfg(_translate(SEED_ENV, SEED_ARGS))
-    plan = build_plan(cfg, PROBE)  # our rules and Megatron's validator at 256 GPUs
+    plan = launch_plan(cfg, PROBE)  # our rules and Megatron's validator at 256 GPUs
     assert plan.resolved.world_size == 256 and plan.megatron["data_parallel_size"] == 4
     argv = plan.argv
     for flag, value in (("--tensor-model-parallel-size", "4"), ("--pipeline-model-parallel-size", "8"),
@@ -54,7 +54,7 @@ def test_the_published_command_builds_the_published_layout():
 def test_every_modelzoo_model_with_its_default_layout(name):
     """MODEL alone: ModelZoo's benchmark layout for it, accepted by our rules and Megatron's validator."""
     cfg = make_cfg(_translate({"MODEL": name}))
-    plan = build_plan(cfg, PROBE)
+    plan = launch_plan(cfg, PROBE)
     nodes = DEFAULTS[MODELS[name]]["NNODES"]
     assert cfg.model.name == MODELS[name] and plan.resolved.world_size == nodes * 8
 
@@ -66,7 +66,7 @@ def test_every_precision(pr, precision, recipe, hardware):
     ov = _translate({"MODEL": "Qwen3-30B-A3B", "PR": pr, "HARDWARE": hardware})
     assert f"precision={precision}" in ov and f"hardware={hardware}" in ov
     cfg = make_cfg(ov)
-    plan = build_plan(cfg, PROBE)  # Megatron's validator included
+    plan = launch_plan(cfg, PROBE)  # Megatron's validator included
     assert cfg.precision.fp8_recipe == recipe
     if recipe:
         assert plan.argv[plan.argv.index("--fp8-recipe") + 1] == recipe
@@ -75,7 +75,7 @@ def test_every_precision(pr, precision, recipe, hardware):
 def test_mxfp8_on_hopper_is_refused_with_the_fix():
     cfg = make_cfg([*_translate({"MODEL": "Qwen3-30B-A3B", "PR": "mxfp8"}), "launch.megatron_validate=false"])
     with pytest.raises(ConfigError, match=r"needs Blackwell.*hardware=h100 is 9\.0") as e:
-        build_plan(cfg, PROBE)
+        launch_plan(cfg, PROBE)
     assert "hardware=b200" in e.value.fix
 
 
@@ -85,7 +85,7 @@ def test_mxfp8_on_hopper_is_refused_with_the_fix():
 def test_every_dispatcher(dispatcher, megatron):
     ov = _translate({"MODEL": "Qwen3-30B-A3B", "DISPATCHER": dispatcher})
     assert f"dispatcher={dispatcher}" in ov
-    plan = build_plan(make_cfg(ov), PROBE)  # Megatron's validator included
+    plan = launch_plan(make_cfg(ov), PROBE)  # Megatron's validator included
     argv = plan.argv
     assert argv[argv.index("--moe-token-dispatcher-type") + 1] == megatron[0]
     if len(megatron) > 1:
@@ -94,7 +94,7 @@ def test_every_dispatcher(dispatcher, megatron):
 
 def test_switches_overlap_offload_profile():
     ov = _translate({"MODEL": "Qwen3-30B-A3B", "A2A_OVERLAP": "1", "OPTIMIZER_OFFLOAD": "1", "PROFILE": "1"})
-    plan = build_plan(make_cfg([*ov, "launch.megatron_validate=false"]), PROBE)
+    plan = launch_plan(make_cfg([*ov, "launch.megatron_validate=false"]), PROBE)
     for flag in ("--overlap-moe-expert-parallel-comm", "--delay-wgrad-compute", "--optimizer-cpu-offload",
                  "--overlap-cpu-optimizer-d2h-h2d", "--use-precision-aware-optimizer", "--profile"):
         assert flag in plan.argv, flag
@@ -126,7 +126,7 @@ OVERLAP = ["cluster=slurm", "model=qwen3_30b_a3b", "parallel=ep8", "train.global
 ])
 def test_overlap_and_offload_rules(extra, field, message):
     with pytest.raises(ConfigError, match=message) as e:
-        build_plan(make_cfg([*OVERLAP, *extra]), PROBE)
+        launch_plan(make_cfg([*OVERLAP, *extra]), PROBE)
     assert e.value.field == field
 
 
@@ -180,7 +180,7 @@ def test_values_we_cannot_translate_are_errors(env, args, field, message):
 def test_unknown_trailing_flag_is_refused_by_megatrons_parser():
     cfg = make_cfg(_translate({"MODEL": "Qwen3-30B-A3B"}, ["--moe-router-padding-for-quantisation"]))
     with pytest.raises(ConfigError, match=r"did you mean --moe-router-padding-for-quantization\?"):
-        build_plan(cfg, PROBE)
+        launch_plan(cfg, PROBE)
 
 
 @pytest.mark.parametrize("value", ["it's", "a\\", "${oops}", "a\\${b}", "x,y", "[1]", "null", "007", "1e5", "a b"])

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gpu
 
 
 def _record(run_dir: Path) -> dict:
-    """The record the local executor writes when a run ends (launcher.record)."""
+    """The record the local executor writes when a run ends (launcher.records.record)."""
     return json.loads((run_dir / "record.json").read_text())
 
 

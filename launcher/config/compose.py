@@ -1,0 +1,118 @@
+"""Compose conf/ with Hydra's compose API and turn its errors into one-line ConfigErrors."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from launcher.errors import ConfigError, closest
+from launcher.config.schema import RunConfig, register_configs
+
+CONF_DIR = Path(os.environ.get("MOE_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def groups() -> list[str]:
+    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+
+
+def _schema_keys(path: str) -> list[str]:
+    node = OmegaConf.structured(RunConfig)
+    for part in [p for p in path.split(".") if p]:
+        node = node[part]
+    return list(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _chain(err: BaseException) -> str:
+    """The error and its causes (Hydra wraps the OmegaConf error that names the key)."""
+    parts = []
+    while err is not None:
+        parts.append(str(err))
+        err = err.__cause__ or err.__context__
+    return "\n".join(parts)
+
+
+def _explain(err: Exception) -> ConfigError:
+    """Hydra/OmegaConf error -> field, value, rule, fix (with a did-you-mean)."""
+    text = _chain(err)
+    m = re.search(r"Could not find '([\w-]+)/([^']+)'", text)
+    if m and m.group(1) in groups():
+        group, option = m.groups()
+        opts = group_options(group)
+        near = closest(option, opts)
+        fix = (f"did you mean {group}={near}? " if near else "") + f"options: {', '.join(opts)}"
+        return ConfigError(group, option, f"no such option in conf/{group}/", fix)
+    m = re.search(r"Key '([^']+)' not in '[^']*'\s+full_key: ([\w.\[\]]+)", text)
+    if m:
+        key, full = m.groups()
+        parent = full.rsplit(".", 1)[0] if "." in full else ""
+        near = closest(key, _schema_keys(parent))
+        fix = f"did you mean {parent + '.' if parent else ''}{near}?" if near else \
+            f"valid keys: {', '.join(_schema_keys(parent))}"
+        return ConfigError(full, key, "is not a field of the schema", fix)
+    m = re.search(r"full_key: ([\w.\[\]]+)", text)
+    if m:
+        # the innermost cause says what is wrong with the value, e.g. "Value 'abc' of type 'str'
+        # could not be converted to Integer"
+        inner = [line.strip() for line in text.split("\n") if line.strip() and ":" not in line[:12]
+                 and "$VALUE" not in line]  # OmegaConf chains its unformatted template too
+        reason = next((line for line in reversed(inner) if line.startswith("Value")), inner[-1])
+        value = re.search(r"Value '([^']*)'", reason)
+        return ConfigError(m.group(1), value.group(1) if value else "?", reason.rstrip("."),
+                           "give it a value of the type launcher/config/schema.py declares")
+    first = " ".join(text.split("\n")[0].split())
+    return ConfigError("overrides", "?", first.rstrip("."), "see `moe-launch --help` for the override syntax")
+
+
+def _reject_unknown_keys(node: DictConfig, schema: type, path: str = "") -> None:
+    """`+key=value` appends keys Hydra does not check against the schema: refuse them here."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        full = f"{path}{key}"
+        if key not in fields:
+            near = closest(str(key), fields)
+            fix = f"did you mean {path}{near}?" if near else f"valid keys: {', '.join(fields)}"
+            raise ConfigError(full, node[key], "is not a field of the schema", fix)
+        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+            _reject_unknown_keys(node[key], sub, full + ".")
+
+
+# Free-form dict fields: Hydra composes in struct mode, where `megatron.extra={a: 1}` cannot add key a.
+FREE_DICTS = ("megatron.extra", "cluster.env")
+
+
+def _free_dict_overrides(overrides: list[str]) -> list[str]:
+    """Write a plain override of a free-form dict field as Hydra's add-or-override (`++`)."""
+    out = []
+    for ov in overrides:
+        key = ov.split("=", 1)[0]
+        free = not key.startswith(("+", "~")) and any(key == d or key.startswith(d + ".") for d in FREE_DICTS)
+        out.append("++" + ov if free else ov)
+    return out
+
+
+def compose(overrides: list[str]) -> tuple[DictConfig, RunConfig]:
+    """Compose conf/config.yaml with overrides; return the DictConfig and the typed RunConfig."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            composed = hydra_compose(config_name="config", overrides=_free_dict_overrides(overrides))
+        _reject_unknown_keys(composed, RunConfig)
+        typed = OmegaConf.to_object(composed)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise _explain(e) from None
+    assert isinstance(typed, RunConfig)
+    return composed, typed

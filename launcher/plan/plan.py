@@ -1,0 +1,93 @@
+"""Build the launch plan: resolve, validate, map to Megatron argv, check with Megatron. No side effects.
+
+The process launcher in front of the entry (torchrun, or the interpreter under srun) is the executor's
+choice: launcher.run binds it to the plan (LaunchPlan.launcher, rank_env) before anything is written."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from launcher.config.schema import RunConfig
+from launcher.plan.megatron.table import OWNED_FLAGS, resolved_flags, table_flags
+from launcher.plan.probe import MachineProbe
+from launcher.plan.resolve import Resolved, resolve
+from launcher.plan.rules import validate
+
+ENTRY_MODULE = "recipes.pretrain"
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything a run executes; written to the run directory before anything starts."""
+
+    argv: list[str]
+    """Megatron argv handed to the training entry on every rank."""
+    env: dict[str, str]
+    """Environment for every rank (the calling shell's value wins, see command.sh)."""
+    resolved: Resolved
+    megatron: dict = field(default_factory=dict)
+    """Facts Megatron's validator derived (data parallel size, microbatches)."""
+    launcher: list[str] = field(default_factory=list)
+    """The process launcher in front of the entry (torchrun), bound by the executor (launcher.run)."""
+    rank_env: dict[str, str] = field(default_factory=dict)
+    """Per-rank variables read from the process launcher's variables (Slurm: RANK <- SLURM_PROCID)."""
+
+    @property
+    def command(self) -> list[str]:
+        return [*self.launcher, "-m", ENTRY_MODULE, *self.argv]
+
+
+def megatron_argv(cfg: RunConfig, res: Resolved) -> list[str]:
+    """Table flags, per-launch flags, then the escape hatch (checked against Megatron's parser)."""
+    argv = table_flags(cfg) + resolved_flags(cfg, res)
+    extra, raw = dict(cfg.megatron.extra), list(cfg.megatron.raw)
+    if extra or raw:
+        from launcher.plan.megatron.parser import check_no_duplicates, check_raw, dests, extra_dests, extra_to_argv
+
+        owned = argv + list(OWNED_FLAGS)
+        check_no_duplicates(owned, extra_dests(extra), "megatron.extra")
+        extra_argv = extra_to_argv(extra)
+        check_raw(raw)
+        check_no_duplicates(owned + extra_argv, dests(raw), "megatron.raw")
+        argv += extra_argv + raw
+    return argv
+
+
+def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
+    env = {"PYTHONUNBUFFERED": "1"}  # rank output reaches the log as it happens
+    if cfg.dispatcher.overlap_moe_expert_parallel_comm:
+        # the overlapped 1F1B schedule runs dispatch/combine on their own streams: they need more hardware
+        # queues (validate_args then only warns about TP/CP), and TE's norms leave SMs for the comm kernels
+        env["CUDA_DEVICE_MAX_CONNECTIONS"] = "32"
+        env["NVTE_FWD_LAYERNORM_SM_MARGIN"] = env["NVTE_BWD_LAYERNORM_SM_MARGIN"] = "24"
+    elif (cfg.parallel.tp > 1 or cfg.parallel.cp > 1) and not cfg.parallel.use_megatron_fsdp:
+        # one hardware queue keeps TP/CP communication kernels ordered ahead of the GEMMs they overlap
+        # (validate_args requires it on Hopper and older; Megatron FSDP requires it unset or > 1)
+        env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
+    if cfg.model.moe_grouped_gemm_impl != "te":
+        env["MOE_GROUPED_GEMM_IMPL"] = cfg.model.moe_grouped_gemm_impl  # read by recipes/experts.py
+    if cfg.train.kernel_profile:
+        env["MOE_PROFILE_STEPS"] = cfg.train.kernel_profile  # read by recipes/profiling.py on every rank
+    if res.device == "cpu":
+        env["OMP_NUM_THREADS"] = "1" if res.nproc_per_node > 1 else "2"  # 2-core CI machines
+    env.update({k: str(v) for k, v in cfg.cluster.env.items()})
+    return env
+
+
+def build_plan(cfg: RunConfig, probe: MachineProbe) -> LaunchPlan:
+    """Resolve, validate with our rules, map, then validate with Megatron's own checks."""
+    res = resolve(cfg, probe)
+    validate(cfg, res)
+    argv = megatron_argv(cfg, res)
+    env = run_env(cfg, res)
+    facts: dict = {}
+    if cfg.launch.megatron_validate:
+        from launcher.plan.megatron.validator import megatron_validate
+
+        facts = megatron_validate(argv, res.world_size, env)
+    return LaunchPlan(argv=argv, env=env, resolved=res, megatron=facts)
+
+
+def plan_record(plan: LaunchPlan) -> dict:
+    return {"argv": plan.argv, "env": plan.env, "command": plan.command,
+            "resolved": dataclasses.asdict(plan.resolved), "megatron": plan.megatron}

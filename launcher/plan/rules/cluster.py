@@ -1,0 +1,156 @@
+"""Rules for the cluster group (executors, Slurm directives, containers): one function each, part of
+validate.RULES. They stop a value that would break or escape the rendered scripts: values that become
+#SBATCH lines must be plain (sbatch cannot unquote them); everything else is shell-quoted when rendered,
+so only what quoting cannot carry (NUL bytes, newlines in one-line specs, bad variable names) is refused.
+"""
+from __future__ import annotations
+
+import re
+
+from launcher.plan.resolve import Resolved
+from launcher.errors import ConfigError
+from launcher.config.schema import RunConfig
+from launcher.plan.rules.common import choice as _choice
+
+# characters a directive value may hold: no whitespace, quotes, `$`, backslash or control characters
+DIRECTIVE_SAFE = re.compile(r"[A-Za-z0-9_.,:+=@/%-]+")
+DIRECTIVE_CHARS = "letters, digits and . , : + = @ / % _ -"
+# Slurm time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, or unlimited
+TIME_FORMAT = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)
+# directives the launcher writes itself; sbatch_extra may not set them a second time
+MANAGED = ("job-name", "nodes", "ntasks-per-node", "account", "partition", "time", "output", "exclusive",
+           "segment", "ntasks", "N", "n", "J", "A", "p", "t", "o")
+
+
+def check_directive(field: str, value: str) -> None:
+    """A value that becomes an #SBATCH line must be plain (sbatch cannot unquote it)."""
+    if not DIRECTIVE_SAFE.fullmatch(value):
+        bad = sorted({c for c in value if not DIRECTIVE_SAFE.fullmatch(c)})
+        raise ConfigError(field, value, f"becomes an #SBATCH directive, which cannot be quoted; it contains "
+                          f"{', '.join(repr(c) for c in bad)}", f"use only {DIRECTIVE_CHARS}")
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RUNTIMES = ("docker", "podman")
+
+
+def check_env_names(cfg: RunConfig, res: Resolved) -> None:
+    """command.sh writes `export NAME=...`: a name is not quoted, so it must be a shell identifier."""
+    for name, value in cfg.cluster.env.items():
+        if not ENV_NAME.fullmatch(str(name)):
+            raise ConfigError(f"cluster.env[{name!r}]", name, "is not an environment variable name",
+                              "use letters, digits and _ (not starting with a digit)")
+        if "\0" in str(value):
+            raise ConfigError(f"cluster.env.{name}", value, "contains a NUL byte, which no environment can "
+                              "hold", "remove it")
+
+
+def _one_line_values(cfg: RunConfig) -> list[tuple[str, str]]:
+    c = cfg.cluster
+    out = [(f"cluster.{n}", getattr(c, n)) for n in ("python", "container_image", "container_workdir", "account",
+                                                    "partition", "time", "job_name", "output", "segment")]
+    for n in ("launch_prefix", "sbatch_extra", "srun_extra", "container_mounts"):
+        out += [(f"cluster.{n}", v) for v in getattr(c, n)]
+    return [(f, str(v)) for f, v in out if v is not None]
+
+
+def check_one_line_values(cfg: RunConfig, res: Resolved) -> None:
+    """Paths, images and arguments are single shell words: no NUL (cannot be passed), no newline."""
+    for field, value in _one_line_values(cfg):
+        if "\0" in value or "\n" in value or "\r" in value:
+            raise ConfigError(field, value, "contains a newline or NUL byte", "write it on one line")
+        if value == "":
+            raise ConfigError(field, value, "is empty", f"remove it or set {field}=null")
+
+
+def check_executor_choice(cfg: RunConfig, res: Resolved) -> None:
+    c = cfg.cluster
+    if c.executor == "container":
+        if c.container_runtime not in RUNTIMES:
+            raise ConfigError("cluster.container_runtime", c.container_runtime, f"must be one of {', '.join(RUNTIMES)}",
+                              "set cluster.container_runtime=docker (or podman)")
+        if not c.container_image:
+            raise ConfigError("cluster.container_image", None, "the container executor needs an image",
+                              "set cluster.container_image=<image>, e.g. one built from container/Dockerfile")
+    if c.follow and c.executor != "slurm":
+        raise ConfigError("cluster.follow", True, "only a submitted (Slurm) job can be followed",
+                          "set cluster.follow=false")
+    if c.follow_timeout_s < 1:
+        raise ConfigError("cluster.follow_timeout_s", c.follow_timeout_s, "must be >= 1 second", "raise it")
+
+
+def check_slurm_directives(cfg: RunConfig, res: Resolved) -> None:
+    """#SBATCH lines cannot be quoted: their values must be plain words."""
+    c = cfg.cluster
+    if c.executor != "slurm":
+        return
+    for name in ("account", "partition", "time", "job_name", "output"):
+        value = getattr(c, name)
+        if value is not None:
+            check_directive(f"cluster.{name}", value)
+    for extra in c.sbatch_extra:
+        check_directive("cluster.sbatch_extra", extra.lstrip("-"))
+
+
+def check_slurm_time(cfg: RunConfig, res: Resolved) -> None:
+    t = cfg.cluster.time
+    if cfg.cluster.executor == "slurm" and t is not None and not TIME_FORMAT.fullmatch(t):
+        raise ConfigError("cluster.time", t, "is not a Slurm time (MM, HH:MM:SS or D-HH:MM:SS)",
+                          "e.g. cluster.time=00:30:00")
+
+
+def check_sbatch_extra(cfg: RunConfig, res: Resolved) -> None:
+    """A directive the launcher writes itself would be set twice (sbatch keeps the last, silently)."""
+    for extra in cfg.cluster.sbatch_extra:
+        key = extra.lstrip("-").split("=", 1)[0]
+        if key in MANAGED:
+            field = {"job-name": "job_name", "ntasks-per-node": "gpus_per_node"}.get(key, key.replace("-", "_"))
+            raise ConfigError("cluster.sbatch_extra", extra, f"--{key} is written by the launcher",
+                              f"set cluster.{field} instead" if field in cfg.cluster.__dataclass_fields__
+                              else "drop it")
+
+
+def check_segment(cfg: RunConfig, res: Resolved) -> None:
+    """An explicit --segment: a whole number of segments, each inside one NVLink domain."""
+    seg, c, hw = cfg.cluster.segment, cfg.cluster, cfg.hardware
+    if seg is None or seg == "auto":
+        return
+    if not seg.isdigit() or int(seg) < 1:
+        raise ConfigError("cluster.segment", seg, "must be auto, null or a node count >= 1",
+                          "set cluster.segment=auto")
+    n = int(seg)
+    if c.nodes % n:
+        raise ConfigError("cluster.segment", seg, f"cluster.nodes={c.nodes} is not a multiple of it (Slurm "
+                          "allocates whole segments)", "pick a divisor of cluster.nodes")
+    if n * res.nproc_per_node > hw.nvlink_domain:
+        raise ConfigError("cluster.segment", seg, f"{n} nodes x {res.nproc_per_node} GPUs exceed one NVLink domain "
+                          f"({hw.nvlink_domain} GPUs on {hw.name})", "lower it, or set cluster.segment=auto")
+
+
+def check_container_mounts(cfg: RunConfig, res: Resolved) -> None:
+    """SRC:DST[:FLAGS] with absolute paths; pyxis separates mounts with commas, so none inside one."""
+    for spec in cfg.cluster.container_mounts:
+        parts = spec.split(":")
+        if not 2 <= len(parts) <= 3 or not all(p.startswith("/") for p in parts[:2]):
+            raise ConfigError("cluster.container_mounts", spec, "must be SRC:DST or SRC:DST:FLAGS with absolute "
+                              "paths", "e.g. /lustre/data:/data:ro")
+        if "," in spec:
+            raise ConfigError("cluster.container_mounts", spec, "contains a comma, which separates pyxis mounts",
+                              "give each mount as its own list item")
+    wd = cfg.cluster.container_workdir
+    if wd is not None and not wd.startswith("/"):
+        raise ConfigError("cluster.container_workdir", wd, "must be an absolute path inside the image",
+                          "e.g. /opt/moe-recipes")
+
+
+def check_executor(cfg: RunConfig, res: Resolved) -> None:
+    c = cfg.cluster
+    _choice("cluster.executor", c.executor, ("local", "slurm", "container"))
+    if c.executor != "slurm" and c.nodes > 1 and not cfg.launch.dry_run:
+        raise ConfigError("cluster.nodes", c.nodes, f"the {c.executor} executor runs on this one machine",
+                          "set cluster.nodes=1, cluster=slurm for several nodes, or launch.dry_run=true to render "
+                          "a multi-node layout")
+
+
+CLUSTER_RULES = (check_executor, check_env_names, check_one_line_values, check_executor_choice, check_slurm_directives,
+                 check_slurm_time, check_sbatch_extra, check_segment, check_container_mounts)

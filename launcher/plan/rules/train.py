@@ -1,0 +1,55 @@
+"""Rules of the training run itself: sequence vs positions, the LR schedule, the profiling window, and what
+a CPU run can do. One function each, raising ConfigError(field, value, rule, fix)."""
+from __future__ import annotations
+
+from launcher.config.schema import RunConfig
+from launcher.errors import ConfigError
+from launcher.plan.resolve import Resolved
+from launcher.records.steady import iteration_window
+
+
+def check_seq_vs_positions(cfg: RunConfig, res: Resolved) -> None:
+    seq, maxpos = cfg.train.seq_length, cfg.model.max_position_embeddings
+    if seq > maxpos:
+        raise ConfigError("train.seq_length", seq, f"exceeds model.max_position_embeddings={maxpos}",
+                          f"lower train.seq_length or set model.max_position_embeddings={seq}")
+
+
+def check_lr_schedule(cfg: RunConfig, res: Resolved) -> None:
+    """OptimizerParamScheduler asserts warmup < decay steps (decay = train_iters) inside pretrain(),
+    after the model is built; validate_args does not check it."""
+    t = cfg.train
+    if t.lr_warmup_iters >= t.train_iters:
+        raise ConfigError("train.lr_warmup_iters", t.lr_warmup_iters,
+                          f"warm-up must be shorter than train.train_iters={t.train_iters} (Megatron decays over "
+                          "the remaining steps)", f"set train.lr_warmup_iters below {t.train_iters}")
+
+
+def check_kernel_profile(cfg: RunConfig, res: Resolved) -> None:
+    """train.kernel_profile is START:END whole iterations inside the run (recipes/profiling.py stops the
+    profiler at the first forward of END+1, or when training ends)."""
+    text = cfg.train.kernel_profile
+    if not text:
+        return
+    fix = f"write START:END with 1 <= START <= END <= train.train_iters={cfg.train.train_iters}, e.g. 5:6"
+    try:
+        _, end = iteration_window(text)
+    except ValueError:
+        raise ConfigError("train.kernel_profile", text, "START:END iterations", fix) from None
+    if end > cfg.train.train_iters:
+        raise ConfigError("train.kernel_profile", text, "the window must lie inside the run", fix)
+
+
+def check_cpu_run(cfg: RunConfig, res: Resolved) -> None:
+    """What the CPU (gloo, local spec) path cannot do."""
+    if res.device != "cpu":
+        return
+    if res.transformer_impl != "local":
+        raise ConfigError("model.transformer_impl", res.transformer_impl, "a CPU run needs the local spec",
+                          "set model.transformer_impl=auto (or local)")
+    if cfg.parallel.tp > 1 or cfg.parallel.cp > 1:
+        raise ConfigError("parallel.tp" if cfg.parallel.tp > 1 else "parallel.cp",
+                          max(cfg.parallel.tp, cfg.parallel.cp), "CPU runs support data, expert and pipeline "
+                          "parallelism only (torch norms reject sequence parallelism)", "set it to 1 on CPU")
+    if cfg.parallel.use_megatron_fsdp:
+        raise ConfigError("parallel.use_megatron_fsdp", True, "Megatron FSDP needs CUDA", "set it to false on CPU")

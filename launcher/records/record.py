@@ -1,0 +1,399 @@
+"""Run records: one machine-readable record.json (and a readable record.md) per run directory.
+
+usage: python -m launcher.records.record RUN_DIR [RUN_DIR ...] [--warmup N] [--last N]
+
+Everything in a record is computed from the run directory's own files, never typed by hand:
+  plan.json      Megatron argv, environment, torchrun command, resolved facts, the moe-launch command,
+                 the project's git commit (runs made before it was recorded: none)
+  config.yaml    the composed config (model name, precision/recompute group names)
+  train.log      Megatron's output on every rank: per-iteration series, memory, failure evidence
+  versions.json  written on the compute node by rank 0 (recipes/runinfo.py): package versions, GPU model
+                 and count, driver, NCCL, hosts, topology; older runs have versions.txt (three lines
+                 printed on the GPU host), read too
+  exit.json      return code and wall time (written by the executor)
+  launch.txt     the moe-launch command, for runs made before plan.json kept it
+
+The steady state is a declared window: the iterations after the first `--warmup` (allocator growth,
+kernel autotuning, NCCL/dispatcher set-up) up to `--last` (default: the last logged), with iterations
+Megatron counted as skipped or NaN left out. MFU is Megatron's TFLOP/s/GPU over the dense peak of the GPU
+the run used, for the run's precision (BF16 peak for BF16/FP16, FP8 peak for FP8), taken from
+conf/hardware/*.yaml whose `gpu` matches the GPU name the run recorded.
+The executor writes the record when a run ends (success or failure); this command rebuilds it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from launcher.records.failures import classify
+from launcher.records.logparse import LogSummary, parse_log
+from launcher.records.provenance import describe
+from launcher.records.record_md import headline, render_md
+
+SCHEMA = "moe-recipes/run-record/1"
+CONF_DIR = Path(os.environ.get("MOE_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
+DEFAULT_WARMUP = 3
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _flag(argv: list[str], flag: str, default=None):
+    if flag not in argv:
+        return default
+    i = argv.index(flag)
+    return argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else True
+
+
+def _flag_list(argv: list[str], flag: str) -> list[str]:
+    if flag not in argv:
+        return []
+    out = []
+    for tok in argv[argv.index(flag) + 1:]:
+        if tok.startswith("--"):
+            break
+        out.append(tok)
+    return out
+
+
+def _int(value, default: Optional[int] = None) -> Optional[int]:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _read_yaml(path: Path) -> Optional[dict]:
+    return yaml.safe_load(path.read_text()) if path.exists() else None
+
+
+def _command(run_dir: Path, plan: dict) -> Optional[str]:
+    """The moe-launch command: plan.json's, or launch.txt's for runs made before plan.json kept it."""
+    if plan.get("moe_launch"):
+        return " ".join(shlex.quote(t) for t in plan["moe_launch"])
+    path = run_dir / "launch.txt"
+    return path.read_text().strip() if path.exists() else None
+
+
+def read_versions(run_dir: Path) -> dict:
+    """versions.json (compute side, current) or versions.txt (three lines, older runs), normalised:
+    torch, cuda, nccl, megatron_core, transformer_engine, deep_ep, gpu_name, gpus_visible, ..."""
+    vj = run_dir / "versions.json"
+    if vj.exists():
+        out = json.loads(vj.read_text())
+        out["source"] = "versions.json"
+        if isinstance(out.get("topology"), str):  # nvidia-smi styles its header (ANSI) on some drivers
+            out["topology"] = re.sub(r"\x1b\[[0-9;]*m", "", out["topology"])
+        return out
+    vt = run_dir / "versions.txt"
+    if not vt.exists():
+        return {"source": None}
+    out: dict = {"source": "versions.txt"}
+    for line in vt.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["gpus"] and len(words) >= 3:
+            out["gpus_visible"] = _int(words[1])
+            out["gpu_name"] = " ".join(words[2:])
+            continue
+        for key, value in zip(words[::2], words[1::2]):  # "torch 2.11 cuda 13.0 nccl 2.28.9"
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def hardware_catalog(conf_dir: Path = CONF_DIR) -> dict[str, dict]:
+    """conf/hardware/<name>.yaml -> {name: fields}."""
+    return {p.stem: yaml.safe_load(p.read_text()) for p in sorted((conf_dir / "hardware").glob("*.yaml"))}
+
+
+def match_hardware(gpu_name: Optional[str], catalog: dict[str, dict]) -> Optional[str]:
+    """The hardware entry whose `gpu` is this GPU name: exact, then one name a prefix of the other
+    ("NVIDIA H100 80GB HBM3" vs "NVIDIA H100"); None when no entry fits."""
+    if not gpu_name:
+        return None
+    name = gpu_name.strip().lower()
+    for key, hw in catalog.items():
+        if str(hw.get("gpu", "")).lower() == name:
+            return key
+    fits = [key for key, hw in catalog.items()
+            if name.startswith(str(hw.get("gpu", "")).lower()) or str(hw.get("gpu", "")).lower().startswith(name)]
+    return max(fits, key=lambda k: len(str(catalog[k]["gpu"]))) if fits else None
+
+
+def _default_group(group: str, conf_dir: Path = CONF_DIR) -> Optional[str]:
+    cfg = _read_yaml(conf_dir / "config.yaml") or {}
+    for item in cfg.get("defaults", []):
+        if isinstance(item, dict) and group in item:
+            return item[group]
+    return None
+
+
+def _override(command: Optional[str], key: str) -> Optional[str]:
+    if not command:
+        return None
+    for tok in shlex.split(command):
+        if tok.startswith(key + "="):
+            return tok.split("=", 1)[1]
+    return None
+
+
+# ------------------------------------------------------------------------------------------ derivation
+
+
+def precision_of(argv: list[str]) -> dict:
+    """{"name": "bf16" | "fp16" | "fp32" | "fp8-<recipe>", "label": "BF16" ..., "peak": "bf16" | "fp8" | None}."""
+    if "--fp8-format" in argv:
+        recipe = _flag(argv, "--fp8-recipe", "delayed")
+        return {"name": f"fp8-{recipe}", "label": f"FP8 ({recipe}, {_flag(argv, '--fp8-format')})", "peak": "fp8"}
+    if "--bf16" in argv:
+        return {"name": "bf16", "label": "BF16", "peak": "bf16"}
+    if "--fp16" in argv:
+        return {"name": "fp16", "label": "FP16", "peak": "bf16"}  # same tensor-core peak as BF16
+    return {"name": "fp32", "label": "FP32", "peak": None}  # CPU smoke precision: no tensor-core peak
+
+
+def recompute_of(argv: list[str]) -> str:
+    g = _flag(argv, "--recompute-granularity")
+    if not g:
+        return "none"
+    if g == "full":
+        method, n = _flag(argv, "--recompute-method"), _flag(argv, "--recompute-num-layers")
+        return "full" + (f" ({method}, {n})" if method else "")
+    mods = _flag_list(argv, "--recompute-modules")
+    return ", ".join(mods) if mods else "core_attn"  # Megatron's default selective module
+
+
+def dispatcher_of(argv: list[str]) -> str:
+    d = _flag(argv, "--moe-token-dispatcher-type", "allgather")
+    return _flag(argv, "--moe-flex-dispatcher-backend", "flex") if d == "flex" else d
+
+
+def layout_of(argv: list[str], plan: dict) -> dict:
+    world = plan["resolved"]["world_size"]
+    tp = _int(_flag(argv, "--tensor-model-parallel-size"), 1)
+    pp = _int(_flag(argv, "--pipeline-model-parallel-size"), 1)
+    cp, ep = _int(_flag(argv, "--context-parallel-size"), 1), _int(_flag(argv, "--expert-model-parallel-size"), 1)
+    etp = _int(_flag(argv, "--expert-tensor-parallel-size"), tp)
+    vpp = plan.get("megatron", {}).get("virtual_pipeline_model_parallel_size") \
+        or _int(_flag(argv, "--num-virtual-stages-per-pipeline-rank"))
+    dp = plan.get("megatron", {}).get("data_parallel_size") or world // (tp * pp * cp)
+    return {"world_size": world, "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp,
+            "edp": world // (ep * etp * pp), "fsdp": "--use-megatron-fsdp" in argv,
+            "sequence_parallel": "--sequence-parallel" in argv}
+
+
+def stats(values: list[float]) -> Optional[dict]:
+    """median and spread of a steady-state series."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    q = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else [values[0]] * 9
+    med = statistics.median(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"n": len(values), "median": _r(med), "mean": _r(statistics.fmean(values)), "stdev": _r(sd),
+            "min": _r(min(values)), "max": _r(max(values)), "p10": _r(q[0]), "p90": _r(q[-1]),
+            "cv_pct": _r(100 * sd / statistics.fmean(values)) if statistics.fmean(values) else None}
+
+
+def _r(x: Optional[float], nd: int = 6) -> Optional[float]:
+    if x is None:
+        return None
+    return float(f"{x:.{nd}g}") if abs(x) < 1e5 else round(x, 1)
+
+
+def series_of(log: LogSummary, seq: int, world: int, peak: Optional[float]) -> list[dict]:
+    out = []
+    for it in log.iterations:
+        row = dict(it)
+        gbs, ms = it.get("global_batch_size"), it.get("step_ms")
+        if gbs and ms:
+            row["tokens_per_s_per_gpu"] = round(gbs * seq / (ms / 1000) / world, 1)
+        if peak and it.get("tflops_per_gpu") is not None:
+            row["mfu"] = round(it["tflops_per_gpu"] / peak, 5)
+        out.append(row)
+    return out
+
+
+def steady_state(series: list[dict], warmup: int, last: Optional[int], memory: dict,
+                 skip: Optional[tuple[int, int]] = None) -> dict:
+    """The declared window: iterations after `warmup` up to `last`, minus those Megatron counted as skipped
+    or NaN and minus `skip` (START, END), a profiled window whose iterations carry the profiler's overhead."""
+    window = {"warmup_iterations": warmup, "last": last,
+              "rule": f"iterations {warmup + 1}..{last if last else 'last logged'}, "
+                      "leaving out those Megatron counted as skipped or NaN"
+                      + (f" and the profiled iterations {skip[0]}..{skip[1]}" if skip else "")}
+    rows = [r for r in series if r["iteration"] > warmup and (last is None or r["iteration"] <= last)]
+    profiled = [r["iteration"] for r in rows if skip and skip[0] <= r["iteration"] <= skip[1]]
+    dropped = [r["iteration"] for r in rows if r.get("skipped") or r.get("nan_iterations")]
+    rows = [r for r in rows if r["iteration"] not in dropped and r["iteration"] not in profiled]
+    window.update(first=rows[0]["iteration"] if rows else None, last=rows[-1]["iteration"] if rows else last,
+                  iterations=len(rows), left_out=dropped)
+    if skip:
+        window["profiled"] = profiled
+    if not rows:
+        return {"window": window, "reason": f"no logged iteration after the {warmup} warm-up iterations"}
+    col = lambda key: [r.get(key) for r in rows]  # noqa: E731
+    return {
+        "window": window,
+        "step_time_ms": stats(col("step_ms")),
+        "tokens_per_s_per_gpu": stats(col("tokens_per_s_per_gpu")),
+        "tflops_per_gpu": stats(col("tflops_per_gpu")),
+        "mfu": stats(col("mfu")),
+        "peak_memory_mb": {k: memory.get(k) for k in ("max_allocated_mb", "max_reserved_mb")},
+        "loss": {"first": rows[0].get("loss"), "last": rows[-1].get("loss")},
+    }
+
+
+def steady_medians(ss: dict) -> dict:
+    """The medians of a steady state (steady_state's result), the figures a tuning or benchmark table shows."""
+    med = lambda k: (ss.get(k) or {}).get("median")  # noqa: E731
+    return {"tokens_per_s_per_gpu": med("tokens_per_s_per_gpu"), "tflops_per_gpu": med("tflops_per_gpu"),
+            "step_time_ms": med("step_time_ms"), "mfu": med("mfu"),
+            "iterations": (ss.get("window") or {}).get("iterations")}
+
+
+def status_of(exit_info: Optional[dict], log: LogSummary, failure) -> str:
+    if exit_info is not None:
+        return "ok" if exit_info.get("returncode") == 0 else "failed"
+    if failure is not None:
+        return "failed"
+    if log.done and log.done["iteration"] >= log.done["train_iters"]:
+        return "ok"
+    if log.train_iters and log.last_iteration >= log.train_iters:
+        return "ok"
+    return "incomplete"
+
+
+def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int] = None) -> dict:
+    run_dir = Path(run_dir)
+    plan = json.loads((run_dir / "plan.json").read_text())
+    argv: list[str] = plan["argv"]
+    config = _read_yaml(run_dir / "config.yaml")
+    command = _command(run_dir, plan)
+    log_path = run_dir / "train.log"
+    log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    log = parse_log(log_text)
+    versions = read_versions(run_dir)
+    exit_info = _read_json(run_dir / "exit.json")
+    layout = layout_of(argv, plan)
+    world = layout["world_size"]
+
+    # model: the composed config's name, else the command's model= override, else the default group
+    model_name = (config or {}).get("model", {}).get("name") or _override(command, "model") or _default_group("model")
+    model_yaml = _read_yaml(CONF_DIR / "model" / f"{model_name}.yaml") if model_name else None
+    num_layers = _int(_flag(argv, "--num-layers"))
+
+    # system: the GPU the run recorded -> conf/hardware; else the config's declared target
+    catalog = hardware_catalog()
+    device = plan["resolved"]["device"]
+    gpu_name = versions.get("gpu_name")
+    hw_key = match_hardware(gpu_name, catalog) if device == "cuda" else None
+    hw_source = f"GPU name {gpu_name!r} ({versions.get('source')}) matches conf/hardware/{hw_key}.yaml" if hw_key \
+        else None
+    if device == "cuda" and not hw_key and config and config.get("hardware", {}).get("name") in catalog \
+            and not gpu_name:
+        hw_key = config["hardware"]["name"]
+        hw_source = f"config.yaml hardware={hw_key} (declared target; the run recorded no GPU name)"
+    hw = catalog.get(hw_key) if hw_key else None
+    precision = precision_of(argv)
+    peak = hw.get(f"peak_tflops_{precision['peak']}") if hw and precision["peak"] else None
+
+    seq = _int(_flag(argv, "--seq-length"))
+    gbs, mbs = _int(_flag(argv, "--global-batch-size")), _int(_flag(argv, "--micro-batch-size"))
+    series = series_of(log, seq or 0, world, peak)
+    memory = {**log.memory_mb, "by_rank": {str(k): v for k, v in log.memory_by_rank.items()},
+              "theoretical_mb": log.theoretical_memory_mb}
+    failure = classify(log_text, exit_info.get("returncode") if exit_info else None, layout)
+    status = status_of(exit_info, log, failure)
+    if status == "ok":
+        failure = None
+    plan_code = plan.get("code")
+
+    return {
+        "schema": SCHEMA,
+        "name": run_dir.name,
+        "status": status,
+        "returncode": exit_info.get("returncode") if exit_info else None,
+        "wall_s": exit_info.get("wall_s") if exit_info else None,
+        "failure": failure.as_dict() if failure else None,
+        "command": command,
+        "code": {**(plan_code or {}), "describe": describe(plan_code)} if plan_code else None,
+        "model": {"name": model_name, "num_layers": num_layers,
+                  "full_num_layers": (model_yaml or {}).get("num_layers"),
+                  "num_experts": _int(_flag(argv, "--num-experts")), "topk": _int(_flag(argv, "--moe-router-topk")),
+                  "hidden_size": _int(_flag(argv, "--hidden-size"))},
+        "system": {
+            "device": device, "gpu_name": gpu_name, "hardware": hw_key, "hardware_source": hw_source,
+            "peak_tflops": {"bf16": hw.get("peak_tflops_bf16"), "fp8": hw.get("peak_tflops_fp8")} if hw else None,
+            "world_size": world, "nproc_per_node": plan["resolved"].get("nproc_per_node"),
+            "nodes": versions.get("nodes") or (_int(_flag(plan.get("command", []), "--nnodes")) or 1),
+            "gpus_visible_per_node": versions.get("gpus_visible"),
+            "hostname": versions.get("hostname"), "slurm_nodelist": versions.get("slurm_nodelist"),
+            "driver": versions.get("driver"), "topology": versions.get("topology"),
+            "nvlink_domain": hw.get("nvlink_domain") if hw else None,
+        },
+        "versions": {k: versions.get(k) for k in ("megatron_core", "transformer_engine", "torch", "cuda", "nccl",
+                                                  "deep_ep", "apex", "python", "source", "triton", "fla_core",
+                                                  "tilelang")},
+        "parallel": layout,
+        "batch": {"seq_length": seq, "micro_batch_size": mbs, "global_batch_size": gbs,
+                  "grad_accum": plan.get("megatron", {}).get("num_microbatches")
+                  or (gbs // (mbs * layout["dp"]) if gbs and mbs else None),
+                  "train_iters": _int(_flag(argv, "--train-iters"))},
+        "dispatcher": dispatcher_of(argv),
+        "routing": "forced_balance" if "--moe-router-force-load-balancing" in argv else "dropless",
+        "precision": precision,
+        "recompute": recompute_of(argv),
+        "transformer_impl": plan["resolved"].get("transformer_impl"),
+        "argv": argv,
+        "env": {"plan": plan.get("env", {}), "runtime": versions.get("env")},
+        "config": config,
+        "iterations": {"logged": len(log.iterations), "last": log.last_iteration, "train_iters": log.train_iters},
+        "series": series,
+        "memory": memory,
+        "steady_state": steady_state(series, warmup, last, log.memory_mb),
+        "mfu_basis": (f"Megatron's TFLOP/s/GPU / {peak} TFLOP/s ({hw_key} dense {precision['peak'].upper()} peak, "
+                      f"conf/hardware/{hw_key}.yaml)") if peak else
+                     ("none: no GPU hardware entry matched" if device == "cuda" else "none: CPU run"),
+        "sources": sorted(p.name for p in run_dir.iterdir() if p.name not in ("record.json", "record.md")),
+    }
+
+
+def write_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int] = None) -> dict:
+    r = build_record(run_dir, warmup, last)
+    (run_dir / "record.json").write_text(json.dumps(r, indent=1, default=str) + "\n")
+    (run_dir / "record.md").write_text(render_md(r))
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m launcher.records.record", description=__doc__.split("\n")[0])
+    ap.add_argument("run_dirs", nargs="+", type=Path)
+    ap.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="iterations skipped before the steady state")
+    ap.add_argument("--last", type=int, default=None, help="last iteration of the steady-state window")
+    a = ap.parse_args(argv)
+    rc = 0
+    for run_dir in a.run_dirs:
+        if not (run_dir / "plan.json").exists():
+            print(f"record: error: {run_dir} has no plan.json (not a moe-launch run directory)", file=sys.stderr)
+            rc = 2
+            continue
+        r = write_record(run_dir, a.warmup, a.last)
+        print(f"record: {run_dir}/record.json: {headline(r)}")
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

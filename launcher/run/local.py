@@ -1,0 +1,86 @@
+"""Local executor: runs command.sh (torchrun on this machine), tees every rank's output to train.log."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from launcher.run.base import Executor
+
+if TYPE_CHECKING:
+    from launcher.config.schema import RunConfig
+    from launcher.plan.resolve import Resolved
+
+
+class LocalExecutor(Executor):
+    """torchrun on this machine; command.sh is the entry file."""
+
+
+def torchrun(cfg: "RunConfig", res: "Resolved", python: Optional[str] = None) -> list[str]:
+    """torchrun through this interpreter (python -m torch.distributed.run), one node."""
+    return [python or sys.executable, "-m", "torch.distributed.run", "--nnodes", str(cfg.cluster.nodes),
+            "--nproc-per-node", str(res.nproc_per_node), "--master-addr", "127.0.0.1",
+            "--master-port", str(cfg.cluster.master_port)]
+
+
+def run_local(script: Path) -> int:
+    """Run the script, stream its output to the terminal and to train.log; return its exit code.
+    A live status line follows the iterations (launcher/run/progress.py); when the run ends, success or
+    failure, the run record (record.json, record.md) is written from the run directory."""
+    import os
+
+    from launcher.run.progress import Progress
+
+    run_dir = script.parent
+    log = run_dir / "train.log"
+    t0 = time.time()
+    progress = Progress(**_progress_facts(run_dir))
+    # rank 0 writes versions.json here (recipes/runinfo.py); set by us, so a stale export cannot redirect it
+    env = {**os.environ, "MOE_RUN_DIR": str(run_dir.resolve())}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(["bash", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, start_new_session=True, env=env)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                fh.write(line)  # the full log first, untouched by the status line
+                progress.line(line)
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            # stop the whole torchrun process group, not just bash
+            os.killpg(proc.pid, signal.SIGTERM)
+            rc = proc.wait()
+        finally:
+            progress.close()
+    (run_dir / "exit.json").write_text(json.dumps({"returncode": rc, "wall_s": round(time.time() - t0, 1)}) + "\n")
+    write_run_record(run_dir)
+    return rc
+
+
+def _progress_facts(run_dir: Path) -> dict:
+    """Sequence length and world size for tokens/s in the status line (plan.json; nothing if unreadable)."""
+    try:
+        plan = json.loads((run_dir / "plan.json").read_text())
+        argv = plan["argv"]
+        return {"seq_length": int(argv[argv.index("--seq-length") + 1]),
+                "world_size": int(plan["resolved"]["world_size"])}
+    except (OSError, ValueError, KeyError, IndexError):
+        return {}
+
+
+def write_run_record(run_dir: Path) -> None:
+    """record.json + record.md for a finished run; a broken record never changes the run's exit code."""
+    try:
+        from launcher.records.record import headline, write_record
+
+        r = write_record(run_dir)
+    except Exception as e:  # noqa: BLE001 - report and go on: the run's result stands without its record
+        print(f"moe-launch: warning: no run record ({type(e).__name__}: {e}); rebuild it with "
+              f"python -m launcher.records.record {run_dir}", file=sys.stderr)
+        return
+    print(f"moe-launch: record {run_dir / 'record.json'}: {headline(r)}",
+          file=sys.stderr if r["status"] == "failed" else sys.stdout)

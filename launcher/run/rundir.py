@@ -1,0 +1,42 @@
+"""The run directory: everything needed to reproduce a run, written before it starts.
+
+  config.yaml   the composed config, as the user's groups and overrides made it
+  plan.json     the moe-launch command, the project's git commit, argv, environment, command, resolved facts (how each "auto" was decided), Megatron's facts
+  argv.txt      the Megatron argv, one token per line
+  command.sh    the exact script a real run executes
+  train.log     (real runs) every rank's output
+  exit.json     (real runs) return code and wall time
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from launcher.plan.plan import LaunchPlan, plan_record
+from launcher.run.command import render_script
+from launcher.config.schema import RunConfig
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    name = cfg.launch.name or cfg.model.name
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def write_run_dir(run_dir: Path, composed: DictConfig, plan: LaunchPlan, workdir: Path,
+                  overrides: list[str] | None = None) -> Path:
+    """Write the run directory; returns the path of command.sh."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(composed))
+    from launcher.records.provenance import code_version
+
+    code = code_version(Path(__file__).resolve().parents[2])  # this project's commit (record.py reads it)
+    record = {"moe_launch": ["moe-launch", *(overrides or [])], "code": code, **plan_record(plan)}
+    (run_dir / "plan.json").write_text(json.dumps(record, indent=2) + "\n")
+    (run_dir / "argv.txt").write_text("\n".join(plan.argv) + "\n")
+    script = run_dir / "command.sh"
+    script.write_text(render_script(plan, workdir))
+    script.chmod(0o755)
+    return script
