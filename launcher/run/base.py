@@ -36,8 +36,6 @@ class Executor:
 
     def process(self, cfg: "RunConfig", res: "Resolved", python: Optional[str] = None) -> tuple[list[str], dict[str, str]]:
         """The command in front of `-m recipes.pretrain`, and the per-rank variables it leaves to the script."""
-        from launcher.run.local import torchrun
-
         return [*cfg.cluster.launch_prefix, *torchrun(cfg, res, self.python(cfg, python))], {}
 
     def workdir(self, cfg: "RunConfig") -> Path:
@@ -62,10 +60,12 @@ class Executor:
         return f"bash {entry}"
 
     def run(self, cfg: "RunConfig", entry: Path) -> int:
-        """Run the entry file in the foreground, output to train.log; the exit code moe-launch returns."""
-        from launcher.run.local import run_local
+        """Start the entry file; the exit code moe-launch returns."""
+        raise NotImplementedError(type(self).__name__)
 
-        rc = run_local(entry)
-        status = "finished" if rc == 0 else f"FAILED (exit {rc})"
-        print(f"moe-launch: {status}; log: {entry.parent / 'train.log'}", file=sys.stderr if rc else sys.stdout)
-        return rc
+
+def torchrun(cfg: "RunConfig", res: "Resolved", python: Optional[str] = None) -> list[str]:
+    """torchrun through this interpreter (python -m torch.distributed.run), one node."""
+    return [python or sys.executable, "-m", "torch.distributed.run", "--nnodes", str(cfg.cluster.nodes),
+            "--nproc-per-node", str(res.nproc_per_node), "--master-addr", "127.0.0.1",
+            "--master-port", str(cfg.cluster.master_port)]

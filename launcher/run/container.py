@@ -18,14 +18,15 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launcher.run.base import Executor
+from launcher.run.local import LocalExecutor
 
 if TYPE_CHECKING:
     from launcher.config.schema import RunConfig
     from launcher.plan.plan import LaunchPlan
 
-class ContainerExecutor(Executor):
-    """torchrun inside `docker run` (or podman) on this machine; container.sh is the entry file."""
+class ContainerExecutor(LocalExecutor):
+    """torchrun inside `docker run` (or podman) on this machine; container.sh is the entry file, run in the
+    foreground like a local run."""
 
     entry_file = "container.sh"
     in_container = True

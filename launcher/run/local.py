@@ -7,24 +7,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from launcher.run.base import Executor
 
 if TYPE_CHECKING:
     from launcher.config.schema import RunConfig
-    from launcher.plan.resolve import Resolved
 
 
 class LocalExecutor(Executor):
-    """torchrun on this machine; command.sh is the entry file."""
+    """torchrun on this machine; command.sh is the entry file, run in the foreground with its output in
+    train.log."""
 
-
-def torchrun(cfg: "RunConfig", res: "Resolved", python: Optional[str] = None) -> list[str]:
-    """torchrun through this interpreter (python -m torch.distributed.run), one node."""
-    return [python or sys.executable, "-m", "torch.distributed.run", "--nnodes", str(cfg.cluster.nodes),
-            "--nproc-per-node", str(res.nproc_per_node), "--master-addr", "127.0.0.1",
-            "--master-port", str(cfg.cluster.master_port)]
+    def run(self, cfg: "RunConfig", entry: Path) -> int:
+        rc = run_local(entry)
+        status = "finished" if rc == 0 else f"FAILED (exit {rc})"
+        print(f"moe-launch: {status}; log: {entry.parent / 'train.log'}", file=sys.stderr if rc else sys.stdout)
+        return rc
 
 
 def run_local(script: Path) -> int:
