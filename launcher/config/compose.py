@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from launcher.errors import ConfigError, closest
@@ -99,6 +99,19 @@ def _free_dict_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
+def _name_after_preset(composed: DictConfig) -> None:
+    """Drop Hydra's own node; an unset launch.name becomes the chosen preset (runs and Slurm jobs are
+    named after it, so no preset file repeats its own name). `${hydra:runtime.choices.preset}` cannot
+    say this in conf/: Hydra's compose API never calls HydraConfig.set_config (only a @hydra.main run
+    does), so that resolver fails with "HydraConfig was not set". Without a preset the name stays None
+    (runs/<model>-<timestamp>, job moe-<model>)."""
+    choice = composed.hydra.runtime.choices.get("preset")
+    with open_dict(composed):
+        del composed["hydra"]
+    if choice is not None and composed.launch.name is None:
+        composed.launch.name = choice
+
+
 def compose(overrides: list[str]) -> tuple[DictConfig, RunConfig]:
     """Compose conf/config.yaml with overrides; return the DictConfig and the typed RunConfig."""
     from hydra import compose as hydra_compose, initialize_config_dir
@@ -109,7 +122,9 @@ def compose(overrides: list[str]) -> tuple[DictConfig, RunConfig]:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            composed = hydra_compose(config_name="config", overrides=_free_dict_overrides(overrides))
+            composed = hydra_compose(config_name="config", overrides=_free_dict_overrides(overrides),
+                                     return_hydra_config=True)
+        _name_after_preset(composed)
         _reject_unknown_keys(composed, RunConfig)
         typed = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as e:

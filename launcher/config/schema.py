@@ -374,6 +374,8 @@ class LaunchConfig:
     run_dir: Optional[str] = None
     """None = runs/<model>-<timestamp> under the current directory."""
     name: Optional[str] = None
+    """Names the run directory and the Slurm job; None = the chosen preset's name (set at compose,
+    launcher/compose.py), else the model's."""
     megatron_validate: bool = True
     """Also run Megatron's own validator on the generated argv at the real world size."""
 
