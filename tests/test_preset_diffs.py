@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from conftest import make_cfg
-from launcher.compose import CONF_DIR, group_options
-from launcher.presets import preset_config, preset_names, preset_text
-from launcher.schema import ParallelConfig
+from launcher.config.compose import CONF_DIR, group_options
+from launcher.tools.presets import preset_config, preset_names, preset_text
+from launcher.config.schema import ParallelConfig
 
 PRESETS = preset_names()
 PARALLEL_DEFAULTS = dataclasses.asdict(ParallelConfig())

@@ -8,7 +8,7 @@ are listed in EXCEPTIONS with the reason):
   proxy    <model>[_<N>l]_<gpus>x<hardware>[_<layout>][_bench]_<precision>
 
 - proxy: a model cut to fewer layers than its family (a benchmark shape, `_<N>l ... _bench`) or a test
-  model with no published size (launcher/params.py PUBLISHED); these name only the shape.
+  model with no published size (launcher/plan/params.py PUBLISHED); these name only the shape.
 - seq: only long context (above 4096 tokens), in units of 1024.
 - layout: tp, cp, pp, vpp, ep, etp degrees above 1, glued (tp2pp8vpp4ep32); in a long-context name cp is
   always written, cp1 included, because cp is what varies along that series.
@@ -24,9 +24,9 @@ from typing import Optional
 import pytest
 
 from conftest import make_cfg
-from launcher.params import PUBLISHED
-from launcher.presets import family_config, preset_config, preset_names
-from launcher.schema import ParallelConfig, RunConfig
+from launcher.plan.params import PUBLISHED
+from launcher.tools.presets import family_config, preset_config, preset_names
+from launcher.config.schema import ParallelConfig, RunConfig
 
 PRESETS = preset_names()
 LONG_CONTEXT = 4096  # the pretrain sequence; above it the name carries seq<N>k

@@ -195,7 +195,7 @@ def test_no_stale_preset_goldens():
 def test_preset_file_names_itself_and_its_source(name):
     text = preset_text(name)
     assert text.startswith("# @package _global_\n")
-    # runs are named after the preset: launcher/compose.py sets launch.name from the chosen preset, so no
+    # runs are named after the preset: launcher/config/compose.py sets launch.name from the chosen preset, so no
     # file repeats its own name (a name written in a file would also leak into the presets that include it)
     assert "\nlaunch:" not in text and preset_config(name).launch.name == name
     assert source_of(name), "every preset says where its layout comes from (# source: ...)"

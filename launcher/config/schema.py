@@ -375,7 +375,7 @@ class LaunchConfig:
     """None = runs/<model>-<timestamp> under the current directory."""
     name: Optional[str] = None
     """Names the run directory and the Slurm job; None = the chosen preset's name (set at compose,
-    launcher/compose.py), else the model's."""
+    launcher/config/compose.py), else the model's."""
     megatron_validate: bool = True
     """Also run Megatron's own validator on the generated argv at the real world size."""
 
