@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+from enum import Enum
 from typing import Any, Iterable, Optional
 
 
@@ -9,8 +10,17 @@ class ConfigError(ValueError):
     """A user error: one line naming the field, the value, the rule and a fix."""
 
     def __init__(self, field: str, value: Any, rule: str, fix: str):
-        self.field, self.value, self.rule, self.fix = field, value, rule, fix
-        super().__init__(f"{field}={value!r}: {rule}. Fix: {fix}")
+        self.field, self.value, self.rule, self.fix = field, _plain(value), rule, fix
+        super().__init__(f"{field}={self.value!r}: {rule}. Fix: {fix}")
+
+
+def _plain(value: Any) -> Any:
+    """A schema choice (StrEnum, launcher/config/choices.py) shows as the string the user typed."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def closest(word: str, options: Iterable[str], n: int = 1) -> Optional[str]:

@@ -93,7 +93,7 @@ def test_bench_summary_rebuilds_the_committed_result():
 
 
 def test_steady_state_leaves_out_warmup_and_profiled_steps():
-    from launcher.records.record import steady_state
+    from launcher.records.steady import steady_state
 
     rows = [{"iteration": i, "step_ms": 100.0 * i} for i in range(1, 11)]
     w = steady_state(rows, 3, None, {}, (9, 9))

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from launcher.records.logparse import parse_file, parse_iteration_line, parse_log
-from launcher.records.record import series_of, steady_state
+from launcher.records.steady import series_of, steady_state
 
 LOGS = Path(__file__).parent / "data" / "logs"
 QWEN = LOGS / "ok_gpu_h200x2_qwen3_30b_a3b_8l_ep2_forced_balance.log"
@@ -51,7 +51,7 @@ def test_duplicate_iteration_lines_kept_once():
 def test_steady_state_window_of_a_real_log():
     # the one steady-state computation (launcher.records.record), fed by this parser
     log = parse_file(QWEN)
-    series = series_of(log, seq=4096, world=2, peak=989.0)
+    series = series_of(log.iterations, seq=4096, world=2, peak=989.0)
     s = steady_state(series, warmup=3, last=None, memory=log.memory_mb)
     step = s["step_time_ms"]
     assert len(log.iterations) == 20 and step["min"] <= step["median"] <= step["max"]

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from launcher.errors import ConfigError, closest
+from launcher.config.cluster import CLUSTER_SCHEMAS
 from launcher.config.schema import RunConfig, register_configs
 
 CONF_DIR = Path(os.environ.get("MOE_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
@@ -24,6 +25,8 @@ def groups() -> list[str]:
 
 
 def _schema_keys(path: str) -> list[str]:
+    if path == "cluster":  # the error does not say which executor's schema: every cluster field
+        return list(dict.fromkeys(f.name for s in CLUSTER_SCHEMAS.values() for f in dataclasses.fields(s)))
     node = OmegaConf.structured(RunConfig)
     for part in [p for p in path.split(".") if p]:
         node = node[part]
@@ -53,10 +56,13 @@ def _explain(err: Exception) -> ConfigError:
     if m:
         key, full = m.groups()
         parent = full.rsplit(".", 1)[0] if "." in full else ""
-        near = closest(key, _schema_keys(parent))
-        fix = f"did you mean {parent + '.' if parent else ''}{near}?" if near else \
-            f"valid keys: {', '.join(_schema_keys(parent))}"
-        return ConfigError(full, key, "is not a field of the schema", fix)
+        return _unknown_key(full, key, _schema_keys(parent))
+    m = re.search(r"Invalid value '([^']*)', expected one of \[([^\]]*)\]\s+full_key: ([\w.\[\]]+)", text)
+    if m:  # a StrEnum choice (launcher/config/choices.py)
+        value, options, full = m.group(1), m.group(2).split(", "), m.group(3)
+        near = closest(value, options)
+        return ConfigError(full, value, f"must be one of {', '.join(options)}",
+                           (f"did you mean {near!r}? " if near else "") + f"set {full} to one of those")
     m = re.search(r"full_key: ([\w.\[\]]+)", text)
     if m:
         # the innermost cause says what is wrong with the value, e.g. "Value 'abc' of type 'str'
@@ -71,16 +77,29 @@ def _explain(err: Exception) -> ConfigError:
     return ConfigError("overrides", "?", first.rstrip("."), "see `moe-launch --help` for the override syntax")
 
 
+def _unknown_key(full: str, value, valid: list[str]) -> ConfigError:
+    """A key the schema lacks: the closest field, or the executor whose cluster schema has it."""
+    parent, _, key = full.rpartition(".")
+    near = closest(key, valid)
+    owners = [str(k) for k, s in CLUSTER_SCHEMAS.items() if key in {f.name for f in dataclasses.fields(s)}]
+    if parent == "cluster" and owners:
+        fix = f"{full} belongs to {' or '.join(f'cluster={k}' for k in owners)}: choose that executor"
+    elif near:
+        fix = f"did you mean {parent + '.' if parent else ''}{near}?"
+    else:
+        fix = f"valid keys: {', '.join(valid)}"
+    return ConfigError(full, value, "is not a field of the schema", fix)
+
+
 def _reject_unknown_keys(node: DictConfig, schema: type, path: str = "") -> None:
     """`+key=value` appends keys Hydra does not check against the schema: refuse them here."""
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for key in node.keys():
         full = f"{path}{key}"
         if key not in fields:
-            near = closest(str(key), fields)
-            fix = f"did you mean {path}{near}?" if near else f"valid keys: {', '.join(fields)}"
-            raise ConfigError(full, node[key], "is not a field of the schema", fix)
-        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+            raise _unknown_key(full, node[key], list(fields))
+        # the node's own type: the cluster group's schema depends on the executor (launcher/config/cluster.py)
+        sub = OmegaConf.get_type(node[key]) if isinstance(node[key], DictConfig) else None
         if isinstance(sub, type) and dataclasses.is_dataclass(sub):
             _reject_unknown_keys(node[key], sub, full + ".")
 
@@ -130,4 +149,13 @@ def compose(overrides: list[str]) -> tuple[DictConfig, RunConfig]:
     except (HydraException, OmegaConfBaseException) as e:
         raise _explain(e) from None
     assert isinstance(typed, RunConfig)
+    _check_executor_schema(typed)
     return composed, typed
+
+
+def _check_executor_schema(cfg: RunConfig) -> None:
+    """cluster.executor=slurm on the local group would lack Slurm's fields: the group picks the executor."""
+    kind = cfg.cluster.executor
+    if type(cfg.cluster) is not CLUSTER_SCHEMAS[kind]:
+        raise ConfigError("cluster.executor", kind, "is chosen with the cluster group, which brings that "
+                          "executor's fields", f"use cluster={kind} instead")

@@ -17,6 +17,12 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from launcher.config.choices import (AttentionVariant, CrossEntropyImpl, CudaGraphImpl, CudaGraphModule, DataKind,
+                                     DispatcherType, FlexBackend, Fp8Format, Fp8Recipe, GroupedGemmImpl, ParamsDtype,
+                                     RecomputeGranularity, RecomputeMethod, RecomputeModule, RopeType, Routing,
+                                     ScoreFunction, TransformerImpl)
+from launcher.config.cluster import CLUSTER_SCHEMAS, ClusterConfig
+
 
 @dataclass
 class ModelConfig:
@@ -48,7 +54,7 @@ class ModelConfig:
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     init_method_std: float = 0.02
-    transformer_impl: str = "auto"
+    transformer_impl: TransformerImpl = TransformerImpl.auto
     """transformer_engine, local, or auto (TE when the device is a GPU and TE is installed)."""
     # --- MoE ---
     num_experts: int = MISSING
@@ -57,7 +63,7 @@ class ModelConfig:
     moe_layer_freq: str = "1"
     """Megatron syntax: "1" (every layer MoE) or a Python list expression like "([0]*3+[1]*58)"."""
     moe_shared_expert_intermediate_size: Optional[int] = None
-    moe_router_score_function: str = "softmax"
+    moe_router_score_function: ScoreFunction = ScoreFunction.softmax
     moe_router_pre_softmax: bool = False
     moe_router_topk_scaling_factor: Optional[float] = None
     moe_router_load_balancing_type: str = "aux_loss"
@@ -70,7 +76,7 @@ class ModelConfig:
     moe_router_group_topk: Optional[int] = None
     moe_grouped_gemm: bool = True
     """Grouped GEMM for experts (Transformer Engine only; ignored by the local spec)."""
-    moe_grouped_gemm_impl: str = "te"
+    moe_grouped_gemm_impl: GroupedGemmImpl = GroupedGemmImpl.te
     """Expert GEMMs: te (Transformer Engine GroupedLinear; on Hopper with cuBLASLt < 13.4 one GEMM per expert)
     or torch (torch.nn.functional.grouped_mm inside Megatron's TEGroupedMLP, one kernel per projection:
     recipes/experts.py). torch needs TE, BF16, parallel.etp=1, no expert bias, no checkpoint save/load."""
@@ -88,7 +94,7 @@ class ModelConfig:
     """Sigmoid gate on the attention output, computed from the input (Qwen3-Next gated attention)."""
     layernorm_zero_centered_gamma: bool = False
     """Zero-centred norm weight, y = x_norm * (1 + gamma) (Qwen3-Next); Megatron's --apply-layernorm-1p."""
-    rope_type: Optional[str] = None
+    rope_type: Optional[RopeType] = None
     """MLA RoPE: yarn or rope; None = Megatron's default (yarn with MLA, rope otherwise)."""
     rotary_scaling_factor: Optional[float] = None
     """YaRN scaling factor (MLA); None = Megatron's default (1.0)."""
@@ -109,7 +115,7 @@ class ModelConfig:
     v_head_dim: Optional[int] = None
     """Per-head value width; None = Megatron's default (128)."""
     # --- gated delta net linear attention (Qwen3-Next); needs Transformer Engine ---
-    experimental_attention_variant: Optional[str] = None
+    experimental_attention_variant: Optional[AttentionVariant] = None
     """gated_delta_net (hybrid linear/full attention, with linear_attention_freq); None = off. (Megatron's
     other variant, dsa, needs indexer settings the schema does not model.)"""
     linear_attention_freq: Optional[str] = None
@@ -153,9 +159,9 @@ class ParallelConfig:
 class DispatcherConfig:
     """MoE token dispatcher."""
 
-    type: str = "alltoall"
+    type: DispatcherType = DispatcherType.alltoall
     """alltoall, allgather or flex."""
-    flex_backend: Optional[str] = None
+    flex_backend: Optional[FlexBackend] = None
     """With type=flex: deepep, hybridep or ncclep."""
     flex_num_sms: Optional[int] = None
     """SMs the flex backend may use; None = backend default."""
@@ -176,12 +182,12 @@ class DispatcherConfig:
 class RecomputeConfig:
     """Activation recomputation."""
 
-    granularity: str = "none"
+    granularity: RecomputeGranularity = RecomputeGranularity.none
     """none, selective or full."""
-    modules: list[str] = field(default_factory=list)
+    modules: list[RecomputeModule] = field(default_factory=list)
     """With selective: any of core_attn, moe_act, layernorm, mla_up_proj, mlp, moe, shared_experts,
     gdn_norm_out."""
-    method: Optional[str] = None
+    method: Optional[RecomputeMethod] = None
     """With full: uniform or block."""
     num_layers: Optional[int] = None
     """With full: layers per recompute unit (uniform) or recomputed layers per stage (block)."""
@@ -192,11 +198,11 @@ class PrecisionConfig:
     """Numerics of parameters, activations and the optimizer."""
 
     name: str = "bf16"
-    params_dtype: str = "bf16"
+    params_dtype: ParamsDtype = ParamsDtype.bf16
     """bf16, fp16 or fp32 (fp32 only for CPU smoke runs)."""
-    fp8_format: Optional[str] = None
+    fp8_format: Optional[Fp8Format] = None
     """e4m3 or hybrid; None = no FP8."""
-    fp8_recipe: Optional[str] = None
+    fp8_recipe: Optional[Fp8Recipe] = None
     """tensorwise, delayed, mxfp8 (Blackwell) or blockwise."""
     fp8_param_gather: bool = False
     use_precision_aware_optimizer: bool = False
@@ -211,7 +217,7 @@ class PrecisionConfig:
 class DataConfig:
     """Training data."""
 
-    kind: str = "mock"
+    kind: DataKind = DataKind.mock
     """mock (synthetic tokens, no files) or indexed (Megatron .bin/.idx prefixes in paths)."""
     paths: list[str] = field(default_factory=list)
     """With kind=indexed: data prefixes, optionally weighted ("0.3 /data/a 0.7 /data/b")."""
@@ -229,7 +235,7 @@ class TrainConfig:
     micro_batch_size: int = 1
     global_batch_size: int = 32
     train_iters: int = 100
-    routing: str = "dropless"
+    routing: Routing = Routing.dropless
     """dropless (real router) or forced_balance (benchmarking: random balanced routing)."""
     optimizer: str = "adam"
     optimizer_cpu_offload: bool = False
@@ -265,7 +271,7 @@ class TrainConfig:
     cross_entropy_loss_fusion: bool = False
     """Megatron's fused vocab-parallel cross entropy (--cross-entropy-loss-fusion): no FP32 copy of the
     full logits; with a 150k vocabulary the logits are the largest activation of a small MoE."""
-    cross_entropy_fusion_impl: str = "native"
+    cross_entropy_fusion_impl: CrossEntropyImpl = CrossEntropyImpl.native
     """native or te (--cross-entropy-fusion-impl); used with cross_entropy_loss_fusion."""
     kernel_profile: Optional[str] = None
     """"START:END" (1-based iterations, inclusive): torch.profiler over those whole iterations on rank 0,
@@ -273,66 +279,12 @@ class TrainConfig:
     Independent of `profile` (Megatron's nsys range)."""
     gradient_accumulation_fusion: str = "auto"
     """true, false, or auto (on when APEX's fused kernel is importable where the run starts)."""
-    cuda_graph_impl: Optional[str] = None
+    cuda_graph_impl: Optional[CudaGraphImpl] = None
     """CUDA graphs: transformer_engine (per-layer graphs made by TE, what the MoE recipes use), local, or
     full_iteration; None = off."""
-    cuda_graph_modules: list[str] = field(default_factory=list)
+    cuda_graph_modules: list[CudaGraphModule] = field(default_factory=list)
     """With a per-layer cuda_graph_impl, the parts of each layer captured: attn, mlp (dense layers),
     moe_router, moe_preprocess (with moe_router), moe (drop-and-pad MoE only); empty = the whole layer."""
-
-
-@dataclass
-class ClusterConfig:
-    """Where and on how many GPUs the job runs."""
-
-    executor: str = "local"
-    """local: torchrun on this machine; slurm: an sbatch script, one srun task per GPU;
-    container: torchrun inside `docker run` (or podman) on this machine."""
-    nodes: int = 1
-    gpus_per_node: Optional[int] = None
-    """None = detected on the machine that launches (local executor), hardware.gpus_per_node for
-    Slurm (8, or 4 on GB200/GB300); CPU runs use nproc_cpu."""
-    device: str = "auto"
-    """cuda, cpu, or auto (local: cuda when nvidia-smi lists a GPU; slurm: cuda)."""
-    nproc_cpu: int = 1
-    """Processes for CPU (gloo) runs when no GPU is present."""
-    master_port: int = 29500
-    env: dict[str, str] = field(default_factory=dict)
-    """Extra process environment for every rank (a value set in the calling shell wins)."""
-    python: Optional[str] = None
-    """Interpreter each rank runs; None = this one (sys.executable), or `python` inside a container."""
-    launch_prefix: list[str] = field(default_factory=list)
-    """Tokens in front of the per-rank (Slurm) or torchrun (local, container) command, e.g. nsys."""
-    # --- Slurm (executor=slurm); values that become #SBATCH lines are checked, the rest shell-quoted ---
-    account: Optional[str] = None
-    partition: Optional[str] = None
-    time: Optional[str] = None
-    """Wall-clock limit in a Slurm time format (MM, HH:MM:SS, D-HH:MM:SS); None = partition default."""
-    job_name: Optional[str] = None
-    """None = moe-<launch.name or model.name>."""
-    output: Optional[str] = None
-    """Slurm output file (a Slurm filename pattern); None = <run_dir>/train.log."""
-    exclusive: bool = True
-    segment: Optional[str] = "auto"
-    """Slurm --segment (nodes per block) so each EP x TP group stays in one NVLink domain: auto
-    (computed where the domain spans nodes, e.g. GB200 NVL72), a node count, or null (never)."""
-    sbatch_extra: list[str] = field(default_factory=list)
-    """More #SBATCH directives, e.g. [qos=high, gpus-per-node=8]."""
-    srun_extra: list[str] = field(default_factory=list)
-    """More srun arguments, e.g. [--mpi=pmix]."""
-    follow: bool = False
-    """After sbatch: wait for the job, print its state changes; exit 0 only when it COMPLETED."""
-    follow_timeout_s: int = 86400
-    """Longest wait when following (the job keeps running after moe-launch stops waiting)."""
-    # --- containers: pyxis flags on srun (slurm), or `docker run`/`podman run` (executor=container) ---
-    container_image: Optional[str] = None
-    """Image to run in; None = no container (Slurm runs on the nodes' own environment)."""
-    container_mounts: list[str] = field(default_factory=list)
-    """SRC:DST[:FLAGS] bind mounts; the working directory and run directory are added."""
-    container_workdir: Optional[str] = None
-    """Working directory inside the container; None = this directory, mounted at the same path."""
-    container_runtime: str = "docker"
-    """docker or podman (executor=container)."""
 
 
 @dataclass
@@ -400,4 +352,7 @@ class RunConfig:
 def register_configs() -> None:
     """Register the top-level schema; conf/config.yaml lists it first in its defaults, so every group's
     YAML merges into a typed node and a misspelled or mistyped key fails at compose time."""
-    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    for kind, schema in CLUSTER_SCHEMAS.items():  # conf/cluster/<kind>.yaml lists <kind>_schema first
+        store.store(group="cluster", name=f"{kind}_schema", node=schema)

@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from launcher.config.schema import RunConfig
+from launcher.plan.facts import launch_facts
 from launcher.plan.megatron.table import OWNED_FLAGS, resolved_flags, table_flags
 from launcher.plan.probe import MachineProbe
 from launcher.plan.resolve import Resolved, resolve
@@ -27,6 +28,8 @@ class LaunchPlan:
     resolved: Resolved
     megatron: dict = field(default_factory=dict)
     """Facts Megatron's validator derived (data parallel size, microbatches)."""
+    facts: dict = field(default_factory=dict)
+    """What the run is (launcher/plan/facts.py): records and results read it from plan.json."""
     launcher: list[str] = field(default_factory=list)
     """The process launcher in front of the entry (torchrun), bound by the executor (launcher.run)."""
     rank_env: dict[str, str] = field(default_factory=dict)
@@ -74,20 +77,26 @@ def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
     return env
 
 
+def compute_capability(cfg: RunConfig) -> tuple[int, int]:
+    """hardware.compute_capability ("9.0", "10.0") as Megatron's device checks read it."""
+    major, _, minor = cfg.hardware.compute_capability.partition(".")
+    return int(major), int(minor or 0)
+
+
 def build_plan(cfg: RunConfig, probe: MachineProbe) -> LaunchPlan:
     """Resolve, validate with our rules, map, then validate with Megatron's own checks."""
     res = resolve(cfg, probe)
     validate(cfg, res)
     argv = megatron_argv(cfg, res)
     env = run_env(cfg, res)
-    facts: dict = {}
+    derived: dict = {}
     if cfg.launch.megatron_validate:
         from launcher.plan.megatron.validator import megatron_validate
 
-        facts = megatron_validate(argv, res.world_size, env)
-    return LaunchPlan(argv=argv, env=env, resolved=res, megatron=facts)
+        derived = megatron_validate(argv, res.world_size, env, compute_capability(cfg))
+    return LaunchPlan(argv=argv, env=env, resolved=res, megatron=derived, facts=launch_facts(cfg, res, derived))
 
 
 def plan_record(plan: LaunchPlan) -> dict:
     return {"argv": plan.argv, "env": plan.env, "command": plan.command,
-            "resolved": dataclasses.asdict(plan.resolved), "megatron": plan.megatron}
+            "resolved": dataclasses.asdict(plan.resolved), "megatron": plan.megatron, "facts": plan.facts}

@@ -12,6 +12,7 @@ from typing import Optional
 
 from launcher.errors import ConfigError
 from launcher.plan.probe import MachineProbe
+from launcher.config.choices import Device, ExecutorKind, TransformerImpl
 from launcher.config.schema import RunConfig
 
 
@@ -34,13 +35,11 @@ class Resolved:
 
 def _device(cfg: RunConfig, probe: MachineProbe) -> tuple[str, str]:
     c = cfg.cluster
-    if c.device in ("cuda", "cpu"):
-        return c.device, f"device={c.device} (cluster.device)"
-    if c.device != "auto":
-        raise ConfigError("cluster.device", c.device, "must be one of auto, cuda, cpu", "pick one of those")
+    if c.device != Device.auto:
+        return str(c.device), f"device={c.device} (cluster.device)"
     if c.gpus_per_node is not None:
         return "cuda", "device=cuda: cluster.gpus_per_node is set"
-    if c.executor == "slurm":
+    if c.executor == ExecutorKind.slurm:
         # this is a login node: what it has says nothing about the compute nodes
         return "cuda", "device=cuda: Slurm compute nodes (set cluster.device=cpu for CPU nodes)"
     if probe.gpus > 0:
@@ -50,11 +49,11 @@ def _device(cfg: RunConfig, probe: MachineProbe) -> tuple[str, str]:
 
 def _transformer_impl(cfg: RunConfig, device: str, probe: MachineProbe) -> tuple[str, Optional[str]]:
     impl = cfg.model.transformer_impl
-    if impl != "auto":
-        return impl, None
+    if impl != TransformerImpl.auto:
+        return str(impl), None
     if device == "cpu":
         return "local", "transformer_impl=local: CPU run (Transformer Engine needs CUDA)"
-    if probe.gpus > 0 and not probe.transformer_engine and cfg.cluster.executor == "local":
+    if probe.gpus > 0 and not probe.transformer_engine and cfg.cluster.executor == ExecutorKind.local:
         # this machine is the one that runs: we can see TE is missing here (Slurm nodes and container
         # images have their own environment)
         return "local", ("transformer_impl=local: transformer_engine is not installed here "
@@ -174,7 +173,7 @@ def resolve(cfg: RunConfig, probe: MachineProbe) -> Resolved:
     c = cfg.cluster
     if c.gpus_per_node is not None:
         nproc = c.gpus_per_node
-    elif device == "cuda" and c.executor == "slurm":
+    elif device == "cuda" and c.executor == ExecutorKind.slurm:
         nproc = cfg.hardware.gpus_per_node
         notes.append(f"tasks per node={nproc}: hardware.gpus_per_node ({cfg.hardware.name})")
     elif device == "cuda":

@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 import yaml
 
-from launcher.records.record import DEFAULT_WARMUP, build_record, hardware_catalog
+from launcher.records.record import build_record, hardware_catalog
+from launcher.records.steady import DEFAULT_WARMUP
 
 DEFAULT_REFERENCES = Path(__file__).resolve().parents[2] / "perf_results" / "references.yaml"
 

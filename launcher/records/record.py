@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import shlex
-import statistics
 import sys
 from pathlib import Path
 from typing import Optional
@@ -36,33 +34,16 @@ from typing import Optional
 import yaml
 
 from launcher.records.failures import classify
+from launcher.records.legacy_argv import legacy_facts
 from launcher.records.logparse import LogSummary, parse_log
 from launcher.records.provenance import describe
 from launcher.records.record_md import headline, render_md
+from launcher.records.steady import DEFAULT_WARMUP, series_of, steady_state
 
 SCHEMA = "moe-recipes/run-record/1"
 CONF_DIR = Path(os.environ.get("MOE_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
-DEFAULT_WARMUP = 3
 
 # ---------------------------------------------------------------------------------------------- inputs
-
-
-def _flag(argv: list[str], flag: str, default=None):
-    if flag not in argv:
-        return default
-    i = argv.index(flag)
-    return argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else True
-
-
-def _flag_list(argv: list[str], flag: str) -> list[str]:
-    if flag not in argv:
-        return []
-    out = []
-    for tok in argv[argv.index(flag) + 1:]:
-        if tok.startswith("--"):
-            break
-        out.append(tok)
-    return out
 
 
 def _int(value, default: Optional[int] = None) -> Optional[int]:
@@ -152,118 +133,6 @@ def _override(command: Optional[str], key: str) -> Optional[str]:
 # ------------------------------------------------------------------------------------------ derivation
 
 
-def precision_of(argv: list[str]) -> dict:
-    """{"name": "bf16" | "fp16" | "fp32" | "fp8-<recipe>", "label": "BF16" ..., "peak": "bf16" | "fp8" | None}."""
-    if "--fp8-format" in argv:
-        recipe = _flag(argv, "--fp8-recipe", "delayed")
-        return {"name": f"fp8-{recipe}", "label": f"FP8 ({recipe}, {_flag(argv, '--fp8-format')})", "peak": "fp8"}
-    if "--bf16" in argv:
-        return {"name": "bf16", "label": "BF16", "peak": "bf16"}
-    if "--fp16" in argv:
-        return {"name": "fp16", "label": "FP16", "peak": "bf16"}  # same tensor-core peak as BF16
-    return {"name": "fp32", "label": "FP32", "peak": None}  # CPU smoke precision: no tensor-core peak
-
-
-def recompute_of(argv: list[str]) -> str:
-    g = _flag(argv, "--recompute-granularity")
-    if not g:
-        return "none"
-    if g == "full":
-        method, n = _flag(argv, "--recompute-method"), _flag(argv, "--recompute-num-layers")
-        return "full" + (f" ({method}, {n})" if method else "")
-    mods = _flag_list(argv, "--recompute-modules")
-    return ", ".join(mods) if mods else "core_attn"  # Megatron's default selective module
-
-
-def dispatcher_of(argv: list[str]) -> str:
-    d = _flag(argv, "--moe-token-dispatcher-type", "allgather")
-    return _flag(argv, "--moe-flex-dispatcher-backend", "flex") if d == "flex" else d
-
-
-def layout_of(argv: list[str], plan: dict) -> dict:
-    world = plan["resolved"]["world_size"]
-    tp = _int(_flag(argv, "--tensor-model-parallel-size"), 1)
-    pp = _int(_flag(argv, "--pipeline-model-parallel-size"), 1)
-    cp, ep = _int(_flag(argv, "--context-parallel-size"), 1), _int(_flag(argv, "--expert-model-parallel-size"), 1)
-    etp = _int(_flag(argv, "--expert-tensor-parallel-size"), tp)
-    vpp = plan.get("megatron", {}).get("virtual_pipeline_model_parallel_size") \
-        or _int(_flag(argv, "--num-virtual-stages-per-pipeline-rank"))
-    dp = plan.get("megatron", {}).get("data_parallel_size") or world // (tp * pp * cp)
-    return {"world_size": world, "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp,
-            "edp": world // (ep * etp * pp), "fsdp": "--use-megatron-fsdp" in argv,
-            "sequence_parallel": "--sequence-parallel" in argv}
-
-
-def stats(values: list[float]) -> Optional[dict]:
-    """median and spread of a steady-state series."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return None
-    q = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else [values[0]] * 9
-    med = statistics.median(values)
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"n": len(values), "median": _r(med), "mean": _r(statistics.fmean(values)), "stdev": _r(sd),
-            "min": _r(min(values)), "max": _r(max(values)), "p10": _r(q[0]), "p90": _r(q[-1]),
-            "cv_pct": _r(100 * sd / statistics.fmean(values)) if statistics.fmean(values) else None}
-
-
-def _r(x: Optional[float], nd: int = 6) -> Optional[float]:
-    if x is None:
-        return None
-    return float(f"{x:.{nd}g}") if abs(x) < 1e5 else round(x, 1)
-
-
-def series_of(log: LogSummary, seq: int, world: int, peak: Optional[float]) -> list[dict]:
-    out = []
-    for it in log.iterations:
-        row = dict(it)
-        gbs, ms = it.get("global_batch_size"), it.get("step_ms")
-        if gbs and ms:
-            row["tokens_per_s_per_gpu"] = round(gbs * seq / (ms / 1000) / world, 1)
-        if peak and it.get("tflops_per_gpu") is not None:
-            row["mfu"] = round(it["tflops_per_gpu"] / peak, 5)
-        out.append(row)
-    return out
-
-
-def steady_state(series: list[dict], warmup: int, last: Optional[int], memory: dict,
-                 skip: Optional[tuple[int, int]] = None) -> dict:
-    """The declared window: iterations after `warmup` up to `last`, minus those Megatron counted as skipped
-    or NaN and minus `skip` (START, END), a profiled window whose iterations carry the profiler's overhead."""
-    window = {"warmup_iterations": warmup, "last": last,
-              "rule": f"iterations {warmup + 1}..{last if last else 'last logged'}, "
-                      "leaving out those Megatron counted as skipped or NaN"
-                      + (f" and the profiled iterations {skip[0]}..{skip[1]}" if skip else "")}
-    rows = [r for r in series if r["iteration"] > warmup and (last is None or r["iteration"] <= last)]
-    profiled = [r["iteration"] for r in rows if skip and skip[0] <= r["iteration"] <= skip[1]]
-    dropped = [r["iteration"] for r in rows if r.get("skipped") or r.get("nan_iterations")]
-    rows = [r for r in rows if r["iteration"] not in dropped and r["iteration"] not in profiled]
-    window.update(first=rows[0]["iteration"] if rows else None, last=rows[-1]["iteration"] if rows else last,
-                  iterations=len(rows), left_out=dropped)
-    if skip:
-        window["profiled"] = profiled
-    if not rows:
-        return {"window": window, "reason": f"no logged iteration after the {warmup} warm-up iterations"}
-    col = lambda key: [r.get(key) for r in rows]  # noqa: E731
-    return {
-        "window": window,
-        "step_time_ms": stats(col("step_ms")),
-        "tokens_per_s_per_gpu": stats(col("tokens_per_s_per_gpu")),
-        "tflops_per_gpu": stats(col("tflops_per_gpu")),
-        "mfu": stats(col("mfu")),
-        "peak_memory_mb": {k: memory.get(k) for k in ("max_allocated_mb", "max_reserved_mb")},
-        "loss": {"first": rows[0].get("loss"), "last": rows[-1].get("loss")},
-    }
-
-
-def steady_medians(ss: dict) -> dict:
-    """The medians of a steady state (steady_state's result), the figures a tuning or benchmark table shows."""
-    med = lambda k: (ss.get(k) or {}).get("median")  # noqa: E731
-    return {"tokens_per_s_per_gpu": med("tokens_per_s_per_gpu"), "tflops_per_gpu": med("tflops_per_gpu"),
-            "step_time_ms": med("step_time_ms"), "mfu": med("mfu"),
-            "iterations": (ss.get("window") or {}).get("iterations")}
-
-
 def status_of(exit_info: Optional[dict], log: LogSummary, failure) -> str:
     if exit_info is not None:
         return "ok" if exit_info.get("returncode") == 0 else "failed"
@@ -280,6 +149,7 @@ def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int
     run_dir = Path(run_dir)
     plan = json.loads((run_dir / "plan.json").read_text())
     argv: list[str] = plan["argv"]
+    facts = plan.get("facts") or legacy_facts(argv, plan)  # runs written before plan.json carried facts
     config = _read_yaml(run_dir / "config.yaml")
     command = _command(run_dir, plan)
     log_path = run_dir / "train.log"
@@ -287,13 +157,12 @@ def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int
     log = parse_log(log_text)
     versions = read_versions(run_dir)
     exit_info = _read_json(run_dir / "exit.json")
-    layout = layout_of(argv, plan)
+    layout = facts["parallel"]
     world = layout["world_size"]
 
     # model: the composed config's name, else the command's model= override, else the default group
     model_name = (config or {}).get("model", {}).get("name") or _override(command, "model") or _default_group("model")
     model_yaml = _read_yaml(CONF_DIR / "model" / f"{model_name}.yaml") if model_name else None
-    num_layers = _int(_flag(argv, "--num-layers"))
 
     # system: the GPU the run recorded -> conf/hardware; else the config's declared target
     catalog = hardware_catalog()
@@ -307,12 +176,11 @@ def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int
         hw_key = config["hardware"]["name"]
         hw_source = f"config.yaml hardware={hw_key} (declared target; the run recorded no GPU name)"
     hw = catalog.get(hw_key) if hw_key else None
-    precision = precision_of(argv)
+    precision = facts["precision"]
     peak = hw.get(f"peak_tflops_{precision['peak']}") if hw and precision["peak"] else None
 
-    seq = _int(_flag(argv, "--seq-length"))
-    gbs, mbs = _int(_flag(argv, "--global-batch-size")), _int(_flag(argv, "--micro-batch-size"))
-    series = series_of(log, seq or 0, world, peak)
+    seq = facts["batch"]["seq_length"]
+    series = series_of(log.iterations, seq or 0, world, peak)
     memory = {**log.memory_mb, "by_rank": {str(k): v for k, v in log.memory_by_rank.items()},
               "theoretical_mb": log.theoretical_memory_mb}
     failure = classify(log_text, exit_info.get("returncode") if exit_info else None, layout)
@@ -330,15 +198,14 @@ def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int
         "failure": failure.as_dict() if failure else None,
         "command": command,
         "code": {**(plan_code or {}), "describe": describe(plan_code)} if plan_code else None,
-        "model": {"name": model_name, "num_layers": num_layers,
+        "model": {"name": model_name, "num_layers": facts["model"]["num_layers"],
                   "full_num_layers": (model_yaml or {}).get("num_layers"),
-                  "num_experts": _int(_flag(argv, "--num-experts")), "topk": _int(_flag(argv, "--moe-router-topk")),
-                  "hidden_size": _int(_flag(argv, "--hidden-size"))},
+                  **{k: facts["model"][k] for k in ("num_experts", "topk", "hidden_size")}},
         "system": {
             "device": device, "gpu_name": gpu_name, "hardware": hw_key, "hardware_source": hw_source,
             "peak_tflops": {"bf16": hw.get("peak_tflops_bf16"), "fp8": hw.get("peak_tflops_fp8")} if hw else None,
             "world_size": world, "nproc_per_node": plan["resolved"].get("nproc_per_node"),
-            "nodes": versions.get("nodes") or (_int(_flag(plan.get("command", []), "--nnodes")) or 1),
+            "nodes": versions.get("nodes") or facts["nodes"],
             "gpus_visible_per_node": versions.get("gpus_visible"),
             "hostname": versions.get("hostname"), "slurm_nodelist": versions.get("slurm_nodelist"),
             "driver": versions.get("driver"), "topology": versions.get("topology"),
@@ -348,14 +215,11 @@ def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int
                                                   "deep_ep", "apex", "python", "source", "triton", "fla_core",
                                                   "tilelang")},
         "parallel": layout,
-        "batch": {"seq_length": seq, "micro_batch_size": mbs, "global_batch_size": gbs,
-                  "grad_accum": plan.get("megatron", {}).get("num_microbatches")
-                  or (gbs // (mbs * layout["dp"]) if gbs and mbs else None),
-                  "train_iters": _int(_flag(argv, "--train-iters"))},
-        "dispatcher": dispatcher_of(argv),
-        "routing": "forced_balance" if "--moe-router-force-load-balancing" in argv else "dropless",
+        "batch": facts["batch"],
+        "dispatcher": facts["dispatcher"],
+        "routing": facts["routing"],
         "precision": precision,
-        "recompute": recompute_of(argv),
+        "recompute": facts["recompute"],
         "transformer_impl": plan["resolved"].get("transformer_impl"),
         "argv": argv,
         "env": {"plan": plan.get("env", {}), "runtime": versions.get("env")},

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from launcher.records.compare import DEFAULT_REFERENCES, entry_from_record, load_references, matching_references
-from launcher.records.record import DEFAULT_WARMUP, write_record
+from launcher.records.record import write_record
+from launcher.records.steady import DEFAULT_WARMUP
 from launcher.records.record_md import failure_label, headline
 
 COLUMNS = ["Model", "Dispatcher", "System", "Precision", "#GPUs", "SEQ LEN", "TP", "CP", "EP", "PP", "EDP", "ETP",

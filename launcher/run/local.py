@@ -61,12 +61,10 @@ def run_local(script: Path) -> int:
 
 
 def _progress_facts(run_dir: Path) -> dict:
-    """Sequence length and world size for tokens/s in the status line (plan.json; nothing if unreadable)."""
+    """Sequence length and world size for tokens/s in the status line (plan.json's facts; nothing if unreadable)."""
     try:
-        plan = json.loads((run_dir / "plan.json").read_text())
-        argv = plan["argv"]
-        return {"seq_length": int(argv[argv.index("--seq-length") + 1]),
-                "world_size": int(plan["resolved"]["world_size"])}
+        facts = json.loads((run_dir / "plan.json").read_text())["facts"]
+        return {"seq_length": int(facts["batch"]["seq_length"]), "world_size": int(facts["parallel"]["world_size"])}
     except (OSError, ValueError, KeyError, IndexError):
         return {}
 

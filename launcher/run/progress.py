@@ -18,6 +18,7 @@ import time
 from typing import Callable, Optional, TextIO
 
 from launcher.records.logparse import parse_iteration_line
+from launcher.records.steady import tokens_per_s_per_gpu
 
 CLEAR = "\r\033[K"
 
@@ -63,7 +64,7 @@ class Progress:
             parts.append(f"{it['tflops_per_gpu']:.1f} TFLOP/s/GPU")
         gbs = it.get("global_batch_size")
         if gbs and self.seq_length and self.world_size and it.get("step_ms"):
-            parts.append(f"{_k(gbs * self.seq_length / (it['step_ms'] / 1000) / self.world_size)} tok/s/GPU")
+            parts.append(f"{_k(tokens_per_s_per_gpu(gbs, self.seq_length, it['step_ms'], self.world_size))} tok/s/GPU")
         if it.get("loss") is not None:
             parts.append(f"loss {it['loss']:.4g}")
         if total and self.steps_ms:

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import ConfigError
-from launcher.records.record import DEFAULT_WARMUP, _flag, steady_medians, steady_state
+from launcher.records.legacy_argv import _flag
+from launcher.records.steady import DEFAULT_WARMUP, steady_medians, steady_state, tokens_per_s_per_gpu
 from launcher.records.record_md import failure_label
 from launcher.records.steady import iteration_window
 
@@ -129,7 +130,7 @@ def peer_series(rows: list[dict], spec: dict, world: int, flops_per_sequence: Op
     out = []
     for r in rows:
         per_s = 1000 / r["step_ms"]
-        row = {**r, "tokens_per_s_per_gpu": gbs * seq * per_s / world}
+        row = {**r, "tokens_per_s_per_gpu": tokens_per_s_per_gpu(gbs, seq, r["step_ms"], world)}
         if flops_per_sequence:
             row["tflops_per_gpu"] = flops_per_sequence * gbs * per_s / world / 1e12
             row["mfu"] = row["tflops_per_gpu"] / peak_tflops if peak_tflops else None

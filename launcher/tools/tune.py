@@ -29,7 +29,7 @@ from typing import Optional
 import yaml
 
 from launcher.errors import ConfigError
-from launcher.records.record import steady_medians
+from launcher.records.steady import steady_medians
 from launcher.records.record_md import failure_label
 
 SCHEMA = "moe-recipes/tuning/1"

@@ -7,7 +7,8 @@ Three of Megatron's checks run here, in this order:
    counts, recompute and router rules), then `initialize_model_parallel` over torch's fake process
    group (the world % (TP*PP*CP) and world % (ETP*EP*PP) grid checks), torn down afterwards.
 Megatron reads a few hardware facts while validating (device arch for TP/CP > 1, capability for
-grouped GEMM); on a CPU-only machine they are answered for the target GPU (Hopper, sm_90). It also
+grouped GEMM); on a CPU-only machine they are answered for the target GPU (hardware.compute_capability:
+9.0 on Hopper, 10.0 on Blackwell). It also
 asks which Transformer Engine is installed (version checks, fused RoPE and permute kernels present);
 where TE is not installed (a login node) and the argv asks for it, that is answered for the TE the
 project pins for GPUs (pyproject's `gpu` extra), with placeholders that are never called.
@@ -22,7 +23,7 @@ from typing import Iterator
 
 from launcher.errors import ConfigError
 
-TARGET_CAPABILITY = (9, 0)  # H100/H200; hardware configs will choose this per cluster
+HOPPER = (9, 0)  # H100/H200: the capability when a caller names none (hardware.compute_capability does)
 TARGET_TE_VERSION = "2.20.2"  # pyproject.toml: gpu = ["transformer-engine[pytorch]==2.20.2"]
 # TE kernels whose presence (not None) TransformerConfig checks: module -> names
 _TE_KERNELS = {
@@ -69,7 +70,7 @@ def _target_te(argv: list[str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _target_gpu(env: dict[str, str]) -> Iterator[None]:
+def _target_gpu(env: dict[str, str], capability: tuple[int, int]) -> Iterator[None]:
     """Answer Megatron's hardware questions for the target GPU when this machine has none, and expose
     the run's environment (validate_args asserts CUDA_DEVICE_MAX_CONNECTIONS for TP/CP > 1)."""
     import torch
@@ -80,8 +81,8 @@ def _target_gpu(env: dict[str, str]) -> Iterator[None]:
     patched = not torch.cuda.is_available()
     if patched:
         saved = (margs.get_device_arch_version, torch.cuda.get_device_capability)
-        margs.get_device_arch_version = lambda: TARGET_CAPABILITY[0]
-        torch.cuda.get_device_capability = lambda *a, **k: TARGET_CAPABILITY
+        margs.get_device_arch_version = lambda: capability[0]
+        torch.cuda.get_device_capability = lambda *a, **k: capability
     try:
         yield
     finally:
@@ -130,8 +131,10 @@ def flops_per_sequence(args) -> float:
     return float(num_floating_point_operations(args, 1))
 
 
-def megatron_validate(argv: list[str], world_size: int, env: dict[str, str]) -> dict:
-    """Run Megatron's checks; return a few derived facts, or raise ConfigError with Megatron's words."""
+def megatron_validate(argv: list[str], world_size: int, env: dict[str, str],
+                      capability: tuple[int, int] = HOPPER) -> dict:
+    """Run Megatron's checks as the target GPU (compute capability, e.g. (10, 0) on Blackwell) would see them;
+    return a few derived facts, or raise ConfigError with Megatron's words."""
     from launcher.plan.megatron.parser import parser
 
     p = parser()
@@ -152,7 +155,7 @@ def megatron_validate(argv: list[str], world_size: int, env: dict[str, str]) -> 
 
         sink = io.StringIO()
         try:
-            with _target_gpu(env), _target_te(argv), contextlib.redirect_stdout(sink), \
+            with _target_gpu(env, capability), _target_te(argv), contextlib.redirect_stdout(sink), \
                     contextlib.redirect_stderr(sink):
                 validate_args(args, {})
                 core_transformer_config_from_args(args)

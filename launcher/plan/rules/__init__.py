@@ -24,7 +24,7 @@ from launcher.plan.rules.features import (check_attention_variant, check_cuda_gr
                                           check_fp8_hardware, check_gated_delta_net_mtp, check_moe_layer_freq,
                                           check_optimizer_offload, check_overlap, check_precision,
                                           check_recompute, check_recompute_prerequisites, check_router,
-                                          check_routing, check_topk, check_torch_grouped_gemm)
+                                          check_topk, check_torch_grouped_gemm)
 from launcher.plan.rules.parallel import (check_batch, check_context_parallel, check_experts_divisible_by_ep,
                                           check_heads_tp, check_layers_pipeline, check_layout,
                                           check_positive_degrees, check_query_groups_tp,
@@ -38,7 +38,7 @@ RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     check_layers_pipeline, check_layout,
     check_sequence_parallel, check_context_parallel, check_seq_vs_positions, check_batch, check_lr_schedule,
     check_recompute,
-    check_recompute_prerequisites, check_dispatcher, check_router, check_routing, check_precision,
+    check_recompute_prerequisites, check_dispatcher, check_router, check_precision,
     check_fp8_hardware, check_optimizer_offload, check_overlap, check_ep_overlap_layout, check_ep_overlap_conflicts,
     check_cuda_graphs, check_torch_grouped_gemm, check_kernel_profile, check_cpu_run, check_data, check_gated_delta_net_mtp,
 )

@@ -9,8 +9,9 @@ import re
 
 from launcher.plan.resolve import Resolved
 from launcher.errors import ConfigError
+from launcher.config.choices import ExecutorKind
+from launcher.config.cluster import ContainerClusterConfig, SlurmClusterConfig
 from launcher.config.schema import RunConfig
-from launcher.plan.rules.common import choice as _choice
 
 # characters a directive value may hold: no whitespace, quotes, `$`, backslash or control characters
 DIRECTIVE_SAFE = re.compile(r"[A-Za-z0-9_.,:+=@/%-]+")
@@ -31,7 +32,6 @@ def check_directive(field: str, value: str) -> None:
 
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-RUNTIMES = ("docker", "podman")
 
 
 def check_env_names(cfg: RunConfig, res: Resolved) -> None:
@@ -46,11 +46,13 @@ def check_env_names(cfg: RunConfig, res: Resolved) -> None:
 
 
 def _one_line_values(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Every one-line value the executor's schema has (launcher/config/cluster.py)."""
     c = cfg.cluster
-    out = [(f"cluster.{n}", getattr(c, n)) for n in ("python", "container_image", "container_workdir", "account",
-                                                    "partition", "time", "job_name", "output", "segment")]
+    out = [(f"cluster.{n}", getattr(c, n, None)) for n in ("python", "container_image", "container_workdir",
+                                                          "account", "partition", "time", "job_name", "output",
+                                                          "segment")]
     for n in ("launch_prefix", "sbatch_extra", "srun_extra", "container_mounts"):
-        out += [(f"cluster.{n}", v) for v in getattr(c, n)]
+        out += [(f"cluster.{n}", v) for v in getattr(c, n, [])]
     return [(f, str(v)) for f, v in out if v is not None]
 
 
@@ -63,26 +65,22 @@ def check_one_line_values(cfg: RunConfig, res: Resolved) -> None:
             raise ConfigError(field, value, "is empty", f"remove it or set {field}=null")
 
 
-def check_executor_choice(cfg: RunConfig, res: Resolved) -> None:
+def check_container_image(cfg: RunConfig, res: Resolved) -> None:
+    if isinstance(cfg.cluster, ContainerClusterConfig) and not cfg.cluster.container_image:
+        raise ConfigError("cluster.container_image", None, "the container executor needs an image",
+                          "set cluster.container_image=<image>, e.g. one built from container/Dockerfile")
+
+
+def check_follow_timeout(cfg: RunConfig, res: Resolved) -> None:
     c = cfg.cluster
-    if c.executor == "container":
-        if c.container_runtime not in RUNTIMES:
-            raise ConfigError("cluster.container_runtime", c.container_runtime, f"must be one of {', '.join(RUNTIMES)}",
-                              "set cluster.container_runtime=docker (or podman)")
-        if not c.container_image:
-            raise ConfigError("cluster.container_image", None, "the container executor needs an image",
-                              "set cluster.container_image=<image>, e.g. one built from container/Dockerfile")
-    if c.follow and c.executor != "slurm":
-        raise ConfigError("cluster.follow", True, "only a submitted (Slurm) job can be followed",
-                          "set cluster.follow=false")
-    if c.follow_timeout_s < 1:
+    if isinstance(c, SlurmClusterConfig) and c.follow_timeout_s < 1:
         raise ConfigError("cluster.follow_timeout_s", c.follow_timeout_s, "must be >= 1 second", "raise it")
 
 
 def check_slurm_directives(cfg: RunConfig, res: Resolved) -> None:
     """#SBATCH lines cannot be quoted: their values must be plain words."""
     c = cfg.cluster
-    if c.executor != "slurm":
+    if not isinstance(c, SlurmClusterConfig):
         return
     for name in ("account", "partition", "time", "job_name", "output"):
         value = getattr(c, name)
@@ -93,15 +91,15 @@ def check_slurm_directives(cfg: RunConfig, res: Resolved) -> None:
 
 
 def check_slurm_time(cfg: RunConfig, res: Resolved) -> None:
-    t = cfg.cluster.time
-    if cfg.cluster.executor == "slurm" and t is not None and not TIME_FORMAT.fullmatch(t):
+    t = getattr(cfg.cluster, "time", None)
+    if t is not None and not TIME_FORMAT.fullmatch(t):
         raise ConfigError("cluster.time", t, "is not a Slurm time (MM, HH:MM:SS or D-HH:MM:SS)",
                           "e.g. cluster.time=00:30:00")
 
 
 def check_sbatch_extra(cfg: RunConfig, res: Resolved) -> None:
     """A directive the launcher writes itself would be set twice (sbatch keeps the last, silently)."""
-    for extra in cfg.cluster.sbatch_extra:
+    for extra in getattr(cfg.cluster, "sbatch_extra", []):
         key = extra.lstrip("-").split("=", 1)[0]
         if key in MANAGED:
             field = {"job-name": "job_name", "ntasks-per-node": "gpus_per_node"}.get(key, key.replace("-", "_"))
@@ -112,7 +110,7 @@ def check_sbatch_extra(cfg: RunConfig, res: Resolved) -> None:
 
 def check_segment(cfg: RunConfig, res: Resolved) -> None:
     """An explicit --segment: a whole number of segments, each inside one NVLink domain."""
-    seg, c, hw = cfg.cluster.segment, cfg.cluster, cfg.hardware
+    seg, c, hw = getattr(cfg.cluster, "segment", None), cfg.cluster, cfg.hardware
     if seg is None or seg == "auto":
         return
     if not seg.isdigit() or int(seg) < 1:
@@ -129,7 +127,7 @@ def check_segment(cfg: RunConfig, res: Resolved) -> None:
 
 def check_container_mounts(cfg: RunConfig, res: Resolved) -> None:
     """SRC:DST[:FLAGS] with absolute paths; pyxis separates mounts with commas, so none inside one."""
-    for spec in cfg.cluster.container_mounts:
+    for spec in getattr(cfg.cluster, "container_mounts", []):
         parts = spec.split(":")
         if not 2 <= len(parts) <= 3 or not all(p.startswith("/") for p in parts[:2]):
             raise ConfigError("cluster.container_mounts", spec, "must be SRC:DST or SRC:DST:FLAGS with absolute "
@@ -137,7 +135,7 @@ def check_container_mounts(cfg: RunConfig, res: Resolved) -> None:
         if "," in spec:
             raise ConfigError("cluster.container_mounts", spec, "contains a comma, which separates pyxis mounts",
                               "give each mount as its own list item")
-    wd = cfg.cluster.container_workdir
+    wd = getattr(cfg.cluster, "container_workdir", None)
     if wd is not None and not wd.startswith("/"):
         raise ConfigError("cluster.container_workdir", wd, "must be an absolute path inside the image",
                           "e.g. /opt/moe-recipes")
@@ -145,12 +143,12 @@ def check_container_mounts(cfg: RunConfig, res: Resolved) -> None:
 
 def check_executor(cfg: RunConfig, res: Resolved) -> None:
     c = cfg.cluster
-    _choice("cluster.executor", c.executor, ("local", "slurm", "container"))
-    if c.executor != "slurm" and c.nodes > 1 and not cfg.launch.dry_run:
+    if c.executor != ExecutorKind.slurm and c.nodes > 1 and not cfg.launch.dry_run:
         raise ConfigError("cluster.nodes", c.nodes, f"the {c.executor} executor runs on this one machine",
                           "set cluster.nodes=1, cluster=slurm for several nodes, or launch.dry_run=true to render "
                           "a multi-node layout")
 
 
-CLUSTER_RULES = (check_executor, check_env_names, check_one_line_values, check_executor_choice, check_slurm_directives,
+CLUSTER_RULES = (check_executor, check_env_names, check_one_line_values, check_container_image, check_follow_timeout,
+                 check_slurm_directives,
                  check_slurm_time, check_sbatch_extra, check_segment, check_container_mounts)

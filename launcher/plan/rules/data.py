@@ -4,11 +4,9 @@ from __future__ import annotations
 from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
 from launcher.plan.resolve import Resolved
-from launcher.plan.rules.common import choice as _choice
 
 
 def check_data(cfg: RunConfig, res: Resolved) -> None:
-    _choice("data.kind", cfg.data.kind, ("mock", "indexed"))
     if cfg.data.kind == "indexed" and not cfg.data.paths:
         raise ConfigError("data.paths", [], "indexed data needs at least one .bin/.idx prefix",
                           "set data.paths=[/path/to/prefix] or data=mock")

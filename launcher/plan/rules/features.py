@@ -8,31 +8,24 @@ from typing import Optional
 
 from launcher.plan.resolve import Resolved, eval_layer_pattern, moe_layer_pattern
 from launcher.errors import ConfigError
-from launcher.plan.rules.common import choice as _choice, divisors as _divisors
+from launcher.plan.rules.common import divisors as _divisors
+from launcher.config.choices import FlexBackend, RecomputeModule
 from launcher.config.schema import RunConfig
 
-RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts",
-                     "gdn_norm_out")
-DISPATCHERS = ("alltoall", "allgather", "flex")
-FLEX_BACKENDS = ("deepep", "hybridep", "ncclep")
-FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise")
 
 
 def check_recompute(cfg: RunConfig, res: Resolved) -> None:
     """TransformerConfig recompute rules."""
     r = cfg.recompute
-    _choice("recompute.granularity", r.granularity, ("none", "selective", "full"))
-    for mod in r.modules:
-        _choice("recompute.modules", mod, RECOMPUTE_MODULES)
     if r.granularity == "selective":
         if not r.modules:
             raise ConfigError("recompute.modules", [], "selective recompute needs at least one module",
-                              f"list modules from {', '.join(RECOMPUTE_MODULES)}")
+                              f"list modules from {', '.join(RecomputeModule)}")
         if r.method or r.num_layers:
             raise ConfigError("recompute.method", r.method, "selective recompute takes no method/num_layers",
                               "set recompute.method=null recompute.num_layers=null")
     elif r.granularity == "full":
-        if r.method not in ("uniform", "block") or not r.num_layers:
+        if r.method is None or not r.num_layers:
             raise ConfigError("recompute.method", r.method, "full recompute needs method uniform|block and "
                               "num_layers >= 1", "set recompute.method=uniform recompute.num_layers=1")
         if r.modules:
@@ -117,7 +110,6 @@ def check_attention_variant(cfg: RunConfig, res: Resolved) -> None:
                           f"Engine (torch norms reject them; transformer_impl resolved to {res.transformer_impl})",
                           "run with Transformer Engine or set it to false for a CPU smoke run")
     if m.rope_type is not None:
-        _choice("model.rope_type", m.rope_type, ("rope", "yarn"))
         if m.rope_type != "rope" and not m.multi_latent_attention:
             raise ConfigError("model.rope_type", m.rope_type, "only multi-latent attention takes yarn here",
                               "set model.rope_type=null (or rope)")
@@ -144,7 +136,6 @@ def check_attention_variant(cfg: RunConfig, res: Resolved) -> None:
                               "model.experimental_attention_variant=gated_delta_net",
                               "set model.linear_attention_freq=null")
         return
-    _choice("model.experimental_attention_variant", variant, ("gated_delta_net",))
     if m.linear_attention_freq is None:
         raise ConfigError("model.linear_attention_freq", None, "gated delta net needs the linear/full attention "
                           "pattern", 'set model.linear_attention_freq="4" (every 4th layer full attention)')
@@ -168,12 +159,10 @@ def check_attention_variant(cfg: RunConfig, res: Resolved) -> None:
 
 def check_dispatcher(cfg: RunConfig, res: Resolved) -> None:
     d = cfg.dispatcher
-    _choice("dispatcher.type", d.type, DISPATCHERS)
     if d.type == "flex":
         if d.flex_backend is None:
             raise ConfigError("dispatcher.flex_backend", None, "the flex dispatcher needs a backend",
-                              f"set dispatcher.flex_backend to one of {', '.join(FLEX_BACKENDS)}")
-        _choice("dispatcher.flex_backend", d.flex_backend, FLEX_BACKENDS)
+                              f"set dispatcher.flex_backend to one of {', '.join(FlexBackend)}")
         if res.device != "cuda" or res.transformer_impl != "transformer_engine":
             raise ConfigError("dispatcher.type", "flex", f"the {d.flex_backend} backend needs CUDA GPUs and "
                               "Transformer Engine", "use dispatcher=alltoall here")
@@ -195,7 +184,6 @@ def check_dispatcher(cfg: RunConfig, res: Resolved) -> None:
 
 def check_router(cfg: RunConfig, res: Resolved) -> None:
     m = cfg.model
-    _choice("model.moe_router_score_function", m.moe_router_score_function, ("softmax", "sigmoid", "sqrtsoftplus"))
     if m.moe_router_enable_expert_bias and m.moe_router_score_function == "softmax":
         raise ConfigError("model.moe_router_enable_expert_bias", True, "expert bias needs a sigmoid or "
                           "sqrtsoftplus score function", "set model.moe_router_score_function=sigmoid")
@@ -213,16 +201,9 @@ def check_router(cfg: RunConfig, res: Resolved) -> None:
                           "(softmax over one logit is constant)", "set model.moe_router_pre_softmax=true")
 
 
-def check_routing(cfg: RunConfig, res: Resolved) -> None:
-    _choice("train.routing", cfg.train.routing, ("dropless", "forced_balance"))
-
-
 def check_precision(cfg: RunConfig, res: Resolved) -> None:
     pr = cfg.precision
-    _choice("precision.params_dtype", pr.params_dtype, ("bf16", "fp16", "fp32"))
     if pr.fp8_format is not None or pr.fp8_recipe is not None:
-        _choice("precision.fp8_format", pr.fp8_format, ("e4m3", "hybrid"))
-        _choice("precision.fp8_recipe", pr.fp8_recipe, FP8_RECIPES)
         if res.transformer_impl != "transformer_engine":
             raise ConfigError("precision.fp8_recipe", pr.fp8_recipe, "FP8 needs Transformer Engine on a GPU",
                               "use precision=bf16 here")
@@ -299,21 +280,15 @@ def check_ep_overlap_conflicts(cfg: RunConfig, res: Resolved) -> None:
         raise ConfigError(field, True, "supports at most one MTP layer", "set model.mtp_num_layers to 1 or null")
 
 
-CUDA_GRAPH_MODULES = ("attn", "mlp", "moe", "moe_router", "moe_preprocess")
-
-
 def check_cuda_graphs(cfg: RunConfig, res: Resolved) -> None:
     """TransformerConfig / validate_args CUDA-graph rules (transformer_config.py: cuda_graph_* checks)."""
     t, field = cfg.train, "train.cuda_graph_modules"
     mods = list(t.cuda_graph_modules)
-    for mod in mods:
-        _choice(field, mod, CUDA_GRAPH_MODULES)
-    if t.cuda_graph_impl in (None, "none"):
+    if t.cuda_graph_impl is None:
         if mods:
             raise ConfigError(field, mods, "captures nothing without train.cuda_graph_impl",
                               "set train.cuda_graph_impl=transformer_engine")
         return
-    _choice("train.cuda_graph_impl", t.cuda_graph_impl, ("local", "transformer_engine", "full_iteration"))
     if res.device != "cuda":
         raise ConfigError("train.cuda_graph_impl", t.cuda_graph_impl, "CUDA graphs need CUDA GPUs",
                           "set train.cuda_graph_impl=null here")
@@ -361,7 +336,6 @@ def check_torch_grouped_gemm(cfg: RunConfig, res: Resolved) -> None:
     """model.moe_grouped_gemm_impl=torch swaps TEGroupedMLP's two grouped linears for torch's grouped_mm
     (recipes/experts.py): what that module does not implement is refused here."""
     m = cfg.model
-    _choice("model.moe_grouped_gemm_impl", m.moe_grouped_gemm_impl, ("te", "torch"))
     if m.moe_grouped_gemm_impl != "torch":
         return
     fix = "set model.moe_grouped_gemm_impl=te"
