@@ -1,0 +1,390 @@
+"""Memory of one GPU per pipeline stage, predicted from the config before anything runs (CPU only, no
+torch or megatron import): what `torch.cuda.max_memory_allocated` reports for that rank.
+
+Static (for the whole run): weights in the DDP parameter buffer, main gradients in the DDP gradient
+buffer (FP32 unless grad_reduce_in_bf16 / main_grads_dtype=bf16: megatron.training.arguments sets
+accumulate_allreduce_grads_in_fp32, core/distributed/param_and_grad_buffer.py allocates grad_data in
+that dtype), FP32 main parameters and the two Adam moments (sharded over DP x CP for dense parameters and
+over expert-DP for experts with the distributed optimizer; precision-aware dtypes; moved to the host by
+optimizer CPU offload; Megatron FSDP shards weights and gradients too), and TE's cached FP8 weights.
+Moments appear at the first optimizer step (the fused Adam creates its state lazily), so a memory report
+after iteration 1 peaks without them during that iteration's forward and backward.
+
+Dynamic: saved activations of the micro batches in flight at the schedule's peak (1F1B: PP - rank;
+interleaved: Megatron's warmup count + 1, +1 with the EP A2A overlap), the logits on the loss stage,
+the largest one-layer backward temporaries, and fixed workspaces (cuBLAS, Transformer Engine).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from launcher.derive import Resolved, linear_attention_pattern, moe_layer_pattern
+from launcher.layout import parse_layout
+from launcher.params import layer_split, mtp_wrap
+from launcher.plan import estimate_activations as acts
+from launcher.schema import RunConfig
+
+MiB = 2 ** 20
+_DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp8": 1, "uint8": 1}
+# Transformer Engine's cuBLAS workspace on Hopper and later (get_cublas_workspace_size_bytes: 32 MiB for
+# sm >= 9.0); grouped GEMMs add one per extra stream (_num_cublas_streams = 4).
+TE_WORKSPACE = 32 * MiB
+TE_GROUPED_STREAMS = 4
+# What every CUDA rank allocates whatever the model: PyTorch's own cuBLAS/cuBLASLt workspaces, Megatron's
+# start-up warm-up kernels, RNG states, the micro batch. Measured once, on the smallest GPU run
+# (perf_results/runs/tiny_moe_1gpu_local: 148.0 MiB peak, of which this model accounts for 47 MiB), not per run.
+CUDA_FLOOR = 101 * MiB
+
+
+def dtype_bytes(name: Optional[str], default: int) -> int:
+    return default if name is None else _DTYPE_BYTES[str(name).replace("torch.", "")]
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    """One pipeline rank (all its virtual stages), bytes."""
+
+    rank: int
+    chunks: tuple[str, ...]
+    weights: int
+    grads: int
+    main_params: int
+    moments: int
+    fp8_weights: int
+    activations: int
+    """Saved activations of the micro batches in flight at the peak."""
+    logits: int
+    transient: int
+    """Largest one-layer backward temporaries (recomputed activations, gradient buffers)."""
+    workspace: int
+    inflight: int
+    dropless_extra: int = 0
+    """Extra saved activations if dropless routing sent this rank the most tokens it can receive."""
+    host_optimizer: int = 0
+    """Optimizer state moved to the host by optimizer CPU offload."""
+
+    @property
+    def static(self) -> int:
+        return self.weights + self.grads + self.main_params + self.moments + self.fp8_weights
+
+    @property
+    def dynamic(self) -> int:
+        return self.activations + max(self.logits, self.transient) + self.workspace
+
+    @property
+    def peak(self) -> int:
+        """Steady state: optimizer state allocated, one iteration's forward and backward on top."""
+        return self.static + self.dynamic
+
+    @property
+    def peak_first_step(self) -> int:
+        """Peak over iteration 1 (moments appear only at its optimizer step)."""
+        return max(self.static - self.moments + self.dynamic, self.static + self.workspace)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    stages: tuple[StageMemory, ...]
+    device: str
+    capacity: int
+    """Bytes one device offers (hardware.memory_gib, or host memory for CPU runs)."""
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def worst(self) -> StageMemory:
+        return max(self.stages, key=lambda s: s.peak)
+
+    @property
+    def peak(self) -> int:
+        return self.worst.peak
+
+    def peak_after(self, iteration: int) -> int:
+        """What Megatron's memory report after `iteration` iterations shows (max over stages)."""
+        if iteration <= 1:
+            return max(s.peak_first_step for s in self.stages)
+        return self.peak
+
+
+def stage_layouts(cfg: RunConfig, res: Resolved) -> list[list[str]]:
+    """Per pipeline rank, the layout of each of its virtual stages (Megatron's order: virtual stage v
+    of rank r is stage v * PP + r)."""
+    p, m = cfg.parallel, cfg.model
+    vpp, mtp = p.vpp or 1, m.mtp_num_layers or 0
+    n = p.pp * vpp
+    if res.pipeline_layout:
+        stages = parse_layout(res.pipeline_layout)
+    else:
+        base, extra = divmod(m.num_layers, n)
+        stages = ["t" * (base + (1 if i < extra else 0)) for i in range(n)]
+        stages[0] = "E" + stages[0]
+        stages[-1] = stages[-1] + "m" * mtp + "L"
+    return [[stages[v * p.pp + r] for v in range(vpp)] for r in range(p.pp)]
+
+
+@dataclass(frozen=True)
+class _Params:
+    sharded: float = 0.0
+    replicated: float = 0.0
+    experts: float = 0.0
+    embedding_like: float = 0.0
+    """Embedding and output layer (TP-sharded, not FP8 GEMM weights)."""
+
+
+def padded_vocab(cfg: RunConfig) -> int:
+    """Megatron pads the vocabulary to a multiple of make_vocab_size_divisible_by x TP."""
+    step = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tp
+    return -(-cfg.model.vocab_size // step) * step
+
+
+def _rank_params(cfg: RunConfig, chunks: list[str], layer_index: dict[int, int]) -> _Params:
+    """Parameters one pipeline rank holds, before TP/EP division."""
+    m = cfg.model
+    moe, linear = moe_layer_pattern(cfg), linear_attention_pattern(cfg)
+    emb = padded_vocab(cfg) * m.hidden_size
+    text = "".join(chunks)
+    sharded = replicated = experts = embedding = 0
+    for pos, sym in enumerate(text):
+        if sym == "t":
+            i = layer_index[pos]
+            s = layer_split(m, bool(moe[i]), bool(linear[i]))
+        elif sym == "m":
+            s = layer_split(m, bool(moe[-1]), False)
+            sharded += mtp_wrap(m)
+        else:
+            continue
+        sharded, replicated, experts = sharded + s.sharded, replicated + s.replicated, experts + s.experts
+    if "E" in text:
+        embedding += emb
+    elif "m" in text:
+        embedding += emb  # MTP layers embed the shifted tokens: the last stage builds its own embedding
+    if "L" in text:
+        replicated += m.hidden_size  # final norm
+        if m.untie_embeddings_and_output_weights or "E" not in text and "m" not in text:
+            embedding += emb  # output layer (a tied one is a copy of the embedding on a stage without it)
+    return _Params(sharded, replicated, experts, embedding)
+
+
+def _layer_positions(layouts: list[list[str]], pp: int) -> list[dict[int, int]]:
+    """For each rank, position in its joined chunk text -> decoder layer index."""
+    first = _first_layers(layouts, pp)
+    result = []
+    for r in range(pp):
+        mapping, pos = {}, 0
+        for v, chunk in enumerate(layouts[r]):
+            i = first[(v, r)]
+            for sym in chunk:
+                if sym == "t":
+                    mapping[pos] = i
+                    i += 1
+                pos += 1
+        result.append(mapping)
+    return result
+
+
+def _static(cfg: RunConfig, res: Resolved, prm: _Params) -> dict[str, int]:
+    """Weights, gradients, main parameters, moments and FP8 weight copies of one rank."""
+    p, pr, t = cfg.parallel, cfg.precision, cfg.train
+    dp_cp = res.world_size // (p.tp * p.pp)            # distributed optimizer shards over DP x CP
+    edp = res.world_size // (p.ep * p.etp * p.pp)      # expert data parallel
+    dense = (prm.sharded + prm.embedding_like) / p.tp + prm.replicated
+    expert = prm.experts / (p.ep * p.etp)
+    fp32_params = pr.params_dtype == "fp32"
+    param_b = 4 if fp32_params else 2
+    grad_b = 2 if (pr.grad_reduce_in_bf16 or dtype_bytes(pr.main_grads_dtype, 4) == 2) and not fp32_params else 4
+    fp8 = pr.fp8_recipe is not None
+    gemm = prm.sharded / p.tp + expert  # GEMM weights TE casts to FP8
+    weights = (dense + expert) * param_b - (gemm * (param_b - 1) if fp8 and pr.fp8_param_gather else 0)
+    grads = (dense + expert) * grad_b
+    # FP8: TE keeps a row-wise and a column-wise (transposed) FP8 copy of each GEMM weight for the step;
+    # with FP8 parameters the row-wise copy is the parameter itself
+    fp8_weights = gemm * (1 if pr.fp8_param_gather else 2) if fp8 else 0
+    shard = dense / dp_cp + expert / edp if p.use_distributed_optimizer or p.use_megatron_fsdp else dense + expert
+    main_b = 0 if fp32_params else dtype_bytes(pr.main_params_dtype, 4)  # FP32 params are their own master
+    moment_b = dtype_bytes(pr.exp_avg_dtype, 4) + dtype_bytes(pr.exp_avg_sq_dtype, 4)
+    main, moments = shard * main_b, shard * moment_b
+    host = 0
+    if t.optimizer_cpu_offload:
+        host, main, moments = main + moments, 0, 0
+    if p.use_megatron_fsdp:
+        # FSDP shards weights and gradients as well; one layer's unsharded weights and gradients exist
+        # while it runs (plus the next one prefetched): counted in the transient by the caller
+        weights, grads = weights * shard / (dense + expert), grads * shard / (dense + expert)
+    return {"weights": int(weights), "grads": int(grads), "main_params": int(main), "moments": int(moments),
+            "fp8_weights": int(fp8_weights), "host_optimizer": int(host)}
+
+
+def act_context(cfg: RunConfig, res: Resolved) -> acts.ActContext:
+    p, pr = cfg.parallel, cfg.precision
+    act = 4 if pr.params_dtype == "fp32" else 2
+    gemm_in: float = act
+    if pr.fp8_recipe is not None:
+        gemm_in = 1 + (FP32_PER_BLOCK if pr.fp8_recipe in ("blockwise", "mxfp8") else 0)
+    modules = frozenset(cfg.recompute.modules) if cfg.recompute.granularity == "selective" else frozenset()
+    return acts.ActContext(m=cfg.model, seq=cfg.train.seq_length // p.cp, tp=p.tp,
+                           sp_div=p.tp if res.sequence_parallel else 1, etp=p.etp, act=act, gemm_in=gemm_in,
+                           modules=modules, fused_attention=res.transformer_impl == "transformer_engine")
+
+
+FP32_PER_BLOCK = 4 / 128  # one FP32 scale per 128 elements (1x128 blocks; MXFP8: one E8M0 per 32 -> 1/32)
+
+
+def logits_per_token(cfg: RunConfig, res: Resolved) -> tuple[float, float]:
+    """(peak while the loss runs, what stays saved) in bytes per token, per vocabulary entry of this TP
+    rank. Unfused: the BF16 logits, their FP32 copy (tensor_parallel/cross_entropy.py: .float(), exp in
+    place), saved as the softmax. Megatron's native fused loss (fusions/fused_cross_entropy.py) runs
+    under torch.compile, whose compiled functions return the softmax as a new FP32 buffer while the FP32
+    copy is still referenced: one more FP32 copy at the peak. TE's fused loss works in place on BF16."""
+    t = cfg.train
+    act = 4 if cfg.precision.params_dtype == "fp32" else 2
+    if act == 4:
+        return 8.0, 4.0
+    if t.cross_entropy_loss_fusion and t.cross_entropy_fusion_impl == "te":
+        return 4.0, 2.0
+    if t.cross_entropy_loss_fusion:
+        return 10.0, 4.0
+    return 6.0, 4.0
+
+
+def _inflight_chunks(cfg: RunConfig, rank: int, microbatches: int) -> list[int]:
+    """Virtual-stage index of each micro batch chunk held at the rank's peak (Megatron's
+    get_pp_rank_microbatches warm-up count, plus the first steady-state forward)."""
+    p = cfg.parallel
+    vpp = p.vpp or 1
+    total = microbatches * vpp
+    if p.pp == 1:
+        warmup = 0
+    elif vpp == 1:
+        warmup = p.pp - rank - 1
+    else:
+        warmup = (p.pp - rank - 1) * 2 + (vpp - 1) * p.pp
+        warmup += 1 if cfg.dispatcher.overlap_moe_expert_parallel_comm else 0
+    n = min(total, warmup + 1)
+    return [(k // p.pp) % vpp for k in range(n)]
+
+
+def _workspace(cfg: RunConfig, res: Resolved) -> int:
+    if res.device != "cuda":
+        return 0
+    if res.transformer_impl != "transformer_engine":
+        return CUDA_FLOOR
+    grouped_te = cfg.model.moe_grouped_gemm and cfg.model.moe_grouped_gemm_impl == "te"
+    return CUDA_FLOOR + TE_WORKSPACE * (1 + (TE_GROUPED_STREAMS if grouped_te else 0))
+
+
+def _max_expert_imbalance(cfg: RunConfig) -> float:
+    """The most routed copies one EP rank can receive over the balanced share: every token of the EP
+    group picks min(top-k, local experts) of this rank's experts."""
+    m, p = cfg.model, cfg.parallel
+    local = m.num_experts // p.ep
+    return min(m.moe_router_topk, local) * p.ep / m.moe_router_topk
+
+
+def wgrad_temporary(cfg: RunConfig, res: Resolved, moe: bool) -> int:
+    """Bytes of the weight gradient a layer's largest GEMM produces before it is added into main_grad:
+    without gradient-accumulation fusion TE (and torch's grouped_mm) return a BF16 gradient of the whole
+    weight, for grouped GEMMs all local experts' fc1 at once."""
+    if res.gradient_accumulation_fusion:
+        return 0
+    m, p = cfg.model, cfg.parallel
+    act = 4 if cfg.precision.params_dtype == "fp32" else 2
+    gated = 2 if m.swiglu else 1
+    if moe:
+        return act * (m.num_experts // p.ep) * gated * m.moe_ffn_hidden_size // p.etp * m.hidden_size
+    return act * gated * m.ffn_hidden_size // p.tp * m.hidden_size
+
+
+def _chunk_activations(cfg: RunConfig, res: Resolved, c: acts.ActContext, chunk: str, first_layer: int,
+                       tokens: int) -> tuple[float, float, float]:
+    """(saved bytes per token, largest transient in bytes, MoE routed part per token) of one micro batch
+    through one virtual stage."""
+    m = cfg.model
+    moe, linear = moe_layer_pattern(cfg), linear_attention_pattern(cfg)
+    full = cfg.recompute.granularity == "full"
+    block = cfg.recompute.method == "block"
+    saved = transient = routed = 0.0
+    i = first_layer
+    recomputed_here = 0
+    for sym in chunk:
+        if sym not in "tm":
+            continue
+        is_moe = bool(moe[i] if sym == "t" else moe[-1])
+        lin = bool(linear[i]) if sym == "t" else False
+        one = acts.layer(c, is_moe, lin)
+        if full and (not block or recomputed_here < (cfg.recompute.num_layers or 0)):
+            one = acts.full_recompute_layer(c, one)
+            recomputed_here += 1
+        extra = c.act * 4 * m.hidden_size / c.sp_div if sym == "m" else 0.0  # MTP: norms and eh_proj input
+        saved += one.saved + extra
+        transient = max(transient, one.transient * tokens + wgrad_temporary(cfg, res, is_moe))
+        if is_moe and not full:
+            routed += acts.moe_block(c, 1.0)[0] - acts.moe_block(c, 0.0)[0]
+        i += 1 if sym == "t" else 0
+    if "L" in chunk:
+        saved += 2 * c.act * m.hidden_size / c.sp_div  # final norm input and the output layer's input
+    return saved, transient, routed
+
+
+def estimate_memory(cfg: RunConfig, res: Resolved, microbatches: Optional[int] = None,
+                    capacity: Optional[int] = None) -> MemoryEstimate:
+    """Per-stage memory of one GPU (the most loaded rank of each pipeline stage)."""
+    p, t = cfg.parallel, cfg.train
+    layouts = stage_layouts(cfg, res)
+    positions = _layer_positions(layouts, p.pp)
+    dp = res.world_size // (p.tp * p.pp * p.cp)
+    if microbatches is None:
+        microbatches = max(1, t.global_batch_size // (t.micro_batch_size * max(dp, 1)))
+    c = act_context(cfg, res)
+    tokens = cfg.train.seq_length // p.cp * t.micro_batch_size
+    vocab = padded_vocab(cfg) / p.tp
+    peak_l, saved_l = logits_per_token(cfg, res)
+    mtp = cfg.model.mtp_num_layers or 0
+    worst = _max_expert_imbalance(cfg) if t.routing == "dropless" and p.ep > 1 else 1.0
+    stages = []
+    first_layer = _first_layers(layouts, p.pp)
+    for r, chunks in enumerate(layouts):
+        static = _static(cfg, res, _rank_params(cfg, chunks, positions[r]))
+        per_chunk = [_chunk_activations(cfg, res, c, ch, first_layer[(v, r)], tokens)
+                     for v, ch in enumerate(chunks)]
+        inflight = _inflight_chunks(cfg, r, microbatches)
+        held = sum(per_chunk[v][0] for v in inflight) * tokens
+        routed = sum(per_chunk[v][2] for v in inflight) * tokens
+        transient = max(pc[1] for pc in per_chunk)
+        loss_chunks = [v for v in inflight if "L" in chunks[v]]
+        logits = 0.0
+        if loss_chunks:
+            # the chunk running its loss at the peak, plus saved softmaxes of earlier in-flight ones;
+            # each MTP layer computes (and keeps) its own logits first
+            logits = tokens * vocab * (peak_l + saved_l * (len(loss_chunks) - 1 + mtp))
+        stages.append(StageMemory(rank=r, chunks=tuple(chunks), activations=int(held), logits=int(logits),
+                                  transient=int(transient), workspace=_workspace(cfg, res),
+                                  inflight=len(inflight), dropless_extra=int(routed * (worst - 1)), **static))
+    if capacity is None:
+        capacity = device_capacity(cfg, res)
+    return MemoryEstimate(stages=tuple(stages), device=res.device, capacity=capacity)
+
+
+def _first_layers(layouts: list[list[str]], pp: int) -> dict[tuple[int, int], int]:
+    """(virtual stage, rank) -> index of its first decoder layer."""
+    out, index = {}, 0
+    for v in range(len(layouts[0])):
+        for r in range(pp):
+            out[(v, r)] = index
+            index += layouts[r][v].count("t")
+    return out
+
+
+def host_memory_bytes(meminfo: str = "/proc/meminfo") -> int:
+    """MemTotal of this machine (CPU runs keep everything in host memory)."""
+    with open(meminfo) as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError(f"{meminfo} has no MemTotal line")
+
+
+def device_capacity(cfg: RunConfig, res: Resolved) -> int:
+    """Bytes of one GPU (hardware.memory_gib) or, for CPU runs, of this host."""
+    if res.device == "cpu":
+        return host_memory_bytes()
+    return int(cfg.hardware.memory_gib * 2 ** 30)
