@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from launcher.derive import Resolved, linear_attention_pattern, moe_layer_pattern
+from launcher.errors import ConfigError
 from launcher.layout import parse_layout
 from launcher.params import layer_split, mtp_wrap
 from launcher.plan import estimate_activations as acts
@@ -60,7 +61,9 @@ class StageMemory:
     workspace: int
     inflight: int
     dropless_extra: int = 0
-    """Extra saved activations if dropless routing sent this rank the most tokens it can receive."""
+    """Dropless routing: extra bytes when one MoE layer's dispatch sends this rank the most routed tokens
+    it can receive (every token of the EP group picks this rank's experts); a spike, not included in
+    the peak (forced balance and a trained router stay near the balanced share)."""
     host_optimizer: int = 0
     """Optimizer state moved to the host by optimizer CPU offload."""
 
@@ -296,8 +299,8 @@ def wgrad_temporary(cfg: RunConfig, res: Resolved, moe: bool) -> int:
 
 def _chunk_activations(cfg: RunConfig, res: Resolved, c: acts.ActContext, chunk: str, first_layer: int,
                        tokens: int) -> tuple[float, float, float]:
-    """(saved bytes per token, largest transient in bytes, MoE routed part per token) of one micro batch
-    through one virtual stage."""
+    """(saved bytes per token, largest transient in bytes, routed-token bytes per token of its largest MoE
+    layer) of one micro batch through one virtual stage."""
     m = cfg.model
     moe, linear = moe_layer_pattern(cfg), linear_attention_pattern(cfg)
     full = cfg.recompute.granularity == "full"
@@ -318,16 +321,27 @@ def _chunk_activations(cfg: RunConfig, res: Resolved, c: acts.ActContext, chunk:
         saved += one.saved + extra
         transient = max(transient, one.transient * tokens + wgrad_temporary(cfg, res, is_moe))
         if is_moe and not full:
-            routed += acts.moe_block(c, 1.0)[0] - acts.moe_block(c, 0.0)[0]
+            routed = max(routed, acts.moe_block(c, 1.0)[0] - acts.moe_block(c, 0.0)[0])
         i += 1 if sym == "t" else 0
     if "L" in chunk:
         saved += 2 * c.act * m.hidden_size / c.sp_div  # final norm input and the output layer's input
     return saved, transient, routed
 
 
+def _check_grid(cfg: RunConfig, res: Resolved) -> None:
+    """The estimate divides by the data-parallel sizes: refuse degrees that do not tile the GPUs (the
+    launcher's rules say the same at launch; the planner calls this on candidates)."""
+    p = cfg.parallel
+    for names, size in (("tp x cp x pp", p.tp * p.cp * p.pp), ("ep x etp x pp", p.ep * p.etp * p.pp)):
+        if size < 1 or res.world_size % size:
+            raise ConfigError("parallel", f"{names}={size}", f"must divide the {res.world_size} GPUs",
+                              "change the degrees or cluster.nodes / cluster.gpus_per_node")
+
+
 def estimate_memory(cfg: RunConfig, res: Resolved, microbatches: Optional[int] = None,
                     capacity: Optional[int] = None) -> MemoryEstimate:
     """Per-stage memory of one GPU (the most loaded rank of each pipeline stage)."""
+    _check_grid(cfg, res)
     p, t = cfg.parallel, cfg.train
     layouts = stage_layouts(cfg, res)
     positions = _layer_positions(layouts, p.pp)
@@ -348,7 +362,7 @@ def estimate_memory(cfg: RunConfig, res: Resolved, microbatches: Optional[int] =
                      for v, ch in enumerate(chunks)]
         inflight = _inflight_chunks(cfg, r, microbatches)
         held = sum(per_chunk[v][0] for v in inflight) * tokens
-        routed = sum(per_chunk[v][2] for v in inflight) * tokens
+        routed = max(pc[2] for pc in per_chunk) * tokens
         transient = max(pc[1] for pc in per_chunk)
         loss_chunks = [v for v in inflight if "L" in chunks[v]]
         logits = 0.0
