@@ -1,7 +1,7 @@
 """Memory of one GPU per pipeline stage, predicted from the config before anything runs (CPU only, no
 torch or megatron import): what `torch.cuda.max_memory_allocated` reports for that rank.
 
-Static (for the whole run): weights in the DDP parameter buffer, main gradients in the DDP gradient
+Static (for the whole run; estimate_static.py): weights in the DDP parameter buffer, main gradients in the DDP gradient
 buffer (FP32 unless grad_reduce_in_bf16 / main_grads_dtype=bf16: megatron.training.arguments sets
 accumulate_allreduce_grads_in_fp32, core/distributed/param_and_grad_buffer.py allocates grad_data in
 that dtype), FP32 main parameters and the two Adam moments (sharded over DP x CP for dense parameters and
@@ -21,13 +21,12 @@ from typing import Optional
 
 from launcher.derive import Resolved, linear_attention_pattern, moe_layer_pattern
 from launcher.errors import ConfigError
-from launcher.layout import parse_layout
-from launcher.params import layer_split, mtp_wrap
 from launcher.plan import estimate_activations as acts
+from launcher.plan.estimate_static import (dtype_bytes, first_layers, layer_positions, padded_vocab, rank_params, stage_layouts,
+                                           static_memory)
 from launcher.schema import RunConfig
 
 MiB = 2 ** 20
-_DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp8": 1, "uint8": 1}
 # Transformer Engine's cuBLAS workspace on Hopper and later (get_cublas_workspace_size_bytes: 32 MiB for
 # sm >= 9.0); grouped GEMMs add one per extra stream (_num_cublas_streams = 4).
 TE_WORKSPACE = 32 * MiB
@@ -36,10 +35,6 @@ TE_GROUPED_STREAMS = 4
 # start-up warm-up kernels, RNG states, the micro batch. Measured once, on the smallest GPU run
 # (perf_results/runs/tiny_moe_1gpu_local: 148.0 MiB peak, of which this model accounts for 47 MiB), not per run.
 CUDA_FLOOR = 101 * MiB
-
-
-def dtype_bytes(name: Optional[str], default: int) -> int:
-    return default if name is None else _DTYPE_BYTES[str(name).replace("torch.", "")]
 
 
 @dataclass(frozen=True)
@@ -66,6 +61,8 @@ class StageMemory:
     the peak (forced balance and a trained router stay near the balanced share)."""
     host_optimizer: int = 0
     """Optimizer state moved to the host by optimizer CPU offload."""
+    fsdp_buffers: int = 0
+    """Megatron FSDP: unsharded weights and gradients of the running layer and the prefetched next one."""
 
     @property
     def static(self) -> int:
@@ -73,7 +70,7 @@ class StageMemory:
 
     @property
     def dynamic(self) -> int:
-        return self.activations + max(self.logits, self.transient) + self.workspace
+        return self.activations + max(self.logits, self.transient) + self.workspace + self.fsdp_buffers
 
     @property
     def peak(self) -> int:
@@ -109,114 +106,6 @@ class MemoryEstimate:
         return self.peak
 
 
-def stage_layouts(cfg: RunConfig, res: Resolved) -> list[list[str]]:
-    """Per pipeline rank, the layout of each of its virtual stages (Megatron's order: virtual stage v
-    of rank r is stage v * PP + r)."""
-    p, m = cfg.parallel, cfg.model
-    vpp, mtp = p.vpp or 1, m.mtp_num_layers or 0
-    n = p.pp * vpp
-    if res.pipeline_layout:
-        stages = parse_layout(res.pipeline_layout)
-    else:
-        base, extra = divmod(m.num_layers, n)
-        stages = ["t" * (base + (1 if i < extra else 0)) for i in range(n)]
-        stages[0] = "E" + stages[0]
-        stages[-1] = stages[-1] + "m" * mtp + "L"
-    return [[stages[v * p.pp + r] for v in range(vpp)] for r in range(p.pp)]
-
-
-@dataclass(frozen=True)
-class _Params:
-    sharded: float = 0.0
-    replicated: float = 0.0
-    experts: float = 0.0
-    embedding_like: float = 0.0
-    """Embedding and output layer (TP-sharded, not FP8 GEMM weights)."""
-
-
-def padded_vocab(cfg: RunConfig) -> int:
-    """Megatron pads the vocabulary to a multiple of make_vocab_size_divisible_by x TP."""
-    step = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tp
-    return -(-cfg.model.vocab_size // step) * step
-
-
-def _rank_params(cfg: RunConfig, chunks: list[str], layer_index: dict[int, int]) -> _Params:
-    """Parameters one pipeline rank holds, before TP/EP division."""
-    m = cfg.model
-    moe, linear = moe_layer_pattern(cfg), linear_attention_pattern(cfg)
-    emb = padded_vocab(cfg) * m.hidden_size
-    text = "".join(chunks)
-    sharded = replicated = experts = embedding = 0
-    for pos, sym in enumerate(text):
-        if sym == "t":
-            i = layer_index[pos]
-            s = layer_split(m, bool(moe[i]), bool(linear[i]))
-        elif sym == "m":
-            s = layer_split(m, bool(moe[-1]), False)
-            sharded += mtp_wrap(m)
-        else:
-            continue
-        sharded, replicated, experts = sharded + s.sharded, replicated + s.replicated, experts + s.experts
-    if "E" in text:
-        embedding += emb
-    elif "m" in text:
-        embedding += emb  # MTP layers embed the shifted tokens: the last stage builds its own embedding
-    if "L" in text:
-        replicated += m.hidden_size  # final norm
-        if m.untie_embeddings_and_output_weights or "E" not in text and "m" not in text:
-            embedding += emb  # output layer (a tied one is a copy of the embedding on a stage without it)
-    return _Params(sharded, replicated, experts, embedding)
-
-
-def _layer_positions(layouts: list[list[str]], pp: int) -> list[dict[int, int]]:
-    """For each rank, position in its joined chunk text -> decoder layer index."""
-    first = _first_layers(layouts, pp)
-    result = []
-    for r in range(pp):
-        mapping, pos = {}, 0
-        for v, chunk in enumerate(layouts[r]):
-            i = first[(v, r)]
-            for sym in chunk:
-                if sym == "t":
-                    mapping[pos] = i
-                    i += 1
-                pos += 1
-        result.append(mapping)
-    return result
-
-
-def _static(cfg: RunConfig, res: Resolved, prm: _Params) -> dict[str, int]:
-    """Weights, gradients, main parameters, moments and FP8 weight copies of one rank."""
-    p, pr, t = cfg.parallel, cfg.precision, cfg.train
-    dp_cp = res.world_size // (p.tp * p.pp)            # distributed optimizer shards over DP x CP
-    edp = res.world_size // (p.ep * p.etp * p.pp)      # expert data parallel
-    dense = (prm.sharded + prm.embedding_like) / p.tp + prm.replicated
-    expert = prm.experts / (p.ep * p.etp)
-    fp32_params = pr.params_dtype == "fp32"
-    param_b = 4 if fp32_params else 2
-    grad_b = 2 if (pr.grad_reduce_in_bf16 or dtype_bytes(pr.main_grads_dtype, 4) == 2) and not fp32_params else 4
-    fp8 = pr.fp8_recipe is not None
-    gemm = prm.sharded / p.tp + expert  # GEMM weights TE casts to FP8
-    weights = (dense + expert) * param_b - (gemm * (param_b - 1) if fp8 and pr.fp8_param_gather else 0)
-    grads = (dense + expert) * grad_b
-    # FP8: TE keeps a row-wise and a column-wise (transposed) FP8 copy of each GEMM weight for the step;
-    # with FP8 parameters the row-wise copy is the parameter itself
-    fp8_weights = gemm * (1 if pr.fp8_param_gather else 2) if fp8 else 0
-    shard = dense / dp_cp + expert / edp if p.use_distributed_optimizer or p.use_megatron_fsdp else dense + expert
-    main_b = 0 if fp32_params else dtype_bytes(pr.main_params_dtype, 4)  # FP32 params are their own master
-    moment_b = dtype_bytes(pr.exp_avg_dtype, 4) + dtype_bytes(pr.exp_avg_sq_dtype, 4)
-    main, moments = shard * main_b, shard * moment_b
-    host = 0
-    if t.optimizer_cpu_offload:
-        host, main, moments = main + moments, 0, 0
-    if p.use_megatron_fsdp:
-        # FSDP shards weights and gradients as well; one layer's unsharded weights and gradients exist
-        # while it runs (plus the next one prefetched): counted in the transient by the caller
-        weights, grads = weights * shard / (dense + expert), grads * shard / (dense + expert)
-    return {"weights": int(weights), "grads": int(grads), "main_params": int(main), "moments": int(moments),
-            "fp8_weights": int(fp8_weights), "host_optimizer": int(host)}
-
-
 def act_context(cfg: RunConfig, res: Resolved) -> acts.ActContext:
     p, pr = cfg.parallel, cfg.precision
     act = 4 if pr.params_dtype == "fp32" else 2
@@ -234,10 +123,13 @@ FP32_PER_BLOCK = 4 / 128  # one FP32 scale per 128 elements (1x128 blocks; MXFP8
 
 def logits_per_token(cfg: RunConfig, res: Resolved) -> tuple[float, float]:
     """(peak while the loss runs, what stays saved) in bytes per token, per vocabulary entry of this TP
-    rank. Unfused: the BF16 logits, their FP32 copy (tensor_parallel/cross_entropy.py: .float(), exp in
-    place), saved as the softmax. Megatron's native fused loss (fusions/fused_cross_entropy.py) runs
-    under torch.compile, whose compiled functions return the softmax as a new FP32 buffer while the FP32
-    copy is still referenced: one more FP32 copy at the peak. TE's fused loss works in place on BF16."""
+    rank. Unfused (tensor_parallel/cross_entropy.py): the BF16 logits and their FP32 copy (.float(), exp and
+    softmax in place), saved as the softmax; the BF16 gradient made from it at the start of backward.
+    Megatron's native fused loss (fusions/fused_cross_entropy.py, torch.compile'd): one FP32 copy more at
+    the peak. That term is measured, not derived: the seven GPU runs with the fused loss peak 4 B x vocab x
+    tokens above the same shapes without it, independent of the layer count (4 and 8 layers); on CPU the
+    compiled functions work in place (checked), so the extra FP32 buffer comes from the GPU (Triton) path.
+    TE's fused loss works in place on the BF16 logits."""
     t = cfg.train
     act = 4 if cfg.precision.params_dtype == "fp32" else 2
     if act == 4:
@@ -328,6 +220,18 @@ def _chunk_activations(cfg: RunConfig, res: Resolved, c: acts.ActContext, chunk:
     return saved, transient, routed
 
 
+def fsdp_working_set(cfg: RunConfig, chunks: list[str], positions: dict[int, int]) -> int:
+    """Megatron FSDP gathers a layer's weights before it runs (the next one prefetched) and its full
+    gradients before the reduce-scatter: two of the rank's largest layers, BF16 weights + main grads."""
+    p, pr = cfg.parallel, cfg.precision
+    grad_b = 2 if pr.grad_reduce_in_bf16 or dtype_bytes(pr.main_grads_dtype, 4) == 2 else 4
+    layers = [rank_params(cfg, ["t"], {0: i}) for i in positions.values()]
+    if not layers:
+        return 0
+    largest = max((x.sharded / p.tp + x.replicated + x.experts / (p.ep * p.etp)) for x in layers)
+    return int(2 * largest * (2 + grad_b))
+
+
 def _check_grid(cfg: RunConfig, res: Resolved) -> None:
     """The estimate divides by the data-parallel sizes: refuse degrees that do not tile the GPUs (the
     launcher's rules say the same at launch; the planner calls this on candidates)."""
@@ -344,7 +248,7 @@ def estimate_memory(cfg: RunConfig, res: Resolved, microbatches: Optional[int] =
     _check_grid(cfg, res)
     p, t = cfg.parallel, cfg.train
     layouts = stage_layouts(cfg, res)
-    positions = _layer_positions(layouts, p.pp)
+    positions = layer_positions(layouts, p.pp)
     dp = res.world_size // (p.tp * p.pp * p.cp)
     if microbatches is None:
         microbatches = max(1, t.global_batch_size // (t.micro_batch_size * max(dp, 1)))
@@ -355,9 +259,10 @@ def estimate_memory(cfg: RunConfig, res: Resolved, microbatches: Optional[int] =
     mtp = cfg.model.mtp_num_layers or 0
     worst = _max_expert_imbalance(cfg) if t.routing == "dropless" and p.ep > 1 else 1.0
     stages = []
-    first_layer = _first_layers(layouts, p.pp)
+    first_layer = first_layers(layouts, p.pp)
     for r, chunks in enumerate(layouts):
-        static = _static(cfg, res, _rank_params(cfg, chunks, positions[r]))
+        static = static_memory(cfg, res, rank_params(cfg, chunks, positions[r]))
+        fsdp = fsdp_working_set(cfg, chunks, positions[r]) if p.use_megatron_fsdp else 0
         per_chunk = [_chunk_activations(cfg, res, c, ch, first_layer[(v, r)], tokens)
                      for v, ch in enumerate(chunks)]
         inflight = _inflight_chunks(cfg, r, microbatches)
@@ -372,20 +277,11 @@ def estimate_memory(cfg: RunConfig, res: Resolved, microbatches: Optional[int] =
             logits = tokens * vocab * (peak_l + saved_l * (len(loss_chunks) - 1 + mtp))
         stages.append(StageMemory(rank=r, chunks=tuple(chunks), activations=int(held), logits=int(logits),
                                   transient=int(transient), workspace=_workspace(cfg, res),
-                                  inflight=len(inflight), dropless_extra=int(routed * (worst - 1)), **static))
+                                  inflight=len(inflight), dropless_extra=int(routed * (worst - 1)),
+                                  fsdp_buffers=fsdp, **static))
     if capacity is None:
         capacity = device_capacity(cfg, res)
     return MemoryEstimate(stages=tuple(stages), device=res.device, capacity=capacity)
-
-
-def _first_layers(layouts: list[list[str]], pp: int) -> dict[tuple[int, int], int]:
-    """(virtual stage, rank) -> index of its first decoder layer."""
-    out, index = {}, 0
-    for v in range(len(layouts[0])):
-        for r in range(pp):
-            out[(v, r)] = index
-            index += layouts[r][v].count("t")
-    return out
 
 
 def host_memory_bytes(meminfo: str = "/proc/meminfo") -> int:

@@ -24,11 +24,12 @@ def estimate_record(cfg, res) -> dict:
     """Everything the estimate found, as JSON-ready data (what a run directory's estimate.json holds)."""
     from launcher.plan.estimate_flops import estimate_flops
     from launcher.plan.estimate_memory import estimate_memory
+    from launcher.plan.estimate_table import usable
 
     est = estimate_memory(cfg, res)
     flops = estimate_flops(cfg)
     return {"capacity_bytes": est.capacity, "peak_bytes": est.peak, "peak_first_step_bytes": est.peak_after(1),
-            "fits": est.peak <= est.capacity, "worst_rank": est.worst.rank,
+            "fits": est.peak <= usable(est.capacity), "worst_rank": est.worst.rank,
             "stages": [dict(dataclasses.asdict(s), peak=s.peak, peak_first_step=s.peak_first_step)
                        for s in est.stages],
             "flops_per_token": flops.per_token, "flops_per_step": flops.per_step}
@@ -58,6 +59,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from launcher.validate import validate
 
         _, cfg = compose(args)
+        cfg.launch.dry_run = True  # the estimate starts nothing: the launcher's rules as for a dry run
         res = resolve(cfg, detect())
         validate(cfg, res)  # the launcher's own rules first: the estimate assumes a valid layout
         est = estimate_memory(cfg, res)

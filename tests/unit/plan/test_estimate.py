@@ -13,9 +13,9 @@ from launcher.derive import Resolved
 from launcher.errors import ConfigError
 from launcher.params import count
 from launcher.plan.estimate_flops import estimate_flops, flops_per_sequence_tokens
-from launcher.plan.estimate_memory import (MiB, _inflight_chunks, _layer_positions, _rank_params,
-                                           estimate_memory, padded_vocab, stage_layouts)
-from launcher.plan.estimate_table import check_fits, render_table
+from launcher.plan.estimate_memory import MiB, _inflight_chunks, estimate_memory
+from launcher.plan.estimate_static import layer_positions, padded_vocab, rank_params, stage_layouts
+from launcher.plan.estimate_table import check_fits, cheapest_fixes, render_table
 from launcher.tools import estimate as estimate_cli
 from launcher.tools import estimate_calibration as calib
 
@@ -128,8 +128,8 @@ def test_stages_hold_every_parameter_once(overrides, pp, vpp, layout):
     cfg.parallel.pp, cfg.parallel.vpp = pp, (vpp if vpp > 1 else None)
     res = _res(cfg, world=pp, layout=layout)
     layouts = stage_layouts(cfg, res)
-    positions = _layer_positions(layouts, pp)
-    parts = [_rank_params(cfg, chunks, positions[r]) for r, chunks in enumerate(layouts)]
+    positions = layer_positions(layouts, pp)
+    parts = [rank_params(cfg, chunks, positions[r]) for r, chunks in enumerate(layouts)]
     total = sum(p.sharded + p.replicated + p.experts + p.embedding_like for p in parts)
     c = count(cfg)
     h, pad = cfg.model.hidden_size, padded_vocab(cfg) - cfg.model.vocab_size
@@ -162,9 +162,17 @@ def test_check_fits_refuses_with_breakdown_and_fixes():
     assert e.value.field == "memory" and "weights" in msg and "activations" in msg
     assert "parallel.ep=2" in msg and "launch.skip_memory_check=true" in msg
     check_fits(cfg, res, skip=True)  # the user's override
-    cfg.parallel.ep, cfg.train.micro_batch_size = 8, 1
-    cfg.recompute.granularity, cfg.recompute.method, cfg.recompute.num_layers = "full", "uniform", 1
-    check_fits(cfg, res)  # 8 x 80 GB hold it with EP 8, MBS 1 and full recompute
+
+
+def test_the_first_proposed_fix_fits():
+    cfg = _cfg("model=qwen3_30b_a3b", "train=pretrain", "parallel.ep=8", "cluster.gpus_per_node=8", "hardware=h100")
+    res = _res(cfg, world=8)
+    with pytest.raises(ConfigError, match="one of: "):
+        check_fits(cfg, res)
+    text, peak = cheapest_fixes(cfg, res, 80 * 2 ** 30)[0]
+    assert text == "+preset/with=optimizer_offload" and peak <= 0.9 * 80 * 2 ** 30
+    check_fits(_cfg("model=qwen3_30b_a3b", "train=pretrain", "parallel.ep=8", "cluster.gpus_per_node=8",
+                    "hardware=h100", text), res)
 
 
 def test_degrees_that_do_not_tile_the_gpus_are_one_line_errors():
