@@ -213,8 +213,8 @@ def layer(c: ActContext, moe: bool, linear_attention: bool, imbalance: float = 1
     return LayerActivations(attention=att, mlp=mlp, transient=att_re + mlp_re + grads)
 
 
-def full_recompute_layer(c: ActContext, inner: LayerActivations) -> LayerActivations:
-    """Full recompute: a layer keeps its input only; its whole activation set exists again during its
-    backward."""
+def full_recompute_layer(c: ActContext, inner: LayerActivations, unit: int = 1) -> LayerActivations:
+    """Full recompute, `unit` layers per checkpoint (uniform method): each unit keeps its input only (per
+    layer: 1/unit of it); the unit's whole activation set exists again during its backward."""
     x = c.act * c.m.hidden_size / c.sp_div
-    return LayerActivations(attention=x, mlp=0.0, transient=inner.saved + inner.transient)
+    return LayerActivations(attention=x / unit, mlp=0.0, transient=unit * inner.saved + inner.transient)

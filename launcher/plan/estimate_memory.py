@@ -63,6 +63,8 @@ class StageMemory:
     """Optimizer state moved to the host by optimizer CPU offload."""
     fsdp_buffers: int = 0
     """Megatron FSDP: unsharded weights and gradients of the running layer and the prefetched next one."""
+    chunk_activations: tuple[int, ...] = ()
+    """Saved activations of one micro batch through each virtual stage of this rank."""
 
     @property
     def static(self) -> int:
@@ -206,9 +208,11 @@ def _chunk_activations(cfg: RunConfig, res: Resolved, c: acts.ActContext, chunk:
         is_moe = bool(moe[i] if sym == "t" else moe[-1])
         lin = bool(linear[i]) if sym == "t" else False
         one = acts.layer(c, is_moe, lin)
-        if full and (not block or recomputed_here < (cfg.recompute.num_layers or 0)):
-            one = acts.full_recompute_layer(c, one)
+        if full and block and recomputed_here < (cfg.recompute.num_layers or 0):
+            one = acts.full_recompute_layer(c, one)  # block: the stage's first N layers, one at a time
             recomputed_here += 1
+        elif full and not block:
+            one = acts.full_recompute_layer(c, one, cfg.recompute.num_layers or 1)
         extra = c.act * 4 * m.hidden_size / c.sp_div if sym == "m" else 0.0  # MTP: norms and eh_proj input
         saved += one.saved + extra
         transient = max(transient, one.transient * tokens + wgrad_temporary(cfg, res, is_moe))
@@ -266,6 +270,7 @@ def estimate_memory(cfg: RunConfig, res: Resolved, microbatches: Optional[int] =
         per_chunk = [_chunk_activations(cfg, res, c, ch, first_layer[(v, r)], tokens)
                      for v, ch in enumerate(chunks)]
         inflight = _inflight_chunks(cfg, r, microbatches)
+        per_mb = tuple(int(pc[0] * tokens) for pc in per_chunk)
         held = sum(per_chunk[v][0] for v in inflight) * tokens
         routed = max(pc[2] for pc in per_chunk) * tokens
         transient = max(pc[1] for pc in per_chunk)
@@ -278,7 +283,7 @@ def estimate_memory(cfg: RunConfig, res: Resolved, microbatches: Optional[int] =
         stages.append(StageMemory(rank=r, chunks=tuple(chunks), activations=int(held), logits=int(logits),
                                   transient=int(transient), workspace=_workspace(cfg, res),
                                   inflight=len(inflight), dropless_extra=int(routed * (worst - 1)),
-                                  fsdp_buffers=fsdp, **static))
+                                  fsdp_buffers=fsdp, chunk_activations=per_mb, **static))
     if capacity is None:
         capacity = device_capacity(cfg, res)
     return MemoryEstimate(stages=tuple(stages), device=res.device, capacity=capacity)

@@ -152,6 +152,25 @@ def test_recompute_and_offload_lower_the_peak_in_order():
     assert peaks["offload"] < peaks["none"]
 
 
+def test_virtual_stages_add_up_to_the_held_activations():
+    cfg = _cfg("preset=qwen3_235b_a22b_256xh100_tp2pp8vpp4ep32_deepep_bf16")
+    est = estimate_memory(cfg, _res(cfg, world=256, layout="Ett|(ttt|)*30ttL"))
+    for s in est.stages:
+        held = sum(s.chunk_activations[v] for v in _inflight_chunks(cfg, s.rank, 2048 // 16))
+        assert abs(held - s.activations) <= len(s.chunk_activations) * s.inflight  # int rounding only
+        assert len(s.chunk_activations) == 4
+
+
+def test_full_recompute_units_trade_saved_inputs_for_a_larger_backward():
+    one = _cfg("model=qwen3_30b_a3b", "train=pretrain", "recompute=full", "parallel.ep=8",
+               "cluster.gpus_per_node=8")
+    two = _cfg("model=qwen3_30b_a3b", "train=pretrain", "recompute=full", "recompute.num_layers=2",
+               "parallel.ep=8", "cluster.gpus_per_node=8")
+    a, b = (estimate_memory(c, _res(c, world=8)).stages[0] for c in (one, two))
+    inputs = 48 * 2 * 2048 * 4096  # 48 layers keep their BF16 input (hidden 2048, 4096 tokens)
+    assert a.activations - b.activations == inputs // 2 and b.transient > a.transient
+
+
 def test_check_fits_refuses_with_breakdown_and_fixes():
     cfg = _cfg("model=qwen3_30b_a3b", "train=pretrain", "train.micro_batch_size=4", "cluster.gpus_per_node=8",
                "hardware=h100")
