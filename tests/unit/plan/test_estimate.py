@@ -70,6 +70,16 @@ def test_flops_per_step_match_megatrons_log(run_dir):
     assert abs(r.logged_flops_per_step - r.flops_per_step) <= r.logged_tolerance
 
 
+@pytest.mark.parametrize("run_dir", RUNS, ids=lambda p: p.name)
+def test_flops_equal_megatrons_function_on_the_runs_argv(run_dir):
+    """The config rebuilt from the run directory gives Megatron's count for the argv that ran."""
+    from launcher.megatron_check import megatron_validate
+
+    cfg, res, plan = calib.load_run(run_dir)
+    facts = megatron_validate(plan["argv"], res.world_size, {"CUDA_DEVICE_MAX_CONNECTIONS": "1"})
+    assert flops_per_sequence_tokens(cfg, 1) == pytest.approx(facts["flops_per_sequence"], rel=1e-12)
+
+
 FLOPS_CONFIGS = {
     "deepseek_v3 (MLA, MTP, shared experts, dense first layers)": ["model=deepseek_v3", "train=pretrain"],
     "qwen3_next_80b_a3b (gated delta net, gated attention, shared expert)": ["model=qwen3_next_80b_a3b"],
