@@ -23,6 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "perf_results" / "runs"
 REPORT = ROOT / "perf_results" / "estimate_vs_measured.md"
 MiB = 2 ** 20
+# Runs the model misses by more than 10%: the reason, and the largest absolute gap the tests accept.
+KNOWN_MISSES: dict[str, tuple[str, int]] = {
+    "proxy_tiny_deepseek": (
+        "a toy (hidden 256) whose whole gap is 163 MiB; it matches what Transformer Engine's unfused attention "
+        "keeps (BF16 softmax, 4 heads x 2048^2 x 2 B x 5 layers incl. MTP = 160 MiB), i.e. TE choosing its "
+        "unfused backend for MLA head dims 96/64. The record does not say which backend ran, so the estimator "
+        "assumes the fused one every other MLA proxy shows", 200 * MiB),
+}
 
 
 def load_run(run_dir: Path) -> tuple[RunConfig, Resolved, dict]:
@@ -116,12 +124,13 @@ def render(rows: list[Row]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         theo = f"{r.megatron_theoretical_mib:.0f}" if r.megatron_theoretical_mib else "-"
-        logged = f"{r.logged_flops_per_step / r.flops_per_step:.4f}" if r.logged_flops_per_step else "-"
+        logged = "-" if r.logged_flops_per_step is None else f"{r.logged_flops_per_step / r.flops_per_step:.4f}"
         lines.append(f"| {r.run} | {r.after_iteration} | {r.estimated_mib:.0f} | {r.measured_mib:.0f} | "
                      f"{r.ratio:.3f} | {r.reserved_mib / r.measured_mib:.3f} | {theo} | {r.flops_per_step:.4e} | "
                      f"{logged} |")
     within = [r for r in rows if abs(r.ratio - 1) <= 0.10]
     lines += ["", f"{len(within)} of {len(rows)} runs within 10%."]
+    lines += [f"Known miss, {name}: {why}." for name, (why, _) in KNOWN_MISSES.items()]
     return "\n".join(lines) + "\n"
 
 

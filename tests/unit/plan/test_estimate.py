@@ -21,14 +21,7 @@ from launcher.tools import estimate_calibration as calib
 
 ROOT = Path(__file__).resolve().parents[3]
 RUNS = calib.gpu_runs()
-# Runs the model misses by more than 10%, with the reason (kept out of the 10% assertion, bounded below).
-KNOWN_MISSES = {
-    # 623 MiB measured, 460 estimated: a toy (hidden 256) whose whole gap is 163 MiB. It matches what
-    # Transformer Engine's unfused attention keeps (BF16 softmax, 4 heads x 2048^2 x 2 B x 5 layers incl.
-    # MTP = 160 MiB), i.e. TE choosing its unfused backend for MLA head dims 96/64; the run record does not
-    # say which backend ran, so the estimator assumes the fused one every other MLA proxy shows.
-    "proxy_tiny_deepseek": 200 * MiB,
-}
+KNOWN_MISSES = {name: limit for name, (_, limit) in calib.KNOWN_MISSES.items()}
 
 
 def _cfg(*overrides: str):
