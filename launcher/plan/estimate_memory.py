@@ -299,7 +299,8 @@ def host_memory_bytes(meminfo: str = "/proc/meminfo") -> int:
 
 
 def device_capacity(cfg: RunConfig, res: Resolved) -> int:
-    """Bytes of one GPU (hardware.memory_gib) or, for CPU runs, of this host."""
+    """Bytes of one GPU (hardware.memory_gib) or, for CPU runs, this host's share per process (the
+    processes of one node share its memory)."""
     if res.device == "cpu":
-        return host_memory_bytes()
+        return host_memory_bytes() // max(1, res.nproc_per_node)
     return int(cfg.hardware.memory_gib * 2 ** 30)

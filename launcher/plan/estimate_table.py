@@ -64,8 +64,8 @@ def render_table(est: MemoryEstimate, flops: Optional[Flops] = None, title: str 
     if worst.host_optimizer:
         lines.append(f"Optimizer state offloaded to the host: {_gib(worst.host_optimizer)} GiB per GPU.")
     if flops is not None:
-        lines.append(f"Model FLOPs (Megatron's formula): {flops.per_token / 1e9:.2f} GFLOP per token, "
-                     f"{flops.per_step / 1e15:.2f} PFLOP per step.")
+        lines.append(f"Model FLOPs (Megatron's formula): {flops.per_token:.4g} per token, {flops.per_step:.4g} "
+                     f"per step.")
     return "\n".join(lines)
 
 

@@ -219,3 +219,15 @@ def test_command_prints_table_and_exit_status(capsys):
     assert "<- peak" in capsys.readouterr().out
     assert estimate_cli.main(ok + ["hardware=h100", "model.num_layers=48"]) == 1
     assert "moe-estimate: error: memory=" in capsys.readouterr().err
+
+
+def test_cpu_runs_compare_against_the_hosts_memory_per_process(tmp_path):
+    from launcher.plan.estimate_memory import device_capacity, host_memory_bytes
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16384 kB\nMemFree:        1024 kB\n")
+    assert host_memory_bytes(str(meminfo)) == 16384 * 1024
+    cfg = _cfg()
+    res = _res(cfg, world=2, device="cpu")
+    assert device_capacity(cfg, res) == host_memory_bytes() // 2
+    assert device_capacity(cfg, _res(cfg, world=2)) == cfg.hardware.memory_gib * 2 ** 30
