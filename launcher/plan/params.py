@@ -101,6 +101,46 @@ def layer_params(m: ModelConfig, moe: bool, linear_attention: bool) -> tuple[int
 
 
 @dataclass(frozen=True)
+class LayerSplit:
+    """One decoder (or MTP) layer's parameters by how a parallel layout stores them."""
+
+    sharded: int
+    """Tensor-parallel linears: attention projections, dense MLP, shared expert (each TP rank holds 1/TP)."""
+    replicated: int
+    """Norms, the router and the shared-expert gate: every TP rank holds them whole."""
+    experts: int
+    """Routed experts (each EP x ETP rank holds 1/(EP*ETP))."""
+
+
+def _replicated(m: ModelConfig, moe: bool, linear_attention: bool) -> int:
+    """Norm weights (input, pre-MLP, QK or MLA latent norms) and the router: not split by TP."""
+    h = m.hidden_size
+    n = 2 * _norm(m, h)
+    if linear_attention:
+        n += _norm(m, _or(m, "linear_value_head_dim", _GDN_DEFAULTS))
+    elif m.multi_latent_attention:
+        n += _norm(m, _or(m, "kv_lora_rank", _MLA_DEFAULTS)) + (_norm(m, m.q_lora_rank) if m.q_lora_rank else 0)
+    elif m.qk_layernorm:
+        n += 2 * _norm(m, m.kv_channels or h // m.num_attention_heads)
+    if moe:
+        n += h * m.num_experts + (h if m.moe_shared_expert_gate and m.moe_shared_expert_intermediate_size else 0)
+    return n
+
+
+def layer_split(m: ModelConfig, moe: bool, linear_attention: bool) -> LayerSplit:
+    """layer_params of one layer split into TP-sharded, replicated and routed-expert parameters."""
+    total, _ = layer_params(m, moe, linear_attention)
+    experts = m.num_experts * mlp_params(m, m.moe_ffn_hidden_size) if moe else 0
+    replicated = _replicated(m, moe, linear_attention)
+    return LayerSplit(sharded=total - experts - replicated, replicated=replicated, experts=experts)
+
+
+def mtp_wrap(m: ModelConfig) -> int:
+    """What an MTP layer adds around its decoder layer: enorm, hnorm, final norm, eh_proj (2h -> h)."""
+    return 3 * _norm(m, m.hidden_size) + 2 * m.hidden_size * m.hidden_size
+
+
+@dataclass(frozen=True)
 class ParamCount:
     total: int
     """Main model (no MTP layers)."""
@@ -146,7 +186,7 @@ def count(cfg: RunConfig) -> ParamCount:
     # an MTP layer: enorm, hnorm, eh_proj (2h -> h), a decoder layer like the last one (full
     # attention), final norm
     t, a = layer_params(m, bool(moe[-1]), False)
-    wrap = 3 * _norm(m, h) + 2 * h * h
+    wrap = mtp_wrap(m)
     return ParamCount(total=total, active=active, embedding=embedding, output=output, experts=experts,
                       mtp=n_mtp * (t + wrap), mtp_active=n_mtp * (a + wrap), mtp_layers=n_mtp)
 

@@ -1,0 +1,82 @@
+"""moe-estimate: will this layout fit, and how many FLOPs is a step? Composes like moe-launch, runs nothing,
+imports neither torch nor megatron.
+
+usage: python -m launcher.tools.estimate [--json FILE] [group=option ...] [key.path=value ...]
+  e.g. python -m launcher.tools.estimate preset=qwen3_235b_a22b_256xh100_tp2pp8vpp4ep32_deepep_bf16
+       python -m launcher.tools.estimate model=qwen3_30b_a3b model.num_layers=8 parallel=ep2 train=pretrain \
+           train.micro_batch_size=4 train.global_batch_size=32 cluster.gpus_per_node=2 hardware=h200
+The GPU count comes from the cluster group (cluster.nodes x cluster.gpus_per_node, or hardware's GPUs per
+node for Slurm); on a machine without GPUs set one of them, or the estimate is for a CPU run.
+Exit status: 0 fits, 1 predicted not to fit, 2 bad config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from launcher.errors import ConfigError
+
+
+def estimate_record(cfg, res) -> dict:
+    """Everything the estimate found, as JSON-ready data (what a run directory's estimate.json holds)."""
+    from launcher.plan.estimate_flops import estimate_flops
+    from launcher.plan.estimate_memory import estimate_memory
+    from launcher.plan.estimate_table import usable
+
+    est = estimate_memory(cfg, res)
+    flops = estimate_flops(cfg)
+    return {"capacity_bytes": est.capacity, "peak_bytes": est.peak, "peak_first_step_bytes": est.peak_after(1),
+            "fits": est.peak <= usable(est.capacity), "worst_rank": est.worst.rank,
+            "stages": [dict(dataclasses.asdict(s), peak=s.peak, peak_first_step=s.peak_first_step)
+                       for s in est.stages],
+            "flops_per_token": flops.per_token, "flops_per_step": flops.per_step}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__.split("\n", 2)[2].rstrip())
+        return 0
+    out = None
+    if "--json" in args:
+        i = args.index("--json")
+        if i + 1 >= len(args):
+            print("moe-estimate: error: --json needs a file name", file=sys.stderr)
+            return 2
+        out = Path(args[i + 1])
+        del args[i:i + 2]
+    try:
+        from launcher.compose import compose
+        from launcher.derive import resolve
+        from launcher.plan.estimate_flops import estimate_flops
+        from launcher.plan.estimate_memory import estimate_memory
+        from launcher.plan.estimate_table import check_fits, render_table
+        from launcher.probe import detect
+
+        from launcher.validate import validate
+
+        _, cfg = compose(args)
+        cfg.launch.dry_run = True  # the estimate starts nothing: the launcher's rules as for a dry run
+        res = resolve(cfg, detect())
+        validate(cfg, res)  # the launcher's own rules first: the estimate assumes a valid layout
+        est = estimate_memory(cfg, res)
+        p = cfg.parallel
+        title = (f"{cfg.model.name} on {res.world_size} x {res.device} ({cfg.hardware.name}): tp={p.tp} pp={p.pp} "
+                 f"vpp={p.vpp} ep={p.ep} etp={p.etp} cp={p.cp} dp={res.data_parallel_size(cfg)}, "
+                 f"MBS {cfg.train.micro_batch_size}, seq {cfg.train.seq_length}, recompute "
+                 f"{cfg.recompute.granularity} {list(cfg.recompute.modules)}, {cfg.precision.name}\n")
+        print(render_table(est, estimate_flops(cfg), title))
+        if out is not None:
+            out.write_text(json.dumps(estimate_record(cfg, res), indent=1) + "\n")
+        check_fits(cfg, res, est)
+    except ConfigError as e:
+        print(f"moe-estimate: error: {e}", file=sys.stderr)
+        return 1 if e.field == "memory" else 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
