@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launcher.schema import ModelConfig
+from launcher.config.schema import ModelConfig
 
-# Megatron's argparse defaults where the schema leaves a field at None (launcher/params.py uses the same).
+# Megatron's argparse defaults where the schema leaves a field at None (launcher/plan/params.py uses the same).
 _MLA = {"kv_lora_rank": 32, "qk_head_dim": 128, "qk_pos_emb_head_dim": 64, "v_head_dim": 128}
 _GDN = {"linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
         "linear_num_key_heads": 16, "linear_num_value_heads": 32}

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launcher.derive import eval_layer_pattern, moe_layer_pattern
+from launcher.plan.resolve import eval_layer_pattern, moe_layer_pattern
 from launcher.plan.estimate_memory import padded_vocab
-from launcher.schema import ModelConfig, RunConfig
+from launcher.config.schema import ModelConfig, RunConfig
 
 _MLA = {"kv_lora_rank": 32, "qk_head_dim": 128, "qk_pos_emb_head_dim": 64, "v_head_dim": 128}
 _GDN = {"linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_value_head_dim": 128,

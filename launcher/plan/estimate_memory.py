@@ -19,12 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from launcher.derive import Resolved, linear_attention_pattern, moe_layer_pattern
+from launcher.plan.resolve import Resolved, linear_attention_pattern, moe_layer_pattern
 from launcher.errors import ConfigError
 from launcher.plan import estimate_activations as acts
 from launcher.plan.estimate_static import (dtype_bytes, first_layers, layer_positions, padded_vocab, rank_params, stage_layouts,
                                            static_memory)
-from launcher.schema import RunConfig
+from launcher.config.schema import RunConfig
 
 MiB = 2 ** 20
 # Transformer Engine's cuBLAS workspace on Hopper and later (get_cublas_workspace_size_bytes: 32 MiB for

@@ -1,14 +1,14 @@
-"""Static memory of one rank: the parameters a pipeline rank holds (from its layout and launcher/params.py)
+"""Static memory of one rank: the parameters a pipeline rank holds (from its layout and launcher/plan/params.py)
 and the bytes of its weights, main gradients, main parameters, Adam moments and FP8 weight copies."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-from launcher.derive import Resolved, linear_attention_pattern, moe_layer_pattern
-from launcher.layout import parse_layout
-from launcher.params import layer_split, mtp_wrap
-from launcher.schema import RunConfig
+from launcher.plan.resolve import Resolved, linear_attention_pattern, moe_layer_pattern
+from launcher.plan.layout import parse_layout
+from launcher.plan.params import layer_split, mtp_wrap
+from launcher.config.schema import RunConfig
 
 _DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp8": 1, "uint8": 1}
 

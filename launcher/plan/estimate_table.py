@@ -10,11 +10,11 @@ import copy
 import dataclasses
 from typing import Callable, Optional
 
-from launcher.derive import Resolved, balanced_layout
+from launcher.plan.resolve import Resolved, balanced_layout
 from launcher.errors import ConfigError
 from launcher.plan.estimate_flops import Flops
 from launcher.plan.estimate_memory import MemoryEstimate, StageMemory, estimate_memory
-from launcher.schema import RunConfig
+from launcher.config.schema import RunConfig
 
 GiB = 2 ** 30
 # What the estimate predicts is torch's max_memory_allocated; the device also holds the CUDA context and

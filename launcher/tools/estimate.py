@@ -49,14 +49,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         out = Path(args[i + 1])
         del args[i:i + 2]
     try:
-        from launcher.compose import compose
-        from launcher.derive import resolve
+        from launcher.config.compose import compose
+        from launcher.plan.resolve import resolve
         from launcher.plan.estimate_flops import estimate_flops
         from launcher.plan.estimate_memory import estimate_memory
         from launcher.plan.estimate_table import check_fits, render_table
-        from launcher.probe import detect
+        from launcher.plan.probe import detect
 
-        from launcher.validate import validate
+        from launcher.plan.rules import validate
 
         _, cfg = compose(args)
         cfg.launch.dry_run = True  # the estimate starts nothing: the launcher's rules as for a dry run

@@ -10,14 +10,16 @@ Megatron's micro-batch count come from plan.json. Measured: `memory.max_allocate
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from launcher.derive import Resolved
-from launcher.schema import RunConfig
+from launcher.plan.resolve import Resolved
+from launcher.config.cluster import CLUSTER_SCHEMAS
+from launcher.config.schema import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "perf_results" / "runs"
@@ -39,10 +41,14 @@ def load_run(run_dir: Path) -> tuple[RunConfig, Resolved, dict]:
 
     plan = json.loads((run_dir / "plan.json").read_text())
     if (run_dir / "config.yaml").exists():
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(run_dir / "config.yaml"))
+        raw = OmegaConf.load(run_dir / "config.yaml")
+        schema = CLUSTER_SCHEMAS[raw.cluster.executor]
+        # runs written before each executor had its own schema carry every executor's cluster fields
+        raw.cluster = {k: v for k, v in raw.cluster.items() if k in {f.name for f in dataclasses.fields(schema)}}
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), {"cluster": OmegaConf.structured(schema)}, raw)
         cfg = OmegaConf.to_object(merged)
     else:
-        from launcher.compose import compose
+        from launcher.config.compose import compose
 
         words = plan.get("moe_launch") or (run_dir / "launch.txt").read_text().split()
         _, cfg = compose([w for w in words[1:] if not w.startswith("launch.run_dir=")])

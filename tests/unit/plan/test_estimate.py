@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from launcher.compose import compose
-from launcher.derive import Resolved
+from launcher.config.compose import compose
+from launcher.plan.resolve import Resolved
 from launcher.errors import ConfigError
-from launcher.params import count
+from launcher.plan.params import count
 from launcher.plan.estimate_flops import estimate_flops, flops_per_sequence_tokens
 from launcher.plan.estimate_memory import MiB, _inflight_chunks, estimate_memory
 from launcher.plan.estimate_static import layer_positions, padded_vocab, rank_params, stage_layouts
@@ -66,7 +66,7 @@ def test_flops_per_step_match_megatrons_log(run_dir):
 @pytest.mark.parametrize("run_dir", RUNS, ids=lambda p: p.name)
 def test_flops_equal_megatrons_function_on_the_runs_argv(run_dir):
     """The config rebuilt from the run directory gives Megatron's count for the argv that ran."""
-    from launcher.megatron_check import megatron_validate
+    from launcher.plan.megatron.validator import megatron_validate
 
     cfg, res, plan = calib.load_run(run_dir)
     facts = megatron_validate(plan["argv"], res.world_size, {"CUDA_DEVICE_MAX_CONNECTIONS": "1"})
@@ -87,8 +87,8 @@ FLOPS_CONFIGS = {
 @pytest.mark.parametrize("name", sorted(FLOPS_CONFIGS))
 def test_flops_equal_megatrons_function(name):
     """Our arithmetic equals megatron.training.training.num_floating_point_operations on the argv."""
-    from launcher.megatron_args import resolved_flags, table_flags
-    from launcher.megatron_check import megatron_validate
+    from launcher.plan.megatron.table import resolved_flags, table_flags
+    from launcher.plan.megatron.validator import megatron_validate
 
     cfg = _cfg(*FLOPS_CONFIGS[name])
     res = _res(cfg, world=cfg.parallel.tp)
