@@ -211,9 +211,11 @@ def documents(files: list[InputFile], opts: ReadOptions, skipped: list[int]) -> 
             yield doc
 
 
-def chunks(docs: Iterable[str], max_bytes: int = CHUNK_BYTES, max_docs: int = CHUNK_DOCS) -> Iterator[list[str]]:
-    """Consecutive documents grouped into lists of about max_bytes characters (or max_docs documents);
-    the grouping never changes the output, only how the work is cut."""
+def chunks(docs: Iterable[str], max_bytes: int = 0, max_docs: int = 0) -> Iterator[list[str]]:
+    """Consecutive documents grouped into lists of about max_bytes characters (or max_docs documents;
+    0: CHUNK_BYTES / CHUNK_DOCS, read at call time); the grouping never changes the output, only how
+    the work is cut."""
+    max_bytes, max_docs = max_bytes or CHUNK_BYTES, max_docs or CHUNK_DOCS
     chunk: list[str] = []
     size = 0
     for doc in docs:

@@ -121,6 +121,11 @@ def _load_huggingface(model: Optional[str], eod_token: Optional[str]) -> Tokeniz
     if not model:
         raise ConfigError("--tokenizer-model", model, "is required with --tokenizer-type HuggingFaceTokenizer",
                           "pass the tokenizer's directory (or a hub id where the hub is reachable)")
+    try:
+        import transformers  # noqa: F401  (the loader; imported here so its absence is one line)
+    except ImportError:
+        raise ConfigError("--tokenizer-type", "HuggingFaceTokenizer", "needs transformers, which is not installed",
+                          "pip install 'moe-recipes[data]'") from None
     path = Path(model).expanduser()
     if path.exists():
         tok, source = _load_local(model, path), "local"

@@ -237,7 +237,10 @@ def read_summary(prefix: str) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    a = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        a = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:  # --help (0) or argparse's refusal, already printed in one line (2)
+        return int(e.code or 0)
     try:
         s = prepare(a)
     except ConfigError as e:
