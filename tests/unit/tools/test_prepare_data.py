@@ -260,3 +260,15 @@ def test_progress_line_on_a_terminal_and_in_a_log():
     lines = log.getvalue().splitlines()
     assert len(lines) == 2 and "\r" not in log.getvalue()
     assert "1,000 docs, 2.00M tokens, 4.0 MB | 50 docs/s, 100.00k tokens/s, 0.20 MB/s | 20 s" in lines[0]
+
+
+def test_the_command_imports_nothing_heavy():
+    """Like the launcher: torch, megatron, tokenizers, transformers, pyarrow and numpy load only when used."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, launcher.tools.prepare_data\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('torch', 'megatron', 'tokenizers', 'transformers', 'pyarrow', 'numpy')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
