@@ -137,8 +137,8 @@ def _json_text(path: str, lineno: int, line: str, field: str) -> str | None:
     value = record[field]
     if value is None or isinstance(value, str):
         return value
-    raise ConfigError("--text-field", field, f"is a {type(value).__name__}, not a string, in {path}:{lineno}",
-                      "name the field that holds the document text")
+    raise ConfigError("--text-field", field, f"holds a value of type {type(value).__name__}, not a string, "
+                      f"in {path}:{lineno}", "name the field that holds the document text")
 
 
 def _jsonl_docs(path: str, opts: ReadOptions) -> Iterator[str | None]:

@@ -11,6 +11,7 @@ Types, named as Megatron names them (so the summary maps onto data.tokenizer_typ
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,13 @@ def init_worker(spec: tuple, eod_id: Optional[int], dtype_name: str, vocab_size:
     import numpy as np
 
     _WORKER.update(encode=_encoder(spec), eod=eod_id, dtype=np.dtype(dtype_name), vocab=vocab_size)
+
+
+def init_pool_worker(spec: tuple, eod_id: Optional[int], dtype_name: str, vocab_size: int) -> None:
+    """init_worker in a pool process, which leaves Ctrl-C to the main process: it stops the pool and
+    removes the partial outputs (otherwise every worker prints its own KeyboardInterrupt traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    init_worker(spec, eod_id, dtype_name, vocab_size)
 
 
 def _ids_error(texts: list[str], e: Exception) -> tuple[str, str, str, str]:

@@ -105,7 +105,7 @@ def _encoded(chunks: Iterable[list[str]], workers: int, init: tuple) -> Iterator
     import multiprocessing as mp
 
     # spawn: workers start clean (no copy of a parent that holds transformers' and torch's threads)
-    with mp.get_context("spawn").Pool(workers, initializer=tk.init_worker, initargs=init) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=tk.init_pool_worker, initargs=init) as pool:
         pending: deque = deque()
         for chunk in chunks:
             pending.append(pool.apply_async(tk.encode_chunk, (chunk,)))
@@ -137,8 +137,22 @@ def _write(builder: Any, enc: tk.Encoded) -> int:
     return offset
 
 
+def _convert(builder: Any, encoded: Iterable[tk.Encoded], progress: Progress) -> dict[str, int]:
+    """Write the encoded chunks as they come (in input order); the running counts."""
+    counts = {"documents": 0, "tokens": 0, "text_bytes": 0, "skipped": 0}
+    for enc in encoded:
+        if enc.error:
+            raise ConfigError(*enc.error)
+        counts["tokens"] += _write(builder, enc)
+        counts["documents"] += len(enc.lengths)
+        counts["text_bytes"] += enc.text_bytes
+        counts["skipped"] += enc.skipped
+        progress.update(counts["documents"], counts["tokens"], counts["text_bytes"])
+    return counts
+
+
 def _remove_partials(out: Path) -> None:
-    for ext in (".bin", ".idx"):
+    for ext in (".bin", ".idx", SUMMARY_SUFFIX):
         Path(f"{out}{ext}{PARTIAL}").unlink(missing_ok=True)
 
 
@@ -184,34 +198,27 @@ def prepare(a: argparse.Namespace, progress: Optional[Progress] = None) -> dict[
     dtype = DType.optimal_dtype(tok.vocab_size)  # uint16 below 65,500 ids, else int32 (Megatron's rule)
     init = (tok.spec, tok.eod_id if a.append_eod else None, dtype.__name__, tok.vocab_size)
     progress = progress or Progress(sys.stderr)
-    counts = {"documents": 0, "tokens": 0, "text_bytes": 0, "skipped": 0}
     skipped = [0]
     start = time.monotonic()
     builder = IndexedDatasetBuilder(f"{out}.bin{PARTIAL}", dtype=dtype)
     try:
-        for enc in _encoded(src.chunks(src.documents(files, opts, skipped)), a.workers, init):
-            if enc.error:
-                raise ConfigError(*enc.error)
-            counts["tokens"] += _write(builder, enc)
-            counts["documents"] += len(enc.lengths)
-            counts["text_bytes"] += enc.text_bytes
-            counts["skipped"] += enc.skipped
-            progress.update(counts["documents"], counts["tokens"], counts["text_bytes"])
+        counts = _convert(builder, _encoded(src.chunks(src.documents(files, opts, skipped)), a.workers, init),
+                          progress)
         builder.finalize(f"{out}.idx{PARTIAL}")
+        counts["skipped"] += skipped[0]
+        if counts["documents"] == 0:
+            raise ConfigError("--input", " ".join(a.input), "holds no non-empty document",
+                              f"check the files and --text-field {a.text_field}")
+        summary = _summary(a, out, files, tok, dtype, counts, time.monotonic() - start)
+        Path(f"{out}{SUMMARY_SUFFIX}{PARTIAL}").write_text(json.dumps(summary, indent=2) + "\n")
     except BaseException:
         builder.data_file.close()
         _remove_partials(out)
         raise
-    counts["skipped"] += skipped[0]
-    if counts["documents"] == 0:
-        _remove_partials(out)
-        raise ConfigError("--input", " ".join(a.input), "holds no non-empty document",
-                          f"check the files and --text-field {a.text_field}")
-    for ext in (".bin", ".idx"):
+    # all three complete: only now do they replace what the prefix named before
+    for ext in (".bin", ".idx", SUMMARY_SUFFIX):
         os.replace(f"{out}{ext}{PARTIAL}", f"{out}{ext}")
-    summary = _summary(a, out, files, tok, dtype, counts, time.monotonic() - start)
     progress.finish(counts["documents"], counts["tokens"], counts["text_bytes"])
-    Path(f"{out}{SUMMARY_SUFFIX}").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

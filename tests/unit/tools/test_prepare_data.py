@@ -272,3 +272,14 @@ def test_the_command_imports_nothing_heavy():
              "('torch', 'megatron', 'tokenizers', 'transformers', 'pyarrow', 'numpy')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_bad_line_with_workers_running_stops_them_and_leaves_nothing(capsys, tmp_path, base, texts,
+                                                                       monkeypatch):
+    bad = tmp_path / "bad.jsonl"
+    good = "".join(json.dumps({"content": t}) + "\n" for t in texts)
+    bad.write_text(good * 3 + '{"content": 1}\n' + good)  # the bad line comes while chunks are in flight
+    monkeypatch.setattr(data_sources, "CHUNK_BYTES", 500)
+    _refusal(capsys, base(**{"--input": str(bad), "--workers": "2"}), f"{bad}:{3 * len(texts) + 1}",
+             "type int, not a string")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
