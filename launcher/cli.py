@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg.precision.name}, impl={res.transformer_impl}")
     for note in res.notes:
         print(f"  resolved: {note}")
+    est, gib = plan.estimate, 2 ** 30
+    print(f"moe-launch: memory: predicted peak {est['peak_bytes'] / gib:.1f} GiB of {est['capacity_bytes'] / gib:.1f} "
+          f"GiB per {'process' if res.device == 'cpu' else 'GPU'} (pipeline rank {est['worst_rank']}; estimate.json)")
     print(f"moe-launch: run directory {run_dir}")
     if cfg.launch.dry_run:
         print(script.read_text(), end="")

@@ -17,7 +17,7 @@ class BackendError(RuntimeError):
 def _need(module: str, what: str, fix: str) -> object:
     try:
         return importlib.import_module(module)
-    except Exception as e:  # ImportError, or a broken build raising OSError / RuntimeError
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken build raising OSError / RuntimeError
         raise BackendError(f"{what} needs the '{module}' package, which cannot be imported here "
                            f"({type(e).__name__}: {e}). Fix: {fix}") from None
 

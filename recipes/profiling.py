@@ -14,7 +14,8 @@ runs with curr_iteration == k-1. The profiler starts at the first forward of ite
 at the first forward of iteration END+1 (torch.cuda.synchronize() before each, so no kernel of a
 neighbouring iteration leaks in or out): the window holds whole iterations, their backward passes and
 optimizer steps included (it is shifted by the work Megatron does before an iteration's first forward:
-the gradient-buffer zeroing of START is outside, that of END+1 inside, so still one per iteration). finish() stops it when training ends inside the window. Every rank profiles
+the gradient-buffer zeroing of START is outside, that of END+1 inside, so still one per iteration).
+finish() stops it when training ends inside the window. Every rank profiles
 (equal overhead keeps ranks in step); the selected ranks then write, under $MOE_RUN_DIR/profile/:
   trace_rank{R}.json.gz   the Chrome trace (chrome://tracing, Perfetto, launcher.records.trace_summary)
   summary_rank{R}.json    launcher.records.trace_summary's numbers, steps = iterations in the window
@@ -51,7 +52,8 @@ _S = _State()
 
 def parse_steps(value: str) -> tuple[int, int]:
     """'START:END' -> (START, END), 1 <= START <= END; anything else is a ValueError naming the variable."""
-    from launcher.records.steady import iteration_window  # the launcher's parser of the same window (train.kernel_profile)
+    # the launcher's parser of the same window (train.kernel_profile)
+    from launcher.records.steady import iteration_window
 
     try:
         return iteration_window(value)
@@ -146,7 +148,7 @@ def _stop(steps: int) -> None:
     if _S.rank == 0 or os.environ.get(ENV_ALL_RANKS) == "1":
         try:
             export(prof, _S.rank, steps)
-        except Exception:  # evidence lost must not cost the training run: say so, go on
+        except Exception:  # noqa: BLE001 - evidence lost must not cost the training run: say so, go on
             print(f"recipes.profiling: error: writing the profile of rank {_S.rank} failed:\n"
                   f"{traceback.format_exc()}", file=sys.stderr, flush=True)
 

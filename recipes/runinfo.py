@@ -30,7 +30,7 @@ def _version(module: str, *dists: str) -> Optional[str]:
     encloses it (a venv inside this project reports this project's commit)."""
     try:
         mod = importlib.import_module(module)
-    except Exception:  # not installed, or a broken build
+    except Exception:  # noqa: BLE001 - not installed, or a broken build
         return None
     found = next((v for v in map(_dist_version, dists) if v is not None), None)
     return found or str(getattr(mod, "__version__", "unknown"))
@@ -76,7 +76,7 @@ def collect() -> dict:
     }
     try:
         info["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else None
-    except Exception:
+    except Exception:  # noqa: BLE001 - a CUDA build without NCCL, or no driver: the record says unknown
         info["nccl"] = None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
@@ -113,7 +113,7 @@ def write(run_dir: Optional[str] = None) -> Optional[Path]:
         path = Path(target) / "versions.json"
         path.write_text(json.dumps(collect(), indent=2) + "\n")
         return path
-    except Exception as e:  # a record is worth less than the run it describes
+    except Exception as e:  # noqa: BLE001 - a record is worth less than the run it describes
         print(f"recipes.pretrain: warning: could not write versions.json: {type(e).__name__}: {e}",
               file=sys.stderr, flush=True)
         return None

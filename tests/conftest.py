@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from pathlib import Path
+
+import pytest
 
 from launcher.config.compose import compose
 from launcher.plan.plan import LaunchPlan, build_plan
@@ -35,3 +38,13 @@ def plan_for(overrides: list[str], validate_megatron: bool = True) -> LaunchPlan
     cfg = make_cfg(overrides)
     cfg.launch.megatron_validate = validate_megatron
     return build_plan(cfg, PROBE)
+
+
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(items):
+    """Everything under tests/e2e is slow (real training, real Slurm): not in the default `pytest`."""
+    for item in items:
+        if E2E in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.slow)

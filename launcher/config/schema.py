@@ -330,6 +330,8 @@ class LaunchConfig:
     launcher/config/compose.py), else the model's."""
     megatron_validate: bool = True
     """Also run Megatron's own validator on the generated argv at the real world size."""
+    skip_memory_check: bool = False
+    """Launch even when the estimated peak memory (launcher/plan/estimate_memory.py) exceeds the device."""
 
 
 @dataclass

@@ -22,7 +22,8 @@ from typing import Optional
 from launcher.plan.resolve import Resolved, linear_attention_pattern, moe_layer_pattern
 from launcher.errors import ConfigError
 from launcher.plan import estimate_activations as acts
-from launcher.plan.estimate_static import (dtype_bytes, first_layers, layer_positions, padded_vocab, rank_params, stage_layouts,
+from launcher.plan.estimate_static import (dtype_bytes, first_layers, layer_positions, padded_vocab, rank_params,
+                                          stage_layouts,
                                            static_memory)
 from launcher.config.schema import RunConfig
 

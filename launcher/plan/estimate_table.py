@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from launcher.plan.resolve import Resolved, balanced_layout
 from launcher.errors import ConfigError
-from launcher.plan.estimate_flops import Flops
+from launcher.plan.estimate_flops import Flops, estimate_flops
 from launcher.plan.estimate_memory import MemoryEstimate, StageMemory, estimate_memory
 from launcher.config.schema import RunConfig
 
@@ -157,3 +157,14 @@ def check_fits(cfg: RunConfig, res: Resolved, est: Optional[MemoryEstimate] = No
                       f"{100 * (1 - ALLOCATOR_MARGIN):.0f}% of {_gib(est.capacity)} GiB ({where}): "
                       f"{parts}", f"{'one of: ' if fits else 'none fits alone: '}{fix}; or set "
                       f"launch.skip_memory_check=true to launch anyway")
+
+
+def estimate_record(cfg: RunConfig, res: Resolved) -> dict:
+    """Everything the estimate found, as JSON-ready data (what a run directory's estimate.json holds)."""
+    est = estimate_memory(cfg, res)
+    flops = estimate_flops(cfg)
+    return {"capacity_bytes": est.capacity, "peak_bytes": est.peak, "peak_first_step_bytes": est.peak_after(1),
+            "fits": est.peak <= usable(est.capacity), "worst_rank": est.worst.rank,
+            "stages": [dict(dataclasses.asdict(s), peak=s.peak, peak_first_step=s.peak_first_step)
+                       for s in est.stages],
+            "flops_per_token": flops.per_token, "flops_per_step": flops.per_step}

@@ -214,7 +214,7 @@ class Published:
         return c.active if self.active_counts_input_embedding else c.active - c.embedding
 
 
-# Published figures (model cards and reports), checked by tests/test_params.py.
+# Published figures (model cards and reports), checked by tests/unit/plan/test_params.py.
 PUBLISHED: dict[str, Published] = {
     "deepseek_v3": Published(671e9, 37e9, "deepseek-ai/DeepSeek-V3 model card: 671B total (685B on Hugging Face "
                              "with the 14B MTP module), 37B activated", active_counts_input_embedding=False),

@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from launcher.config.schema import RunConfig
+from launcher.plan.estimate_table import estimate_record
 from launcher.plan.facts import launch_facts
 from launcher.plan.megatron.table import OWNED_FLAGS, resolved_flags, table_flags
 from launcher.plan.probe import MachineProbe
@@ -30,6 +31,8 @@ class LaunchPlan:
     """Facts Megatron's validator derived (data parallel size, microbatches)."""
     facts: dict = field(default_factory=dict)
     """What the run is (launcher/plan/facts.py): records and results read it from plan.json."""
+    estimate: dict = field(default_factory=dict)
+    """Estimated memory per pipeline rank and FLOPs (launcher/plan/estimate_table.py): estimate.json."""
     launcher: list[str] = field(default_factory=list)
     """The process launcher in front of the entry (torchrun), bound by the executor (launcher.run)."""
     rank_env: dict[str, str] = field(default_factory=dict)
@@ -94,7 +97,8 @@ def build_plan(cfg: RunConfig, probe: MachineProbe) -> LaunchPlan:
         from launcher.plan.megatron.validator import megatron_validate
 
         derived = megatron_validate(argv, res.world_size, env, compute_capability(cfg))
-    return LaunchPlan(argv=argv, env=env, resolved=res, megatron=derived, facts=launch_facts(cfg, res, derived))
+    return LaunchPlan(argv=argv, env=env, resolved=res, megatron=derived, facts=launch_facts(cfg, res, derived),
+                      estimate=estimate_record(cfg, res))
 
 
 def plan_record(plan: LaunchPlan) -> dict:

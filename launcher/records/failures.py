@@ -223,7 +223,8 @@ def _assert_source(lines: list[str], idx: int) -> Optional[str]:
 
 
 def _looks_failed(lines: list[str]) -> bool:
-    return any("Traceback (most recent call last)" in l or "ChildFailedError" in l or " FAILED" in l for l in lines)
+    return any("Traceback (most recent call last)" in line or "ChildFailedError" in line or " FAILED" in line
+               for line in lines)
 
 
 def _oom_where(info: FailureInfo, lines: list[str], idx: int, rank: Optional[int], body: str,

@@ -34,7 +34,8 @@ class Executor:
     def python(self, cfg: "RunConfig", python: Optional[str] = None) -> str:
         return cfg.cluster.python or python or ("python" if self.uses_container(cfg) else sys.executable)
 
-    def process(self, cfg: "RunConfig", res: "Resolved", python: Optional[str] = None) -> tuple[list[str], dict[str, str]]:
+    def process(self, cfg: "RunConfig", res: "Resolved",
+                python: Optional[str] = None) -> tuple[list[str], dict[str, str]]:
         """The command in front of `-m recipes.pretrain`, and the per-rank variables it leaves to the script."""
         return [*cfg.cluster.launch_prefix, *torchrun(cfg, res, self.python(cfg, python))], {}
 

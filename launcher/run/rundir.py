@@ -1,8 +1,10 @@
 """The run directory: everything needed to reproduce a run, written before it starts.
 
   config.yaml   the composed config, as the user's groups and overrides made it
-  plan.json     the moe-launch command, the project's git commit, argv, environment, command, resolved facts (how each "auto" was decided), Megatron's facts
+  plan.json     the moe-launch command, the project's git commit, argv, environment, command, how each "auto"
+                was resolved, Megatron's derived sizes, the run's facts (launcher/plan/facts.py)
   argv.txt      the Megatron argv, one token per line
+  estimate.json estimated memory per pipeline rank and FLOPs per step (launcher/plan/estimate_table.py)
   command.sh    the exact script a real run executes
   train.log     (real runs) every rank's output
   exit.json     (real runs) return code and wall time
@@ -36,6 +38,7 @@ def write_run_dir(run_dir: Path, composed: DictConfig, plan: LaunchPlan, workdir
     record = {"moe_launch": ["moe-launch", *(overrides or [])], "code": code, **plan_record(plan)}
     (run_dir / "plan.json").write_text(json.dumps(record, indent=2) + "\n")
     (run_dir / "argv.txt").write_text("\n".join(plan.argv) + "\n")
+    (run_dir / "estimate.json").write_text(json.dumps(plan.estimate, indent=1) + "\n")
     script = run_dir / "command.sh"
     script.write_text(render_script(plan, workdir))
     script.chmod(0o755)

@@ -51,7 +51,8 @@ class SlurmExecutor(Executor):
     def uses_container(self, cfg: "RunConfig") -> bool:
         return cfg.cluster.container_image is not None  # pyxis
 
-    def process(self, cfg: "RunConfig", res: "Resolved", python: Optional[str] = None) -> tuple[list[str], dict[str, str]]:
+    def process(self, cfg: "RunConfig", res: "Resolved",
+                python: Optional[str] = None) -> tuple[list[str], dict[str, str]]:
         return [*cfg.cluster.launch_prefix, self.python(cfg, python)], dict(SLURM_RANK_ENV)
 
     def render(self, cfg: "RunConfig", plan: "LaunchPlan", run_dir: Path) -> str:

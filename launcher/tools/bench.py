@@ -81,7 +81,8 @@ def run_logged(cmd: list[str], log: Path) -> tuple[int, float]:
     t0 = time.time()
     with open(log, "a") as fh:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+                                env={**os.environ,
+                                     "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
         assert proc.stdout is not None
         for line in proc.stdout:
             fh.write(line)
@@ -180,7 +181,8 @@ def summarize(out: Path, warmup: int = DEFAULT_WARMUP, skip: Optional[tuple[int,
             if (out / "bench_command.txt").exists() else None,
             "flops_formula": "megatron.training.training.num_floating_point_operations(args, 1) per sequence, "
                              "for the composed argv; TFLOP/s/GPU = that x sequences/s / GPUs",
-            "flops_per_sequence": flops, "warmup_iterations": warmup, "profiled_iterations": list(skip) if skip else None, "world_size": cfg.get("world_size"),
+            "flops_per_sequence": flops, "warmup_iterations": warmup,
+            "profiled_iterations": list(skip) if skip else None, "world_size": cfg.get("world_size"),
             "ours": ours, "peers": peers, "best_peer": best["run_dir"] if best else None,
             "ratio_tokens_per_s_per_gpu": ratio}
 
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.summarize:
         d = Path(a.summarize)
         old = json.loads((d / "bench.json").read_text()) if (d / "bench.json").exists() else {}
-        window = parse_window(a.profile) or (tuple(old["profiled_iterations"]) if old.get("profiled_iterations") else None)
+        window = parse_window(a.profile) or (tuple(old["profiled_iterations"]) if old.get("profiled_iterations")
+                                             else None)
         return _write_summary(d, old.get("warmup_iterations", a.warmup) if not a.profile else a.warmup, window)
     try:
         from launcher.config.compose import compose

@@ -163,7 +163,7 @@ def _parquet_file(path: str, field: str):  # -> pyarrow.parquet.ParquetFile
                           "pip install 'moe-recipes[data]'") from None
     try:
         pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for anything that is not Parquet
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError for anything that is not Parquet
         raise ConfigError("--input", path, f"is not a readable Parquet file ({str(e).splitlines()[0]})",
                           "check the file, or pass --format for its real format") from None
     names = pf.schema_arrow.names

@@ -71,7 +71,7 @@ def _load_local(model: str, path: Path):
         raise ConfigError("--tokenizer-model", model, "is not a readable directory", "fix its permissions")
     try:
         return _auto(str(path), local_files_only=True)
-    except Exception as e:  # transformers raises OSError, ValueError, KeyError... for a bad directory
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError... for a bad directory
         raise ConfigError("--tokenizer-model", model, f"could not be loaded as a Hugging Face tokenizer "
                           f"({_first_line(e)})", "point at a directory holding tokenizer.json "
                           "(and tokenizer_config.json naming its eos_token)") from None
@@ -80,7 +80,7 @@ def _load_local(model: str, path: Path):
 def _load_hub(model: str):
     try:
         return _auto(model, local_files_only=True), "cache"
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means: not in the local cache
         pass  # not in the local hub cache: try the hub itself
     if not _hub_reachable():
         raise ConfigError("--tokenizer-model", model, "is not a local directory, is not in the Hugging Face "
@@ -89,7 +89,7 @@ def _load_hub(model: str):
                           "and pass --tokenizer-model DIR")
     try:
         return _auto(model), "hub"
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the hub client raises many types; all mean: not loadable
         raise ConfigError("--tokenizer-model", model, f"could not be loaded from the hub ({_first_line(e)})",
                           "check the id (org/name) and your access to it") from None
 

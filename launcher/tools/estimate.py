@@ -11,28 +11,12 @@ Exit status: 0 fits, 1 predicted not to fit, 2 bad config.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Optional
 
 from launcher.errors import ConfigError
-
-
-def estimate_record(cfg, res) -> dict:
-    """Everything the estimate found, as JSON-ready data (what a run directory's estimate.json holds)."""
-    from launcher.plan.estimate_flops import estimate_flops
-    from launcher.plan.estimate_memory import estimate_memory
-    from launcher.plan.estimate_table import usable
-
-    est = estimate_memory(cfg, res)
-    flops = estimate_flops(cfg)
-    return {"capacity_bytes": est.capacity, "peak_bytes": est.peak, "peak_first_step_bytes": est.peak_after(1),
-            "fits": est.peak <= usable(est.capacity), "worst_rank": est.worst.rank,
-            "stages": [dict(dataclasses.asdict(s), peak=s.peak, peak_first_step=s.peak_first_step)
-                       for s in est.stages],
-            "flops_per_token": flops.per_token, "flops_per_step": flops.per_step}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -53,7 +37,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from launcher.plan.resolve import resolve
         from launcher.plan.estimate_flops import estimate_flops
         from launcher.plan.estimate_memory import estimate_memory
-        from launcher.plan.estimate_table import check_fits, render_table
+        from launcher.plan.estimate_table import check_fits, estimate_record, render_table
         from launcher.plan.probe import detect
 
         from launcher.plan.rules import validate

@@ -204,10 +204,12 @@ def env_overrides(env: Mapping[str, str], run_dir: Path) -> Overrides:
     if dispatcher:
         ov.set("dispatcher", f"dispatcher={dispatcher}", **src("DISPATCHER"))
     if merged.get("MOE_GROUPED_GEMM"):
-        ov.set("model.moe_grouped_gemm", f"model.moe_grouped_gemm={_choice(merged, 'MOE_GROUPED_GEMM', ('true', 'false'), None)}",
+        gg = _choice(merged, 'MOE_GROUPED_GEMM', ('true', 'false'), None)
+        ov.set("model.moe_grouped_gemm", f"model.moe_grouped_gemm={gg}",
                "MOE_GROUPED_GEMM")
     if _flag(merged, "A2A_OVERLAP"):
-        ov.set("dispatcher.overlap_moe_expert_parallel_comm", "dispatcher.overlap_moe_expert_parallel_comm=true", "A2A_OVERLAP")
+        ov.set("dispatcher.overlap_moe_expert_parallel_comm", "dispatcher.overlap_moe_expert_parallel_comm=true",
+               "A2A_OVERLAP")
         ov.set("dispatcher.delay_wgrad_compute", "dispatcher.delay_wgrad_compute=true", "A2A_OVERLAP")
     if _flag(merged, "OPTIMIZER_OFFLOAD"):
         for key in ("train.optimizer_cpu_offload", "train.overlap_cpu_optimizer_d2h_h2d",

@@ -36,7 +36,8 @@ SCHEMA = "moe-recipes/tuning/1"
 
 
 def key_of(override: str) -> str:
-    """Hydra override -> the key it sets ('++cluster.env.X=1' -> 'cluster.env.X', 'recompute=moe_act' -> 'recompute')."""
+    """Hydra override -> the key it sets ('++cluster.env.X=1' -> 'cluster.env.X',
+    'recompute=moe_act' -> 'recompute')."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
@@ -158,7 +159,8 @@ def render(doc: dict) -> str:
         change = ", ".join(a["change"]) or "(baseline)"
         status = a["status"] + (f" ({a['failure']})" if a.get("failure") else "")
         lines.append(f"| {a['name']} | {a['step']}{': ' + a['option'] if a.get('option') else ''} — `{change}` | "
-                     f"{f(a.get('tokens_per_s_per_gpu'))} | {f(a.get('tflops_per_gpu'))} | {f(a.get('step_time_ms'))} | "
+                     f"{f(a.get('tokens_per_s_per_gpu'))} | {f(a.get('tflops_per_gpu'))} | "
+                     f"{f(a.get('step_time_ms'))} | "
                      f"{f(a.get('cv_pct'))} | {f(a.get('peak_allocated_gib'), 2)} | {status} | "
                      f"{'yes' if a.get('kept') else 'no'} |")
     lines += ["", f"metric: median {doc['metric']} of the steady state; kept when > best x (1 + {doc['threshold']})",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a one-node Slurm cluster on this machine for the real-Slurm test (tests/test_slurm_cluster.py):
+# Start a one-node Slurm cluster on this machine for the real-Slurm test (tests/e2e/test_slurm_cluster.py):
 # munged, slurmctld and slurmd, with a node named after `hostname -s` and the CPUs `slurmd -C` finds.
 #
 # Works in a container without systemd: no cgroups (proctrack/linuxproc, task/none), no accounting

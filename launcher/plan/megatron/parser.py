@@ -98,7 +98,8 @@ def check_raw(raw: list[str]) -> None:
 
 def dests(argv: list[str]) -> list[str]:
     """Dest of each flag in argv, in order."""
-    return [_options()[t.split("=", 1)[0]].dest for t in argv if t.startswith("--") and t.split("=", 1)[0] in _options()]
+    flags = [t.split("=", 1)[0] for t in argv if t.startswith("--")]
+    return [_options()[f].dest for f in flags if f in _options()]
 
 
 def extra_dests(extra: dict[str, Any]) -> list[str]:

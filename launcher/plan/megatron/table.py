@@ -7,7 +7,7 @@ Row kinds:
   LIST   `--flag v1 v2 ...` (omitted when empty)
 A few fields need a small function (SPECIAL); fields that only steer the launcher are listed in
 LAUNCHER_ONLY with the reason; fields resolved per launch go through `resolved_flags` (DERIVED).
-tests/test_mapping.py fails when a schema field is in none of these.
+tests/unit/plan/test_mapping.py fails when a schema field is in none of these.
 """
 from __future__ import annotations
 
@@ -218,7 +218,8 @@ LAUNCHER_ONLY: dict[str, str] = {
     "launch": "what the launcher does (dry run, run directory, validation)",
     "hardware": "the target system: MFU peaks, topology and node layout, not Megatron flags",
     "megatron": "the escape hatch itself, appended after the table's flags",
-    "model.moe_grouped_gemm_impl": "which module computes the experts (recipes/experts.py), passed as MOE_GROUPED_GEMM_IMPL",
+    "model.moe_grouped_gemm_impl": "which module computes the experts (recipes/experts.py), passed as "
+                                   "MOE_GROUPED_GEMM_IMPL",
     "train.kernel_profile": "our own profiler window (recipes/profiling.py), passed as MOE_PROFILE_STEPS",
 }
 

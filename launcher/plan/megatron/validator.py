@@ -142,7 +142,7 @@ def megatron_validate(argv: list[str], world_size: int, env: dict[str, str],
         warnings.simplefilter("ignore")
         try:
             args, unknown = p.parse_known_args(argv)
-        except Exception as e:  # argparse.ArgumentError: bad value or choice
+        except Exception as e:  # noqa: BLE001 - argparse.ArgumentError: bad value or choice
             raise ConfigError("megatron argv", " ".join(argv[:4]) + " ...", f"Megatron's parser rejected it: {e}",
                               "fix the field or megatron.extra entry behind that flag") from None
         if unknown:

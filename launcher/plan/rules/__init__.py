@@ -40,7 +40,8 @@ RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     check_recompute,
     check_recompute_prerequisites, check_dispatcher, check_router, check_precision,
     check_fp8_hardware, check_optimizer_offload, check_overlap, check_ep_overlap_layout, check_ep_overlap_conflicts,
-    check_cuda_graphs, check_torch_grouped_gemm, check_kernel_profile, check_cpu_run, check_data, check_gated_delta_net_mtp,
+    check_cuda_graphs, check_torch_grouped_gemm, check_kernel_profile, check_cpu_run, check_data,
+    check_gated_delta_net_mtp,
 )
 
 

@@ -254,7 +254,8 @@ def check_ep_overlap_layout(cfg: RunConfig, res: Resolved) -> None:
         raise ConfigError(field, True, "overlaps expert-parallel communication: needs parallel.ep > 1",
                           "set parallel.ep >= 2 or turn the overlap off")
     if d.type not in ("alltoall", "flex"):
-        raise ConfigError(field, True, f"needs the alltoall or flex dispatcher, not {d.type}", "use dispatcher=alltoall")
+        raise ConfigError(field, True, f"needs the alltoall or flex dispatcher, not {d.type}",
+                          "use dispatcher=alltoall")
     if p.pp > 1 and (p.vpp or 1) < 2:
         raise ConfigError(field, True, "with pp > 1 needs the interleaved schedule (virtual pipeline stages)",
                           "set parallel.vpp >= 2")

@@ -57,7 +57,7 @@ def test_measure_reads_a_real_failed_record():
     """The failure class comes from what launcher.records.record writes (its "class" and "kind" keys)."""
     from pathlib import Path
 
-    run = Path(__file__).resolve().parent.parent / "perf_results" / "runs" / "qwen3_30b_a3b_4l_1gpu_mbs4"
+    run = Path(__file__).resolve().parents[3] / "perf_results" / "runs" / "qwen3_30b_a3b_4l_1gpu_mbs4"
     m = tune.measure(run, "tokens_per_s_per_gpu")
     assert m["status"] == "failed" and m["failure"] == "oom/cuda" and m["value"] is None
 
@@ -89,7 +89,7 @@ def test_bad_tuning_file_is_refused(tmp_path):
 def test_committed_tuning_files_load():
     from pathlib import Path
 
-    for p in (Path(__file__).resolve().parent.parent / "perf_results" / "tuning").glob("*.yaml"):
+    for p in (Path(__file__).resolve().parents[3] / "perf_results" / "tuning").glob("*.yaml"):
         doc = tune.load_steps(p)
         # the base composes (a preset or groups) into the Qwen3-30B-A3B shape each chain documents
         assert make_cfg(doc["base"]).model.name == "qwen3_30b_a3b", p.name

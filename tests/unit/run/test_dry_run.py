@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _run(args: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -39,7 +39,8 @@ def test_dry_run_exits_zero(dry_run):
 
 def test_dry_run_writes_the_run_directory(dry_run):
     _, run_dir = dry_run
-    assert sorted(p.name for p in run_dir.iterdir()) == ["argv.txt", "command.sh", "config.yaml", "plan.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["argv.txt", "command.sh", "config.yaml", "estimate.json",
+                                                         "plan.json"]
     assert not (run_dir / "train.log").exists() and not (run_dir / "exit.json").exists()
 
 

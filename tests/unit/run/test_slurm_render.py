@@ -3,7 +3,7 @@ golden scripts, and the dry run printing exactly the file a real run submits.
 
 The per-rank checks run the rendered command.sh with bash, with the variables srun gives task k
 (SLURM_PROCID=k, ...) and a stand-in interpreter that prints what it received; the real srun runs it in
-tests/test_slurm_cluster.py.
+tests/e2e/test_slurm_cluster.py.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from launcher.run.command import render_script
 from launcher.run.registry import launch_plan
 from launcher.run.slurm import render_sbatch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 GOLDEN = REPO / "tests/slurm/golden"
 RUN_DIR, WORKDIR = Path("/runs/job"), Path("/work/moe-recipes")
 SEED_ENV = {"NNODES": "32", "MODEL": "Qwen3-235B-A22B", "PP": "8", "VPP": "4", "TP": "4", "EP": "8", "CP": "2",
@@ -158,7 +158,8 @@ def test_sbatch_script_runs_srun_with_the_rendezvous(tmp_path):
     assert args == ["--kill-on-bad-exit=1", "--nodes=2", "--ntasks-per-node=8",
                     "--container-image=/images/moe-recipes+h100.sqsh",
                     "--container-mounts=/lustre/data:/data:ro,/work/moe-recipes:/work/moe-recipes,/runs/job:/runs/job",
-                    "--container-workdir=/work/moe-recipes", "--no-container-mount-home", "bash", "/runs/job/command.sh"]
+                    "--container-workdir=/work/moe-recipes", "--no-container-mount-home", "bash",
+                    "/runs/job/command.sh"]
 
 
 def test_dry_run_prints_exactly_the_file_it_would_submit(tmp_path):
@@ -173,8 +174,8 @@ def test_dry_run_prints_exactly_the_file_it_would_submit(tmp_path):
     assert sbatch in proc.stdout and proc.stdout.count("#!/usr/bin/env bash") == 1
     assert proc.stdout.rstrip().endswith(f"run it with: sbatch {run_dir / 'sbatch.sh'}")
     assert f"bash {run_dir / 'command.sh'}" in sbatch and os.access(run_dir / "sbatch.sh", os.X_OK)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["argv.txt", "command.sh", "config.yaml", "plan.json",
-                                                          "sbatch.sh"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["argv.txt", "command.sh", "config.yaml", "estimate.json",
+                                                          "plan.json", "sbatch.sh"]
 
 
 def test_tasks_per_node_follow_hardware_unless_overridden():

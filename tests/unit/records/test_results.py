@@ -12,7 +12,7 @@ from launcher.records import results
 from launcher.records.compare import entry_from_record, load_references
 from launcher.records.record import build_record
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 PERF = ROOT / "perf_results"
 SEED = ROOT.parent / "shared" / "seeds" / "000_60544ec4f5cf3959.txt"
 
@@ -35,7 +35,7 @@ def _copy_perf(tmp_path: Path) -> Path:
 def test_columns_are_the_published_tables():
     assert len(results.COLUMNS) == 25
     if SEED.exists():
-        header = next(l for l in SEED.read_text().splitlines() if l.startswith("| Model | Dispatcher"))
+        header = next(line for line in SEED.read_text().splitlines() if line.startswith("| Model | Dispatcher"))
         assert [c.strip() for c in header.strip("|").split("|")] == results.COLUMNS
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from launcher.records import trace_summary as ts
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # ------------------------------------------------------------------------------------ synthetic traces

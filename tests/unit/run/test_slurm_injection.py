@@ -18,7 +18,7 @@ from launcher.run.command import render_script
 from launcher.run.registry import launch_plan
 from launcher.run.slurm import render_sbatch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 HOSTILE = ["a b", "it's", 'say "hi"', "$(touch CANARY)", "`touch CANARY`", "x; touch CANARY", "a\nb", "a\0b",
            "${HOME}", "a#b", "a\\b", "tab\there", "'; touch CANARY; '"]
 QUICK = ["cluster=slurm", "launch.megatron_validate=false", "train.global_batch_size=64"]
@@ -137,7 +137,8 @@ def test_env_values_reach_every_rank_literally(tmp_path):
     """cluster.env values with quotes, $(...), backticks, newlines and backslashes, through command.sh."""
     values = {f"V{i}": v for i, v in enumerate(HOSTILE) if "\0" not in v}
     stub = tmp_path / "py"
-    stub.write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -c 'import json, os; print(json.dumps(dict(os.environ)))'\n")
+    stub.write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -c "
+                    "'import json, os; print(json.dumps(dict(os.environ)))'\n")
     stub.chmod(0o755)
     cfg, plan = _plan(QUICK, env=values, python=str(stub))
     script = tmp_path / "command.sh"

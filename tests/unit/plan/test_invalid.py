@@ -126,7 +126,8 @@ INVALID = [
     # found on the GPU host: Megatron's validate_args accepts it, then OptimizerParamScheduler asserts
     ("warmup_not_shorter_than_training", ["train=pretrain", "train.train_iters=5"], "train.lr_warmup_iters",
      r"warm-up must be shorter than train\.train_iters=5"),
-    ("indexed_hf_tokenizer_without_model", ["data=indexed", "data.paths=[/data/a]"], "data.tokenizer_model", r"tokenizer"),
+    ("indexed_hf_tokenizer_without_model", ["data=indexed", "data.paths=[/data/a]"], "data.tokenizer_model",
+     r"tokenizer"),
 ]
 
 

@@ -14,7 +14,7 @@ from launcher.errors import ConfigError
 from launcher.tools.modelzoo import DEFAULTS, MODELS, hydra_quote, translate
 from launcher.run.registry import launch_plan
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 SEED_ENV = {"NNODES": "32", "MODEL": "Qwen3-235B-A22B", "PP": "8", "VPP": "4", "TP": "4", "EP": "8", "CP": "2",
             "GBS": "256", "SEQ_LEN": "32768", "PR": "bf16", "A2A_OVERLAP": "0", "OPTIMIZER_OFFLOAD": "0",
             "OUTPUT_PATH": "/runs"}
@@ -164,7 +164,8 @@ def test_trailing_flags_owned_by_a_field_become_that_field():
     ({"MODEL": "Mixtral-8x7B", "NNODES": "four"}, [], "NNODES", r"positive integer"),
     ({"MODEL": "Mixtral-8x7B", "PROFILE": "2"}, [], "PROFILE", r"must be one of 0, 1, nsys, torch"),
     ({"MODEL": "Mixtral-8x7B", "HARDWARE": "h300"}, [], "HARDWARE", r"did you mean h200\?"),
-    ({"MODEL": "Mixtral-8x7B", "TP": "2"}, ["--tensor-model-parallel-size", "4"], "trailing --tensor-model-parallel-size",
+    ({"MODEL": "Mixtral-8x7B", "TP": "2"}, ["--tensor-model-parallel-size", "4"],
+     "trailing --tensor-model-parallel-size",
      r"already set"),
     ({"MODEL": "Mixtral-8x7B"}, ["--num-layers-per-virtual-pipeline-stage", "2"],
      "trailing --num-layers-per-virtual-pipeline-stage", r"no single field"),
@@ -185,7 +186,7 @@ def test_unknown_trailing_flag_is_refused_by_megatrons_parser():
 
 @pytest.mark.parametrize("value", ["it's", "a\\", "${oops}", "a\\${b}", "x,y", "[1]", "null", "007", "1e5", "a b"])
 def test_hydra_quoting_keeps_any_string(value):
-    cfg = make_cfg([f"launch.name={hydra_quote(value)}", f"cluster.account={hydra_quote(value)}"])
+    cfg = make_cfg(["cluster=slurm", f"launch.name={hydra_quote(value)}", f"cluster.account={hydra_quote(value)}"])
     assert cfg.launch.name == value and cfg.cluster.account == value
 
 

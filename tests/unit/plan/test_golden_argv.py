@@ -1,7 +1,7 @@
 """Golden Megatron argv for a matrix of layouts, each also accepted by Megatron's own validator.
 
 tests/golden/<case>.txt holds plan.argv one token per line. After an intended change to the mapping,
-regenerate with:  UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_golden_argv.py
+regenerate with:  UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/unit/plan/test_golden_argv.py
 and review the diff.
 """
 from __future__ import annotations
@@ -13,11 +13,10 @@ from typing import Optional
 
 import pytest
 
-from conftest import HAVE_TE, TE_MISSING, plan_for
-from launcher.errors import ConfigError
+from conftest import HAVE_TE, plan_for
 from launcher.plan.megatron.validator import megatron_validate
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 MULTI = ["launch.dry_run=true"]  # the local executor renders multi-node layouts only as a dry run
 
@@ -65,7 +64,8 @@ CASES = [
          world=256, dp=256 // (2 * 8), vpp=4, microbatches=2048 // 16,
          has=(("--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "8",
                "--expert-model-parallel-size", "32", "--expert-tensor-parallel-size", "1"),
-              ("--moe-token-dispatcher-type", "flex", "--moe-flex-dispatcher-backend", "deepep", "--moe-permute-fusion"),
+              ("--moe-token-dispatcher-type", "flex", "--moe-flex-dispatcher-backend", "deepep",
+               "--moe-permute-fusion"),
               ("--recompute-modules", "layernorm", "moe_act"), ("--recompute-granularity", "selective"),
               ("--sequence-parallel", "--pipeline-model-parallel-layout", "Ett|(ttt|)*30ttL"),
               ("--global-batch-size", "2048")),
@@ -128,7 +128,7 @@ def test_argv_matches_golden(case, plans):
     if UPDATE:
         GOLDEN.mkdir(exist_ok=True)
         path.write_text(text)
-    assert path.exists(), f"{path} missing: run UPDATE_GOLDEN=1 pytest tests/test_golden_argv.py"
+    assert path.exists(), f"{path} missing: run UPDATE_GOLDEN=1 pytest tests/unit/plan/test_golden_argv.py"
     assert path.read_text().splitlines() == argv
 
 

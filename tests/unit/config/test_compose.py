@@ -16,7 +16,7 @@ from launcher.config.schema import ModelConfig, RunConfig
 GROUPS = ["cluster", "data", "dispatcher", "hardware", "model", "parallel", "precision", "recompute", "train"]
 
 def test_group_listing_matches_conf_tree():
-    assert groups() == sorted([*GROUPS, "preset"])  # presets are global recipes: tests/test_presets.py
+    assert groups() == sorted([*GROUPS, "preset"])  # presets are global recipes: tests/unit/config/test_presets.py
     assert group_options("model") == ["deepseek_v2", "deepseek_v2_lite", "deepseek_v3", "kimi_k2", "mixtral_8x22b",
                                       "mixtral_8x7b", "qwen2_57b_a14b", "qwen3_235b_a22b", "qwen3_30b_a3b",
                                       "qwen3_next_80b_a3b", "tiny_deepseek", "tiny_moe"]

@@ -18,7 +18,7 @@ from launcher.run.container import render_container
 from launcher.run.command import render_script
 from launcher.run.registry import launch_plan
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 RUN, WORK = Path("/runs/c"), Path("/work/moe-recipes")
 
 
@@ -51,7 +51,8 @@ def test_docker_on_gpus_runs_command_sh_with_the_same_plan():
 
 
 def test_podman_reaches_gpus_through_cdi_and_cpu_runs_get_no_gpu_flag():
-    _, _, text = _render("cluster.container_runtime=podman", "cluster.gpus_per_node=2", "launch.megatron_validate=false")
+    _, _, text = _render("cluster.container_runtime=podman", "cluster.gpus_per_node=2",
+                         "launch.megatron_validate=false")
     argv = _argv(text)
     assert argv[0] == "podman" and argv[argv.index("--device") + 1] == "nvidia.com/gpu=all"
     _, plan, cpu = _render()  # no GPU visible here: device=cpu

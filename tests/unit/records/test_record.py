@@ -10,9 +10,9 @@ import pytest
 from launcher.records import record
 from launcher.records.record import build_record, hardware_catalog, match_hardware, read_versions, write_record
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 RUNS = ROOT / "perf_results" / "runs"
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 EVIDENCE = ("plan.json", "train.log", "versions.txt", "launch.txt")
 
 

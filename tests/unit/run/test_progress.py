@@ -11,8 +11,8 @@ from pathlib import Path
 from launcher.run.local import run_local
 from launcher.run.progress import CLEAR, Progress
 
-ROOT = Path(__file__).resolve().parent.parent
-LOGS = Path(__file__).parent / "data" / "logs"
+ROOT = Path(__file__).resolve().parents[3]
+LOGS = Path(__file__).resolve().parents[2] / "data" / "logs"
 QWEN = LOGS / "ok_gpu_h200x2_qwen3_30b_a3b_8l_ep2_forced_balance.log"
 
 
@@ -36,12 +36,12 @@ def test_plain_periodic_lines_when_not_a_terminal():
     text = QWEN.read_text()
     _feed(Progress(out, tty=False, interval_s=5, seq_length=4096, world_size=2, clock=Clock(), enabled=True), text)
     got = out.getvalue()
-    status = [l for l in got.splitlines() if l.startswith("[moe-launch] iter")]
+    status = [line for line in got.splitlines() if line.startswith("[moe-launch] iter")]
     assert status[0].startswith("[moe-launch] iter 1/20 5%")
     assert status[-1].startswith("[moe-launch] iter 20/20 100%") and "ETA 0:00:00" in status[-1]
     assert 2 < len(status) < 20                                        # periodic, not one per iteration
     assert "TFLOP/s/GPU" in status[-1] and "tok/s/GPU" in status[-1] and "loss 8.807" in status[-1]
-    raw = "".join(l for l in got.splitlines(keepends=True) if not l.startswith("[moe-launch] iter"))
+    raw = "".join(line for line in got.splitlines(keepends=True) if not line.startswith("[moe-launch] iter"))
     assert raw == text                                                 # every raw line, unchanged, in order
 
 

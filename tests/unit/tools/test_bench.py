@@ -13,7 +13,7 @@ from launcher.tools import bench
 from launcher.errors import ConfigError
 from launcher.tools.peer_spec import peer_spec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 RUNS = REPO / "perf_results" / "runs"
 BENCH = REPO / "perf_results" / "bench"
 
@@ -114,6 +114,7 @@ def test_dry_run_writes_both_commands(tmp_path):
     assert not (tmp_path / "peer_mbs2" / "peer.json").exists()  # nothing ran
 
 
+@pytest.mark.slow  # both sides train on CPU (about a minute)
 def test_bench_runs_both_sides_on_cpu(tmp_path):
     """The whole command on CPU with the tiny model: both sides train, one formula, a ratio."""
     transformers = pytest.importorskip("transformers")

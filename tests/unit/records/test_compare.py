@@ -11,7 +11,7 @@ from launcher.records import compare
 from launcher.records.compare import entry_from_record, like_for_like, load_references, ratios, render
 from launcher.records.record import build_record
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 RUNS = ROOT / "perf_results" / "runs"
 SEEDS = ROOT.parent / "shared" / "seeds"
 

@@ -27,9 +27,10 @@ def test_probe_detects_heavy_imports():
 
 def test_launcher_modules_import_without_torch_or_megatron():
     mods = _heavy_modules_after(
-        "import launcher.cli, launcher.config.compose, launcher.plan.plan, launcher.plan.rules, launcher.plan.resolve, "
-        "launcher.plan.megatron.table, launcher.plan.megatron.parser, launcher.plan.megatron.validator, launcher.run.rundir, "
-        "launcher.plan.layout, launcher.plan.probe, launcher.config.schema, launcher.errors, launcher.run.local\n")
+        "import launcher.cli, launcher.config.compose, launcher.plan.plan, launcher.plan.rules, "
+        "launcher.plan.resolve, launcher.plan.megatron.table, launcher.plan.megatron.parser, "
+        "launcher.plan.megatron.validator, launcher.run.rundir, launcher.run.registry, launcher.plan.layout, "
+        "launcher.plan.probe, launcher.config.schema, launcher.errors, launcher.run.local\n")
     assert mods == []
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from launcher.records.logparse import parse_file, parse_iteration_line, parse_log
 from launcher.records.steady import series_of, steady_state
 
-LOGS = Path(__file__).parent / "data" / "logs"
+LOGS = Path(__file__).resolve().parents[2] / "data" / "logs"
 QWEN = LOGS / "ok_gpu_h200x2_qwen3_30b_a3b_8l_ep2_forced_balance.log"
 # iteration 20 of the real 2x H200 forced-balance run, read from the log itself
 LINE = next(line for line in QWEN.read_text().splitlines() if "iteration       20/" in line)

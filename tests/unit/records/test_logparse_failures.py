@@ -9,8 +9,8 @@ import pytest
 
 from launcher.records.failures import CLASSES, classify, root_cause
 
-LOGS = Path(__file__).parent / "data" / "logs"
-RUNS = Path(__file__).parent / "data" / "runs"
+LOGS = Path(__file__).resolve().parents[2] / "data" / "logs"
+RUNS = Path(__file__).resolve().parents[2] / "data" / "runs"
 
 
 def _expected(path: Path):
@@ -77,9 +77,9 @@ def test_launcher_config_error_line():
 
 def test_root_cause_outranks_its_consequences():
     # constructed from real lines: the NaN log's error line, then the gloo timeout of another run
-    nan = next(l for l in (LOGS / "nan_cpu_lr1e4_tiny.log").read_text().splitlines() if "found NaN" in l)
-    tmo = next(l for l in (LOGS / "timeout_cpu_gloo_stopped_rank_ep2.log").read_text().splitlines()
-               if "Timed out waiting" in l)
+    nan = next(line for line in (LOGS / "nan_cpu_lr1e4_tiny.log").read_text().splitlines() if "found NaN" in line)
+    tmo = next(line for line in (LOGS / "timeout_cpu_gloo_stopped_rank_ep2.log").read_text().splitlines()
+               if "Timed out waiting" in line)
     info = classify(nan + "\n" + tmo + "\n", 1)
     assert info.cls == "nan" and info.also == ["timeout"]
 

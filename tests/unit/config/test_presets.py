@@ -3,7 +3,7 @@ world size (256, 128, 1024 GPUs ...) on this CPU machine, reproduces the publish
 for, and renders the argv in tests/golden/presets/<name>.txt. Also: Hydra's override order, the options
 every preset switches with one override, and the generated README tables.
 
-After an intended change: UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_presets.py (review
+After an intended change: UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/unit/config/test_presets.py (review
 the diff), and python -m launcher.tools.presets --readme README.md.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ from conftest import PROBE, make_cfg, plan_for
 from launcher.errors import ConfigError
 from launcher.plan.layout import parse_layout
 from launcher.plan.plan import build_plan
-from launcher.tools.presets import main as presets_main, preset_config, preset_names, preset_text, published_throughput, \
-    source_of
+from launcher.tools.presets import (main as presets_main, preset_config, preset_names, preset_text,
+                                    published_throughput, source_of)
 
-GOLDEN = Path(__file__).parent / "golden" / "presets"
+GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "presets"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def test_preset_argv_matches_golden(name, plans):
     if UPDATE:
         GOLDEN.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(argv) + "\n")
-    assert path.exists(), f"{path} missing: run UPDATE_GOLDEN=1 pytest tests/test_presets.py"
+    assert path.exists(), f"{path} missing: run UPDATE_GOLDEN=1 pytest tests/unit/config/test_presets.py"
     assert path.read_text().splitlines() == argv
 
 

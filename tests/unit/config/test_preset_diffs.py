@@ -1,6 +1,6 @@
 """Presets are diffs: each picks its layout from conf/parallel and keeps only what differs from it; a
 forced-balance twin includes its dropless sibling and sets only train.routing (plus what else it changes,
-stated in OWN_ADDITIONS). The composed result is what tests/test_presets.py checks against the goldens."""
+stated in OWN_ADDITIONS). The composed result is what tests/unit/config/test_presets.py checks against the goldens."""
 from __future__ import annotations
 
 import dataclasses
