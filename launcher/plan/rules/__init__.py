@@ -10,6 +10,7 @@ is allocated, with a message that names our field instead of Megatron's internal
   train.py      sequence vs positions, LR schedule, profiling window, CPU runs
   data.py       the data group
   cluster.py    executors, Slurm directives, containers, environment
+  memory.py     the estimated peak memory against the device (last: it assumes a valid layout)
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from launcher.plan.rules.features import (check_attention_variant, check_cuda_gr
                                           check_optimizer_offload, check_overlap, check_precision,
                                           check_recompute, check_recompute_prerequisites, check_router,
                                           check_topk, check_torch_grouped_gemm)
+from launcher.plan.rules.memory import check_memory_fits
 from launcher.plan.rules.parallel import (check_batch, check_context_parallel, check_experts_divisible_by_ep,
                                           check_heads_tp, check_layers_pipeline, check_layout,
                                           check_positive_degrees, check_query_groups_tp,
@@ -42,6 +44,7 @@ RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     check_fp8_hardware, check_optimizer_offload, check_overlap, check_ep_overlap_layout, check_ep_overlap_conflicts,
     check_cuda_graphs, check_torch_grouped_gemm, check_kernel_profile, check_cpu_run, check_data,
     check_gated_delta_net_mtp,
+    check_memory_fits,
 )
 
 

