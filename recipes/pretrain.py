@@ -38,6 +38,7 @@ def main(argv: list[str]) -> int:
 
     if on_cpu:
         cpu_compat.apply_megatron()
+    cpu_compat.apply_torch_adam()  # checkpoint resume with torch's Adam (no TE/Apex): see cpu_compat
     _use_prebuilt_dataset_helpers()
     from recipes import backends, data
 
