@@ -81,6 +81,8 @@ def apply_torch() -> bool:
     for name in _CUDA_FACTORIES:                           # device="cuda" hard-coded in optimizer/schedules
         setattr(torch, name, _on_cpu(getattr(torch, name)))
     torch.Tensor.type = _cuda_type_names(torch.Tensor.type)
+    # the fully reshardable optimizer checkpoint gathers its shards with tensor.cuda() (distrib_optimizer.py:1371)
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
     return True
 
 
@@ -105,7 +107,7 @@ def apply_megatron() -> None:
 def apply_torch_adam() -> bool:
     """After importing megatron. Megatron's DistributedOptimizer falls back to torch.optim.Adam when neither
     Transformer Engine nor Apex is installed (distrib_optimizer.py:20-35: every CPU run here, and a GPU
-    without TE). Two gaps of that fallback break checkpoint resume; returns True when they were patched."""
+    without TE). Three gaps of that fallback break checkpoint resume; returns True when they were patched."""
     import megatron.core.optimizer.distrib_optimizer as dopt
 
     if dopt.HAVE_APEX_OR_TE:
@@ -113,6 +115,7 @@ def apply_torch_adam() -> bool:
     cls = dopt.DistributedOptimizer
     cls.state_dict = _fresh_adam_state_dict(cls.state_dict)
     cls.load_state_dict = _own_step_tensors(cls.load_state_dict)
+    cls._set_main_param_and_optimizer_states = _step_not_required(cls._set_main_param_and_optimizer_states)
     return True
 
 
@@ -157,3 +160,16 @@ def _own_step_tensors(orig):
             if "step" in state:
                 state["step"] = torch.tensor(step, dtype=torch.float32)
     return load_state_dict
+
+
+def _step_not_required(orig):
+    # The fully_reshardable format's load leaves 'step' out of the tensors it passes on (distrib_optimizer.py:
+    # 2389-2392: "Handle torch Adam step separately"), but _set_main_param_and_optimizer_states copies every
+    # tensor of the parameter's torch Adam state, 'step' included (:1222-1225): KeyError 'step'. A value that is
+    # not a tensor is skipped there (:1223); the step itself comes from param_groups (_own_step_tensors).
+    @functools.wraps(orig)
+    def set_states(self, model_param, tensors):
+        if "step" not in tensors:
+            tensors = {**tensors, "step": None}
+        return orig(self, model_param, tensors)
+    return set_states
