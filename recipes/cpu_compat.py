@@ -2,7 +2,8 @@
 
 Megatron-Core 0.19.2 assumes CUDA in a few places that matter even for a tiny model on CPU. Each patch
 below names the call it answers; they act only when torch.cuda.is_available() is False, so GPU runs
-never see them. The launcher adds the matching flags (--transformer-impl local, --use-cpu-initialization,
+never see them (apply_torch_adam acts when Megatron's optimizer falls back to torch's Adam, no TE and
+no Apex: every CPU run). The launcher adds the matching flags (--transformer-impl local, --use-cpu-initialization,
 --distributed-backend gloo, --no-rope-fusion, --no-persist-layer-norm). Numerics are CPU kernels: this
 path proves plumbing and learning, not GPU numerics or speed.
 """
@@ -80,6 +81,8 @@ def apply_torch() -> bool:
     for name in _CUDA_FACTORIES:                           # device="cuda" hard-coded in optimizer/schedules
         setattr(torch, name, _on_cpu(getattr(torch, name)))
     torch.Tensor.type = _cuda_type_names(torch.Tensor.type)
+    # the fully reshardable optimizer checkpoint gathers its shards with tensor.cuda() (distrib_optimizer.py:1371)
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
     return True
 
 
@@ -99,3 +102,74 @@ def apply_megatron() -> None:
     def split_sizes(tensor, as_numpy=False, record_stream=False):
         return tensor.detach().numpy() if as_numpy and torch.is_tensor(tensor) else tensor
     dispatcher.maybe_move_tensor_to_cpu = split_sizes
+
+
+def apply_torch_adam() -> bool:
+    """After importing megatron. Megatron's DistributedOptimizer falls back to torch.optim.Adam when neither
+    Transformer Engine nor Apex is installed (distrib_optimizer.py:20-35: every CPU run here, and a GPU
+    without TE). Three gaps of that fallback break checkpoint resume; returns True when they were patched."""
+    import megatron.core.optimizer.distrib_optimizer as dopt
+
+    if dopt.HAVE_APEX_OR_TE:
+        return False
+    cls = dopt.DistributedOptimizer
+    cls.state_dict = _fresh_adam_state_dict(cls.state_dict)
+    cls.load_state_dict = _own_step_tensors(cls.load_state_dict)
+    cls._set_main_param_and_optimizer_states = _step_not_required(cls._set_main_param_and_optimizer_states)
+    return True
+
+
+def _fresh_adam_state_dict(orig):
+    # distrib_optimizer.py:837-839 reads 'step' from every parameter's torch Adam state and asserts one value.
+    # load_checkpoint builds the optimizer's sharded state dict (sharded_state_dict -> state_dict) before the
+    # first step, when that state is still empty: no value, AssertionError. A fresh Adam has taken 0 steps;
+    # the loaded checkpoint's step replaces it (load_state_dict, after dist_checkpointing.load).
+    @functools.wraps(orig)
+    def state_dict(self):
+        if len(self.optimizer.state) > 0:
+            return orig(self)
+        inner = self.optimizer.state_dict()
+        out = {"optimizer": {k: v for k, v in inner.items() if k != "state"}}
+        for group in out["optimizer"]["param_groups"]:
+            del group["params"]
+            group["step"] = 0
+        if self.grad_scaler:
+            out["grad_scaler"] = self.grad_scaler.state_dict()
+        return out
+    return state_dict
+
+
+def _own_step_tensors(orig):
+    # The checkpoint's Adam step is the one in its param_groups (state_dict() above writes it there). Two
+    # things in load_state_dict lose it: distrib_optimizer.py:1029-1032 gives every parameter's state the SAME
+    # step tensor, which torch keeps as given, so Adam's in-place `step += 1` would then count once per
+    # parameter per iteration; and the bucket formats' parameter-state load (_set_main_param_and_optimizer_
+    # states, :1222-1225) copies into it the 'step' of the state dict built for loading, i.e. the fresh
+    # optimizer's 0 (measured: every step 0 after resume, so Adam's bias corrections restart and the loss
+    # curve leaves the uninterrupted one at the first update). Give each parameter its own step, from the
+    # checkpoint's param_groups.
+    @functools.wraps(orig)
+    def load_state_dict(self, state_dict):
+        orig(self, state_dict)
+        groups = state_dict.get("optimizer", {}).get("param_groups", [])
+        steps = {float(g["step"]) for g in groups if g.get("step") is not None}
+        if len(steps) != 1:
+            return  # Megatron's own load (distrib_optimizer.py:1026) asserts exactly one
+        step = steps.pop()
+        for state in self.optimizer.state.values():
+            if "step" in state:
+                state["step"] = torch.tensor(step, dtype=torch.float32)
+    return load_state_dict
+
+
+def _step_not_required(orig):
+    # The fully_reshardable format's load leaves 'step' out of the tensors it passes on (distrib_optimizer.py:
+    # 2389-2392: "Handle torch Adam step separately"), but _set_main_param_and_optimizer_states copies every
+    # tensor of the parameter's torch Adam state, 'step' included (:1222-1225): KeyError 'step'. A value that is
+    # not a tensor is skipped there (:1223); the step itself comes from param_groups (_own_step_tensors).
+    @functools.wraps(orig)
+    def set_states(self, model_param, tensors):
+        if "step" not in tensors:
+            tensors = {**tensors, "step": None}
+        return orig(self, model_param, tensors)
+    return set_states

@@ -10,9 +10,11 @@ How: Megatron's TEGroupedMLP keeps everything else (router probabilities, SwiGLU
 the dispatcher); only its two grouped linears are replaced by TorchGroupedLinear, by pointing the TE
 spec provider's grouped-linear classes at it before the model is built (`apply(impl)`, called by
 recipes/pretrain.py from MOE_GROUPED_GEMM_IMPL, which the launcher sets from model.moe_grouped_gemm_impl).
-Supported: BF16/FP16, expert tensor parallel 1, no expert bias, no delayed wgrad, no checkpoint
-save/load (the weights are one [experts, out, in] tensor, not TE's weight0..N); the launcher's
-check_torch_grouped_gemm refuses the rest before anything starts.
+Supported: BF16/FP16, expert tensor parallel 1, no expert bias, no delayed wgrad; the launcher's
+check_torch_grouped_gemm refuses the rest before anything starts. Checkpoints: the one [experts, out, in]
+weight is saved and loaded in TE's per-expert layout (recipes/expert_checkpoint.py), so a checkpoint of
+either implementation loads into the other. Without Transformer Engine (CPU, local spec) `apply("torch")`
+builds Megatron's TEGroupedMLP around these linears in place of the local spec's SequentialMLP.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import os
 from typing import Optional
 
 import torch
+
+from recipes.expert_checkpoint import drop_te_extra_state, grouped_sharded_state_dict
 
 ENV = "MOE_GROUPED_GEMM_IMPL"
 IMPLS = ("te", "torch")
@@ -37,7 +41,10 @@ def grouped_mm():
 
 class TorchGroupedLinear(torch.nn.Module):
     """Drop-in for TEColumnParallelGroupedLinear / TERowParallelGroupedLinear inside TEGroupedMLP:
-    forward(x [tokens, in], tokens_per_expert) -> (y [tokens, out], None); x is sorted by expert."""
+    forward(x [tokens, in], tokens_per_expert) -> (y [tokens, out], None); x is sorted by expert.
+    The subclasses below say which of the two (the TP axis of TE's checkpoint layout)."""
+
+    tp_axis = 0
 
     def __init__(self, num_gemms: int, input_size: int, output_size: int, *, config, init_method, bias: bool,
                  skip_bias_add: bool, is_expert: bool = False, tp_comm_buffer_name: Optional[str] = None,
@@ -50,6 +57,7 @@ class TorchGroupedLinear(torch.nn.Module):
             raise ValueError("model.moe_grouped_gemm_impl=torch needs parallel.etp=1. Fix: set "
                              "model.moe_grouped_gemm_impl=te")
         self.config, self.num_gemms, self.use_bias = config, num_gemms, False
+        self.pg_collection = pg_collection
         self._grouped_mm = grouped_mm()  # looked up once, not in every forward
         self.in_features, self.out_features = input_size, output_size
         device = "cpu" if config.use_cpu_initialization or not torch.cuda.is_available() \
@@ -64,6 +72,15 @@ class TorchGroupedLinear(torch.nn.Module):
                                         or config.expert_tensor_parallel_size != config.tensor_model_parallel_size)
         self.weight.allreduce = not use_expert_pgs
         self.weight.tensor_model_parallel = False
+        self._register_load_state_dict_pre_hook(drop_te_extra_state, with_module=True)
+
+    @property
+    def swiglu(self) -> bool:
+        """fc1 of a gated MLP holds [gate; up]: TEGroupedMLP checkpoints each half separately."""
+        return self.tp_axis == 0 and self.config.gated_linear_unit
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None) -> dict:
+        return grouped_sharded_state_dict(self, prefix, sharded_offsets, metadata)
 
     def _initialize(self, init_method, is_expert: bool) -> None:
         from megatron.core.tensor_parallel.random import get_cuda_rng_tracker, get_expert_parallel_rng_tracker_name
@@ -87,6 +104,18 @@ class TorchGroupedLinear(torch.nn.Module):
         return f"experts={self.num_gemms}, in={self.in_features}, out={self.out_features}, grouped_mm"
 
 
+class TorchColumnGroupedLinear(TorchGroupedLinear):
+    """fc1 (TEColumnParallelGroupedLinear): TE shards and checkpoints it on the output axis."""
+
+    tp_axis = 0
+
+
+class TorchRowGroupedLinear(TorchGroupedLinear):
+    """fc2 (TERowParallelGroupedLinear): TE shards and checkpoints it on the input axis."""
+
+    tp_axis = 1
+
+
 def apply(impl: Optional[str] = None) -> str:
     """Select the experts' grouped-GEMM implementation before the model is built; returns it."""
     impl = impl or os.environ.get(ENV) or "te"
@@ -94,8 +123,25 @@ def apply(impl: Optional[str] = None) -> str:
         raise ValueError(f"{ENV}={impl!r}: one of {', '.join(IMPLS)}. Fix: set model.moe_grouped_gemm_impl")
     if impl == "torch":
         grouped_mm()  # fail now, with the reason, rather than inside the first forward
+        import megatron.core.extensions.transformer_engine as te
         import megatron.core.extensions.transformer_engine_spec_provider as provider
 
-        provider.TEColumnParallelGroupedLinear = TorchGroupedLinear
-        provider.TERowParallelGroupedLinear = TorchGroupedLinear
+        provider.TEColumnParallelGroupedLinear = TorchColumnGroupedLinear
+        provider.TERowParallelGroupedLinear = TorchRowGroupedLinear
+        if not te.HAVE_TE:
+            _local_spec_uses_grouped_mlp()
     return impl
+
+
+def _local_spec_uses_grouped_mlp() -> None:
+    """No Transformer Engine (CPU): the local spec's experts become TEGroupedMLP around the torch linears.
+    TEGroupedMLP itself needs TE only for FP8/FP4 and the fused op path (moe/experts.py:323, 336)."""
+    from functools import partial
+
+    from megatron.core.models.backends import LocalSpecProvider
+    from megatron.core.transformer.moe.experts import GroupedMLPSubmodules, TEGroupedMLP
+
+    def grouped_mlp_modules(self, moe_use_grouped_gemm: bool):
+        return partial(TEGroupedMLP, submodules=GroupedMLPSubmodules(
+            linear_fc1=TorchColumnGroupedLinear, linear_fc2=TorchRowGroupedLinear, activation_func=None))
+    LocalSpecProvider.grouped_mlp_modules = grouped_mlp_modules

@@ -38,6 +38,7 @@ def main(argv: list[str]) -> int:
 
     if on_cpu:
         cpu_compat.apply_megatron()
+    cpu_compat.apply_torch_adam()  # checkpoint resume with torch's Adam (no TE/Apex): see cpu_compat
     _use_prebuilt_dataset_helpers()
     from recipes import backends, data
 
@@ -56,6 +57,15 @@ def main(argv: list[str]) -> int:
     from recipes import experts
 
     impl = experts.apply()  # MOE_GROUPED_GEMM_IMPL (model.moe_grouped_gemm_impl): before the model is built
+    from recipes import checkpoint
+
+    checkpoint.stamp(args, impl)  # saved with every checkpoint: which expert layout wrote its optimizer state
+    try:
+        checkpoint.check_resume(args, impl)
+    except checkpoint.ResumeError as e:
+        if args.rank == 0:
+            print(f"recipes.pretrain: error: {e}", file=sys.stderr, flush=True)
+        return 3
     if args.rank == 0 and impl != "te":
         print(f"recipes.pretrain: expert GEMMs through {impl} grouped_mm (recipes/experts.py)", flush=True)
     config = pretrain_cfg_container_from_args(args, gpt_config_from_args(args))

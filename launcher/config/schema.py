@@ -79,7 +79,8 @@ class ModelConfig:
     moe_grouped_gemm_impl: GroupedGemmImpl = GroupedGemmImpl.te
     """Expert GEMMs: te (Transformer Engine GroupedLinear; on Hopper with cuBLASLt < 13.4 one GEMM per expert)
     or torch (torch.nn.functional.grouped_mm inside Megatron's TEGroupedMLP, one kernel per projection:
-    recipes/experts.py). torch needs TE, BF16, parallel.etp=1, no expert bias, no checkpoint save/load."""
+    recipes/experts.py). torch needs TE (on a GPU), BF16, parallel.etp=1, no expert bias; its checkpoints have TE's
+    layout, so either implementation resumes the other's."""
     mtp_num_layers: Optional[int] = None
     """Multi-token-prediction layers (DeepSeek-V3 style); None = off."""
     moe_first_k_dense: Optional[int] = None

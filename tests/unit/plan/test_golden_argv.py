@@ -50,7 +50,8 @@ CASES = [
          lacks=("--distributed-backend", "--use-cpu-initialization", "--no-rope-fusion")),
     # the whole model on one node is predicted not to fit (expert DP 1): the argv is what this case checks
     Case("qwen3_30b_a3b_ep8_8gpu", ("model=qwen3_30b_a3b", "train=pretrain", "parallel=ep8",
-                                    "cluster.gpus_per_node=8", "launch.skip_memory_check=true"), world=8, dp=8, microbatches=32 // (1 * 8),
+                                    "cluster.gpus_per_node=8", "launch.skip_memory_check=true"),
+         world=8, dp=8, microbatches=32 // (1 * 8),
          has=(("--num-experts", "128"), ("--moe-router-topk", "8"), ("--expert-model-parallel-size", "8"),
               ("--seq-length", "4096"), ("--group-query-attention", "--num-query-groups", "4"),
               ("--qk-layernorm",)),

@@ -174,12 +174,20 @@ def test_apply_swaps_te_grouped_linears(monkeypatch):
     provider = pytest.importorskip("megatron.core.extensions.transformer_engine_spec_provider")
     from recipes import experts
 
+    from megatron.core.extensions.transformer_engine import HAVE_TE
+    from megatron.core.models.backends import LocalSpecProvider
+
     monkeypatch.setattr(provider, "TEColumnParallelGroupedLinear", "te-col")
     monkeypatch.setattr(provider, "TERowParallelGroupedLinear", "te-row")
+    monkeypatch.setattr(LocalSpecProvider, "grouped_mlp_modules", LocalSpecProvider.grouped_mlp_modules)
     assert experts.apply("te") == "te" and provider.TEColumnParallelGroupedLinear == "te-col"
     assert experts.apply("torch") == "torch"
-    assert provider.TEColumnParallelGroupedLinear is experts.TorchGroupedLinear
-    assert provider.TERowParallelGroupedLinear is experts.TorchGroupedLinear
+    assert provider.TEColumnParallelGroupedLinear is experts.TorchColumnGroupedLinear
+    assert provider.TERowParallelGroupedLinear is experts.TorchRowGroupedLinear
+    if not HAVE_TE:  # CPU: the local spec's experts are TEGroupedMLP around the torch linears
+        spec = LocalSpecProvider().grouped_mlp_modules(True)
+        assert spec.func.__name__ == "TEGroupedMLP"
+        assert spec.keywords["submodules"].linear_fc2 is experts.TorchRowGroupedLinear
     monkeypatch.setenv(experts.ENV, "cutlass")
     with pytest.raises(ValueError, match="MOE_GROUPED_GEMM_IMPL"):
         experts.apply()
@@ -188,7 +196,6 @@ def test_apply_swaps_te_grouped_linears(monkeypatch):
 @pytest.mark.parametrize("extra, field", [
     (["precision=fp8_blockwise", "hardware=h100"], "precision.fp8_recipe"),
     (["parallel=ep2", "parallel.etp=2", "cluster.gpus_per_node=4", "parallel.tp=2"], "parallel.etp"),
-    (["train.save=/tmp/ckpt"], "train.save"),
     (["model.transformer_impl=local"], "model.transformer_impl"),
 ])
 def test_torch_experts_refuse_what_they_do_not_implement(extra, field):
@@ -196,6 +203,16 @@ def test_torch_experts_refuse_what_they_do_not_implement(extra, field):
         plan_for(["model=qwen3_30b_a3b", "model.num_layers=2", "model.moe_grouped_gemm_impl=torch",
                   "cluster.gpus_per_node=2", "cluster.device=cuda", *extra], validate_megatron=False)
     assert e.value.field == field
+
+
+def test_torch_experts_checkpoint_and_run_on_cpu():
+    # their checkpoints have TE's layout (recipes/expert_checkpoint.py); on CPU the local spec hosts them
+    plan = plan_for(["model=qwen3_30b_a3b", "model.num_layers=2", "model.moe_grouped_gemm_impl=torch",
+                     "cluster.gpus_per_node=1", "cluster.device=cuda", "model.transformer_impl=transformer_engine",
+                     "train.save=/tmp/ckpt", "train.save_interval=5", "train.load=/tmp/ckpt"], validate_megatron=False)
+    assert "--save" in plan.argv and "--load" in plan.argv
+    plan = plan_for(["model.moe_grouped_gemm_impl=torch", "cluster.device=cpu"], validate_megatron=False)
+    assert plan.env["MOE_GROUPED_GEMM_IMPL"] == "torch" and plan.resolved.transformer_impl == "local"
 
 
 def test_torch_experts_reach_the_ranks_as_environment():

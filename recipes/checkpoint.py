@@ -1,0 +1,69 @@
+"""What a checkpoint must record, and refuse, so that a resume is exact (compute side, before pretrain()).
+
+The expert weights of model.moe_grouped_gemm_impl=torch and =te have one checkpoint layout
+(recipes/expert_checkpoint.py), so the MODEL loads across implementations in every format. The
+distributed optimizer's default format does not: `dp_reshardable` stores Adam's state and the FP32 main
+weights as the flat gradient buckets of the saving run, in its parameter order. TE registers weight0..N-1
+per projection, the torch experts one [N, out, in] weight, so the same bucket bytes mean other experts
+in the other implementation. Megatron checks only the bucket sizes, which agree, and would load them:
+the first step after resume is right (its forward uses the model weights) and the next ones drift away
+(measured on CPU: loss 4.04 instead of 3.55 one step later). So the saving run's implementation goes
+into the checkpoint (Megatron pickles its args namespace into the common state), and a resume that would
+map bucket-ordered optimizer state onto the other implementation is refused before anything is built.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+ARG = "moe_grouped_gemm_impl"       # attribute added to Megatron's args, saved with them
+BUCKET_FORMATS = ("dp_reshardable", "dp_zero_gather_scatter", "fully_sharded_bucket_space")
+
+
+class ResumeError(ValueError):
+    """A checkpoint that this run cannot resume exactly; the message is the one line to print."""
+
+
+def stamp(args, impl: str) -> None:
+    """Record the experts' implementation in the args Megatron saves with every checkpoint."""
+    setattr(args, ARG, impl)
+
+
+def checkpoint_dir(load: str, ckpt_step: Optional[int]) -> Optional[str]:
+    """The iteration directory Megatron's load_checkpoint will read, or None when there is none yet."""
+    if ckpt_step is not None:
+        step = ckpt_step
+    else:
+        tracker = os.path.join(load, "latest_checkpointed_iteration.txt")
+        if not os.path.isfile(tracker):
+            return None
+        text = open(tracker).read().strip()
+        if text == "release":
+            return os.path.join(load, "release")
+        step = int(text)
+    path = os.path.join(load, f"iter_{step:07d}")
+    return path if os.path.isdir(path) else None
+
+
+def check_resume(args, impl: str) -> None:
+    """Raise ResumeError when args.load would put another implementation's bucket-ordered optimizer
+    state under this run's experts."""
+    if not args.load or args.no_load_optim or args.finetune or not args.use_distributed_optimizer:
+        return
+    path = checkpoint_dir(args.load, args.ckpt_step)
+    if path is None or not os.path.isfile(os.path.join(path, "metadata.json")):
+        return  # nothing to resume, or not Megatron's distributed format (its own loader answers)
+    from megatron.core import dist_checkpointing
+
+    common = dist_checkpointing.load_common_state_dict(path)
+    fmt = (dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or {}).get(
+        "distrib_optim_sharding_type")
+    saved = getattr(common.get("args"), ARG, "te")  # checkpoints from before this stamp: Megatron's own experts
+    if fmt in BUCKET_FORMATS and saved != impl:
+        raise ResumeError(
+            f"train.load={args.load}: {os.path.basename(path)} was saved with model.moe_grouped_gemm_impl={saved} "
+            f"and the distributed optimizer's bucket format ({fmt}), whose optimizer state follows that "
+            f"implementation's parameter order, not this run's ({impl}). Fix: resume with "
+            f"model.moe_grouped_gemm_impl={saved}, or save with "
+            "'megatron.extra={dist_ckpt_optim_fully_reshardable: true}' (per-parameter optimizer state, "
+            "loadable by both), or start a fresh optimizer with 'megatron.raw=[--no-load-optim]'")
