@@ -118,6 +118,9 @@ def megatron_check(results: list, n: int) -> list[Optional[str]]:
     from launcher.plan.megatron.validator import megatron_validate
     from launcher.plan.plan import compute_capability, megatron_argv, run_env
 
+    import logging
+
+    logging.getLogger("megatron").setLevel(logging.WARNING)  # its layout parser logs each layout at INFO
     verdicts: list[Optional[str]] = []
     for r in results[:n]:
         try:
