@@ -305,6 +305,10 @@ class HardwareConfig:
     memory_gib: float = MISSING
     compute_capability: str = MISSING
     """e.g. "9.0" (Hopper), "10.0" (Blackwell)."""
+    nvlink_gbps: Optional[float] = None
+    """NVLink bandwidth per GPU and direction, GB/s (the planner's TP and intra-domain EP traffic)."""
+    network_gbps: Optional[float] = None
+    """Scale-out network bandwidth per GPU and direction, GB/s (the planner's inter-node EP, DP, PP traffic)."""
 
 
 @dataclass
