@@ -26,6 +26,44 @@ def _help() -> str:
     return "\n".join(lines)
 
 
+def _size(n: float) -> str:
+    gib = 2 ** 30
+    return f"{n / gib:.1f} GiB" if n >= gib / 10 else f"{n / 2 ** 20:.0f} MiB"  # the tiny model is ~100 MiB
+
+
+def _saves(cfg, run_dir: Path) -> str:
+    """What the run leaves behind and where (checkpoints as the config says: train.save/save_interval)."""
+    t = cfg.train
+    ckpt = (f"checkpoints to {t.save}" + (f" every {t.save_interval} iterations" if t.save_interval else "")
+            if t.save else "no checkpoints (train.save unset)")
+    resume = f", resumes from {t.load}" if t.load else ""
+    return f"  saves:    train.log (all output), record.json/.md in the run directory; {ckpt}{resume}"
+
+
+def plan_lines(cfg, plan, run_dir: Path) -> list[str]:
+    """The plan in a few lines: model, layout and world size, training, memory, what is saved, the run directory.
+    How each `auto` was resolved is one line (each reason in plan.json; launch.verbose=true prints them)."""
+    res, p, m, b = plan.resolved, cfg.parallel, cfg.model, plan.facts["batch"]
+    flex = f"/{cfg.dispatcher.flex_backend}" if cfg.dispatcher.flex_backend else ""
+    vpp = f" vpp={p.vpp}" if p.vpp else ""
+    lines = [f"moe-launch: {m.name} on {res.world_size} x {res.device}: {m.num_layers} layers, {m.num_experts} experts "
+             f"(top-{m.moe_router_topk})",
+             f"  layout:   tp={p.tp} pp={p.pp}{vpp} ep={p.ep} etp={p.etp} cp={p.cp} dp={res.data_parallel_size(cfg)}, "
+             f"dispatcher {cfg.dispatcher.type}{flex}, {cfg.precision.name}, {res.transformer_impl} layers",
+             f"  training: {b['train_iters']} iterations, global batch {b['global_batch_size']} x {b['seq_length']} "
+             f"tokens, micro batch {b['micro_batch_size']}, {cfg.data.kind} data"]
+    est = plan.estimate
+    lines.append(f"  memory:   predicted peak {_size(est['peak_bytes'])} of {_size(est['capacity_bytes'])} per "
+                 f"{'process' if res.device == 'cpu' else 'GPU'} (pipeline rank {est['worst_rank']}; estimate.json)")
+    lines.append(_saves(cfg, run_dir))
+    if res.notes and cfg.launch.verbose:
+        lines += [f"  resolved: {note}" for note in res.notes]
+    elif res.notes:
+        lines.append(f"  resolved: {', '.join(n.split(':', 1)[0] for n in res.notes)} (why: plan.json)")
+    lines.append(f"moe-launch: run directory {run_dir}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in args):
@@ -47,19 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"moe-launch: error: {e}", file=sys.stderr)
         return 2
-    res = plan.resolved
-    p = cfg.parallel
-    print(f"moe-launch: {cfg.model.name} on {res.world_size} x {res.device} "
-          f"(tp={p.tp} pp={p.pp} vpp={p.vpp} ep={p.ep} etp={p.etp} cp={p.cp} "
-          f"dp={res.data_parallel_size(cfg)}), dispatcher={cfg.dispatcher.type}"
-          f"{'/' + cfg.dispatcher.flex_backend if cfg.dispatcher.flex_backend else ''}, "
-          f"{cfg.precision.name}, impl={res.transformer_impl}")
-    for note in res.notes:
-        print(f"  resolved: {note}")
-    est, gib = plan.estimate, 2 ** 30
-    print(f"moe-launch: memory: predicted peak {est['peak_bytes'] / gib:.1f} GiB of {est['capacity_bytes'] / gib:.1f} "
-          f"GiB per {'process' if res.device == 'cpu' else 'GPU'} (pipeline rank {est['worst_rank']}; estimate.json)")
-    print(f"moe-launch: run directory {run_dir}")
+    for line in plan_lines(cfg, plan, run_dir):
+        print(line)
     if cfg.launch.dry_run:
         print(script.read_text(), end="")
         print(f"moe-launch: dry run: nothing started; run it with: {executor.how_to_run(script)}")

@@ -26,6 +26,18 @@ def _use_prebuilt_dataset_helpers() -> None:
     dsu.compile_helpers = compile_helpers
 
 
+def _no_one_logger_without_its_package(parser):
+    """Megatron enables its E2E metrics logger (one_logger, an NVIDIA-internal package) by default and, when
+    the package is missing, prints a warning with an internal wiki link on every run (while it sets its
+    globals, inside parse_and_validate_args). It cannot log without the package, so the default is off here
+    then: nothing changes but the warning, and the argv (plan.json, argv.txt, the golden argv) stays ours."""
+    import importlib.util
+
+    if importlib.util.find_spec("one_logger") is None:
+        parser.set_defaults(enable_one_logger=False)
+    return parser
+
+
 def main(argv: list[str]) -> int:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from recipes import cpu_compat
@@ -43,7 +55,7 @@ def main(argv: list[str]) -> int:
     from recipes import backends, data
 
     sys.argv = [sys.argv[0], *argv]  # Megatron's parser reads sys.argv: give it exactly our argv
-    args = parse_and_validate_args()
+    args = parse_and_validate_args(extra_args_provider=_no_one_logger_without_its_package)
     if args.rank == 0:
         from recipes import runinfo
 

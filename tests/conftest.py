@@ -5,8 +5,12 @@ the machine the suite runs on (GPUs, Transformer Engine, APEX, DeepEP).
 """
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,11 @@ from launcher.config.compose import compose
 from launcher.plan.plan import LaunchPlan, build_plan
 from launcher.plan.probe import MachineProbe
 from launcher.config.schema import RunConfig
+
+# Megatron's validation memo (launcher/plan/megatron/validate_cache.py) lives in this session's own temporary
+# directory (inherited by the moe-launch subprocesses of the tests), never in the user's ~/.cache
+os.environ["MOE_CACHE_DIR"] = tempfile.mkdtemp(prefix="moe-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MOE_CACHE_DIR"], True)
 
 PROBE = MachineProbe(gpus=0, transformer_engine=False, apex_fused_wgrad=False, deep_ep=False, cpu_count=2)
 

@@ -337,6 +337,9 @@ class LaunchConfig:
     """Also run Megatron's own validator on the generated argv at the real world size."""
     skip_memory_check: bool = False
     """Launch even when the estimated peak memory (launcher/plan/estimate_memory.py) exceeds the device."""
+    verbose: bool = False
+    """Show every line the ranks print live (MOE_VERBOSE=1 too); otherwise the console has the plan, one
+    status line and the outcome, and everything else is in train.log."""
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import yaml
 
+from launcher.records.outputs import PERF_RESULTS_SWITCH, SWITCH_HELP, refuse_committed
 from launcher.records.record import build_record, hardware_catalog
 from launcher.records.steady import DEFAULT_WARMUP
 
@@ -251,7 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
     ap.add_argument("--out", type=Path, help="also write the report here (markdown)")
     ap.add_argument("--list", action="store_true", help="list the reference ids and exit")
+    ap.add_argument(PERF_RESULTS_SWITCH, action="store_true", help=SWITCH_HELP)
     a = ap.parse_args(argv)
+    refusal = refuse_committed("compare", [a.out], a.perf_results)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
     refs = load_references(a.references)
     if a.list:
         for rid, e in refs.items():

@@ -1,8 +1,14 @@
 """Turn run records into the published tables and plots (perf_results/).
 
-usage: python -m launcher.records.results RUN_DIR [RUN_DIR ...] [--readme perf_results/README.md]
-           [--plots perf_results/plots] [--references perf_results/references.yaml]
-           [--compare-dir perf_results/compare] [--summary README.md] [--warmup N]
+usage: python -m launcher.records.results RUN_DIR [RUN_DIR ...] [--out DIR] [--readme FILE] [--plots DIR]
+           [--references perf_results/references.yaml] [--compare-dir DIR] [--summary FILE] [--warmup N]
+           [--perf-results]
+
+Where it writes: --out DIR (default: results/ beside the first run directory, e.g. runs/results/), i.e.
+DIR/README.md and DIR/plots/; --readme/--plots/--compare-dir name each one. It never rewrites the
+repository's committed perf_results/ or README.md unless --perf-results says so (launcher/records/outputs.py);
+with --perf-results the defaults are perf_results/README.md, perf_results/plots and perf_results/compare
+(what perf_results/regenerate.sh runs). Records of runs under perf_results/ are then rebuilt in memory only.
 
 For every run directory the record is rebuilt from the run's own files (launcher.records.record), then:
   - the results table, with the columns of the published reference tables (Model | Dispatcher | System |
@@ -27,7 +33,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from launcher.records.compare import DEFAULT_REFERENCES, entry_from_record, load_references, matching_references
-from launcher.records.record import write_record
+from launcher.records.outputs import PERF_RESULTS, PERF_RESULTS_SWITCH, SWITCH_HELP, is_committed_output, \
+    refuse_committed
+from launcher.records.record import build_record, write_record
 from launcher.records.steady import DEFAULT_WARMUP
 from launcher.records.record_md import failure_label, headline
 
@@ -292,28 +300,53 @@ def _gpu(r: dict) -> str:
     return s["gpu_name"] or ("CPU" if s["device"] == "cpu" else "GPU (model not recorded)")
 
 
+def _destinations(a: argparse.Namespace) -> None:
+    """Fill --readme/--plots/--compare-dir: under perf_results/ with --perf-results, else under --out (default
+    <first run's parent>/results, beside the runs read)."""
+    base = PERF_RESULTS if a.perf_results and a.out is None else (a.out or a.run_dirs[0].resolve().parent / "results")
+    a.readme = a.readme or base / "README.md"
+    a.plots = a.plots or base / "plots"
+    a.compare_dir = a.compare_dir or base / "compare"
+
+
+def _record(d: Path, warmup: int, allowed: bool) -> dict:
+    """Rebuild a run's record; a committed run's record.json is left as it is unless --perf-results."""
+    if allowed or not is_committed_output(d / "record.json"):
+        return write_record(d, warmup)
+    return build_record(d, warmup)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m launcher.records.results", description=__doc__.split("\n")[0])
     ap.add_argument("run_dirs", nargs="+", type=Path)
-    ap.add_argument("--readme", type=Path, default=Path("perf_results/README.md"))
-    ap.add_argument("--plots", type=Path, default=Path("perf_results/plots"))
+    ap.add_argument("--out", type=Path, help="output directory (default: results/ beside the first run directory)")
+    ap.add_argument("--readme", type=Path, help="tables file (default OUT/README.md)")
+    ap.add_argument("--plots", type=Path, help="plots directory (default OUT/plots)")
     ap.add_argument("--references", type=Path, default=DEFAULT_REFERENCES)
-    ap.add_argument("--compare-dir", type=Path, default=Path("perf_results/compare"))
+    ap.add_argument("--compare-dir", type=Path, help="comparisons listed in the tables (default OUT/compare)")
     ap.add_argument("--summary", type=Path, help="also put one headline line per run into this file's "
                                                   "'measured' block (e.g. the project README)")
     ap.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument(PERF_RESULTS_SWITCH, action="store_true", help=SWITCH_HELP)
     a = ap.parse_args(argv)
+    _destinations(a)
+    written = [a.readme, a.summary] + ([] if a.no_plots else [a.plots])
+    refusal = refuse_committed("results", written, a.perf_results)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
 
     records = []
     for d in a.run_dirs:
         if not (d / "plan.json").exists():
             print(f"results: error: {d} has no plan.json (not a moe-launch run directory)", file=sys.stderr)
             return 2
-        records.append(write_record(d, a.warmup))
+        records.append(_record(d, a.warmup, a.perf_results))
     refs = load_references(a.references)
     readme = a.readme
-    text = readme.read_text() if readme.exists() else "# perf_results\n"
+    readme.parent.mkdir(parents=True, exist_ok=True)
+    text = readme.read_text() if readme.exists() else "# results\n"
 
     main_rows, details = [], []
     for d, r in zip(a.run_dirs, records):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from launcher.run.base import Executor
 
@@ -20,24 +20,37 @@ class LocalExecutor(Executor):
     train.log."""
 
     def run(self, cfg: "RunConfig", entry: Path) -> int:
-        rc = run_local(entry)
+        verbose = True if cfg.launch.verbose else None  # None: MOE_VERBOSE decides (launcher/run/progress.py)
+        rc = run_local(entry, verbose)
+        if rc:
+            from launcher.run.progress import shows_raw_lines
+
+            show_log_tail(entry.parent / "train.log", quiet=not shows_raw_lines(verbose))
         status = "finished" if rc == 0 else f"FAILED (exit {rc})"
         print(f"moe-launch: {status}; log: {entry.parent / 'train.log'}", file=sys.stderr if rc else sys.stdout)
         return rc
 
 
-def run_local(script: Path) -> int:
+def show_log_tail(log: Path, quiet: bool, lines: int = 20) -> None:
+    """A failed run's last log lines on the console when the raw output was not shown live."""
+    if not quiet or not log.exists():
+        return
+    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    print(f"moe-launch: the last {len(tail)} lines of {log}:", *("  " + x for x in tail), sep="\n", file=sys.stderr)
+
+
+def run_local(script: Path, verbose: Optional[bool] = None) -> int:
     """Run the script, stream its output to the terminal and to train.log; return its exit code.
     A live status line follows the iterations (launcher/run/progress.py); when the run ends, success or
     failure, the run record (record.json, record.md) is written from the run directory."""
     import os
 
-    from launcher.run.progress import Progress
+    from launcher.run.progress import progress_for_run
 
     run_dir = script.parent
     log = run_dir / "train.log"
     t0 = time.time()
-    progress = Progress(**_progress_facts(run_dir))
+    progress = progress_for_run(run_dir, verbose)  # the console: status line (+ raw lines when verbose)
     # rank 0 writes versions.json here (recipes/runinfo.py); set by us, so a stale export cannot redirect it
     env = {**os.environ, "MOE_RUN_DIR": str(run_dir.resolve())}
     with open(log, "w") as fh:
@@ -58,15 +71,6 @@ def run_local(script: Path) -> int:
     (run_dir / "exit.json").write_text(json.dumps({"returncode": rc, "wall_s": round(time.time() - t0, 1)}) + "\n")
     write_run_record(run_dir)
     return rc
-
-
-def _progress_facts(run_dir: Path) -> dict:
-    """Sequence length and world size for tokens/s in the status line (plan.json's facts; nothing if unreadable)."""
-    try:
-        facts = json.loads((run_dir / "plan.json").read_text())["facts"]
-        return {"seq_length": int(facts["batch"]["seq_length"]), "world_size": int(facts["parallel"]["world_size"])}
-    except (OSError, ValueError, KeyError, IndexError):
-        return {}
 
 
 def write_run_record(run_dir: Path) -> None:

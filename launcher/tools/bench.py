@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import ConfigError
+from launcher.records.outputs import PERF_RESULTS_SWITCH, SWITCH_HELP, refuse_committed
 from launcher.records.legacy_argv import _flag
 from launcher.records.steady import DEFAULT_WARMUP, steady_medians, steady_state, tokens_per_s_per_gpu
 from launcher.records.record_md import failure_label
@@ -231,9 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--dry-run", action="store_true", help="write every command, run nothing")
     ap.add_argument("--summarize", metavar="DIR", help="rebuild bench.json/bench.md of an existing run dir")
+    ap.add_argument(PERF_RESULTS_SWITCH, action="store_true", help=SWITCH_HELP)
     a = ap.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     if a.summarize:
         d = Path(a.summarize)
+        refusal = refuse_committed("moe-bench", [d / "bench.json", d / "bench.md"], a.perf_results)
+        if refusal:
+            print(refusal, file=sys.stderr)
+            return 2
         old = json.loads((d / "bench.json").read_text()) if (d / "bench.json").exists() else {}
         window = parse_window(a.profile) or (tuple(old["profiled_iterations"]) if old.get("profiled_iterations")
                                              else None)

@@ -133,6 +133,19 @@ def flops_per_sequence(args) -> float:
 
 def megatron_validate(argv: list[str], world_size: int, env: dict[str, str],
                       capability: tuple[int, int] = HOPPER) -> dict:
+    """Megatron's verdict on this argv: from the memo when the same argv, world size, environment, GPU and
+    versions passed before (validate_cache.py: no Megatron import), else by running its checks."""
+    from launcher.plan.megatron import validate_cache
+
+    key = validate_cache.cache_key(argv, world_size, env, capability)
+    derived = validate_cache.read(key)
+    if derived is None:
+        derived = _megatron_validate(argv, world_size, env, capability)
+        validate_cache.write(key, derived)
+    return derived
+
+
+def _megatron_validate(argv: list[str], world_size: int, env: dict[str, str], capability: tuple[int, int]) -> dict:
     """Run Megatron's checks as the target GPU (compute capability, e.g. (10, 0) on Blackwell) would see them;
     return a few derived facts, or raise ConfigError with Megatron's words."""
     from launcher.plan.megatron.parser import parser

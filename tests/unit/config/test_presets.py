@@ -4,7 +4,7 @@ for, and renders the argv in tests/golden/presets/<name>.txt. Also: Hydra's over
 every preset switches with one override, and the generated README tables.
 
 After an intended change: UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/unit/config/test_presets.py (review
-the diff), and python -m launcher.tools.presets --readme README.md.
+the diff), and python -m launcher.tools.presets --readme README.md --perf-results.
 """
 from __future__ import annotations
 
