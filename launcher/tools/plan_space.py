@@ -50,8 +50,8 @@ class Candidate:
                f"parallel.pipeline_layout={'auto' if g.pp > 1 else 'null'}",
                f"parallel.ep={g.ep}", f"parallel.etp={g.etp}", f"parallel.cp={g.cp}",
                f"train.micro_batch_size={self.mbs}", f"recompute={self.recompute}", f"dispatcher={self.dispatcher}"]
-        if self.overlap:
-            out.append("dispatcher.overlap_moe_expert_parallel_comm=true")
+        # always said: a preset's own setting would otherwise survive `dispatcher=NAME` (it is merged after it)
+        out.append(f"dispatcher.overlap_moe_expert_parallel_comm={'true' if self.overlap else 'false'}")
         return out
 
     def label(self) -> str:

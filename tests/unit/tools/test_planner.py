@@ -161,3 +161,20 @@ def test_calibration_reranks_by_measured_throughput(tmp_path):
     assert [m.get("value") for _, m in ranked] == [300.0, 200.0, None]
     assert ranked[0][0] is results[1]
     assert all("train.train_iters=10" in c for c in calls)
+
+
+def test_printed_overrides_are_what_moe_launch_accepts():
+    """Each top candidate, as printed, composes over the user's base and passes the launcher's rules: the
+    bench preset turns the EP overlap on, so a candidate without it must say so (EP 1 would be refused)."""
+    from launcher.config.compose import compose
+    from launcher.plan.resolve import resolve
+    from launcher.plan.rules import validate
+    from conftest import PROBE
+
+    over = planner.base_overrides(["preset=qwen3_30b_a3b_8l_2xh200_ep2_bench_bf16"], 4096, 32)
+    cfg, clus = planner.compose_base(over, 2, 4096)
+    results, _ = search(cfg, 2, top=3, dispatchers=("alltoall", "allgather"))
+    assert results
+    for r in results:
+        _, got = compose([*over, *r.candidate.overrides(), *clus, "launch.dry_run=true", "launch.megatron_validate=false"])
+        validate(got, resolve(got, PROBE))
