@@ -176,5 +176,6 @@ def test_printed_overrides_are_what_moe_launch_accepts():
     results, _ = search(cfg, 2, top=3, dispatchers=("alltoall", "allgather"))
     assert results
     for r in results:
-        _, got = compose([*over, *r.candidate.overrides(), *clus, "launch.dry_run=true", "launch.megatron_validate=false"])
+        _, got = compose([*over, *r.candidate.overrides(), *clus, "launch.dry_run=true",
+                          "launch.megatron_validate=false"])
         validate(got, resolve(got, PROBE))
