@@ -297,8 +297,10 @@ def main(argv: list[str]) -> int:
         backend, fp8, group, local, nodes = argv
         need = Need(None if backend == "none" else backend, None if fp8 == "none" else fp8, int(group), int(local),
                     int(nodes))
-        problems = diagnose(need)
-        ok = f"ready: {need}"
+        cap = _capability()
+        problems = diagnose(need, capability=cap)
+        ok = f"ready: {need}" + ("" if cap else "; no GPU visible here, so NVLink and the GPU architecture were not "
+                                 "checked (run moe-doctor on a compute node)")
     for line in problems:
         print(f"moe-doctor: error: {line}", file=sys.stderr)
     if not problems:

@@ -7,78 +7,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from argparse import Namespace
 from pathlib import Path
 
 import pytest
 
+from fake_deep_ep import GOOD_INIT, NO_NON_BLOCKING, UTILS, write_deep_ep
 from recipes import preflight
 
 REPO = Path(__file__).resolve().parents[3]
-
-# the signatures of DeepEP's hybrid-ep branch at 17cfb81 as far as megatron-core 0.19.2 calls them
-GOOD_INIT = textwrap.dedent('''
-    class Buffer:
-        num_sms = 20
-
-        def __init__(self, group, num_nvl_bytes=0, num_rdma_bytes=0, low_latency_mode=False,
-                     num_qps_per_rank=24, allow_nvlink_for_low_latency_mode=True, allow_mnnvl=False,
-                     explicitly_destroy=False):
-            self.group = group
-
-        @staticmethod
-        def set_num_sms(new_num_sms):
-            Buffer.num_sms = new_num_sms
-
-        @staticmethod
-        def get_dispatch_config(num_ranks):
-            return None
-
-        @staticmethod
-        def get_combine_config(num_ranks):
-            return None
-
-        def get_dispatch_layout(self, topk_idx, num_experts, previous_event=None, async_finish=False,
-                                allocate_on_comm_stream=False):
-            return None
-
-        def dispatch(self, x, handle=None, num_tokens_per_rank=None, num_tokens_per_rdma_rank=None,
-                     is_token_in_rank=None, num_tokens_per_expert=None, topk_idx=None, topk_weights=None,
-                     expert_alignment=1, num_worst_tokens=0, config=None, previous_event=None, async_finish=False,
-                     allocate_on_comm_stream=False):
-            return None
-
-        def combine(self, x, handle, topk_weights=None, bias=None, config=None, previous_event=None,
-                    async_finish=False, allocate_on_comm_stream=False):
-            return None
-
-
-    class HybridEPBuffer:
-        def __init__(self, group, hidden_dim, max_num_of_tokens_per_rank, num_local_experts, use_fp8=False,
-                     num_sms_dispatch_api=None, num_sms_combine_api=None, num_sms_preprocessing_api=None,
-                     num_blocks_permute=None, num_blocks_unpermute=None):
-            self.group = group
-
-        def dispatch_with_permute(self, *, hidden, routing_map=None, probs=None, scaling_factor=None,
-                                  num_of_experts_per_rank=None, pad_multiple=None, num_permuted_tokens=None,
-                                  handle=None, non_blocking=False, fuse_permute_dispatch=False):
-            return None
-
-        def combine_with_unpermute(self, *, hidden, probs=None, handle=None, pad_multiple=None,
-                                   fuse_unpermute_combine=False):
-            return None
-''')
-UTILS = "class EventHandle:\n    pass\n\n\nclass EventOverlap:\n    pass\n"
-
-
-def write_deep_ep(root: Path, init: str = GOOD_INIT, utils: str = UTILS) -> Path:
-    pkg = root / "deep_ep"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(init)
-    (pkg / "utils.py").write_text(utils)
-    return root
-
 
 @pytest.fixture
 def deep_ep_on_path(tmp_path, monkeypatch):
@@ -102,7 +39,7 @@ def test_a_matching_deep_ep_passes_for_both_backends(deep_ep_on_path):
 
 def test_hybridep_without_non_blocking_is_refused(deep_ep_on_path):
     """HybridEP 3f601f7 (the old container pin): dispatch_with_permute has no non_blocking."""
-    deep_ep_on_path(GOOD_INIT.replace("handle=None, non_blocking=False, ", "handle=None, "))
+    deep_ep_on_path(NO_NON_BLOCKING)
     problems = preflight.check_deep_ep_api("hybridep")
     assert len(problems) == 1 and "\n" not in problems[0]
     assert "dispatch_with_permute" in problems[0] and "non_blocking" in problems[0]
@@ -136,7 +73,7 @@ def test_v2_generation_without_event_overlap_and_a_missing_package(deep_ep_on_pa
 def test_api_command_as_the_image_build_runs_it(tmp_path):
     """`python -m recipes.preflight --api deepep hybridep` ends each container build (container/Dockerfile*)."""
     good = write_deep_ep(tmp_path / "good")
-    bad = write_deep_ep(tmp_path / "bad", GOOD_INIT.replace("handle=None, non_blocking=False, ", "handle=None, "))
+    bad = write_deep_ep(tmp_path / "bad", NO_NON_BLOCKING)
 
     def api(root: Path) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(REPO)])}
