@@ -115,6 +115,24 @@ def check_deep_ep_api(backend: str) -> list[str]:
     return [f"dispatcher={backend}: {why} (deep_ep at {where}). Fix: {_BUILD}" for why in whys]
 
 
+def check_hybridep_fusion(fused: bool) -> list[str]:
+    """megatron-core 0.19.2 asks HybridEP for fused permute (moe_permute_fusion_into_hybridep, or block counts)
+    only where dispatch_with_permute has fuse_permute_dispatch (a0d27f1 and later), and otherwise only warns and
+    runs unfused: refuse that silent fallback here."""
+    if not fused:
+        return []
+    try:
+        buffer = importlib.import_module("deep_ep").HybridEPBuffer
+        params = inspect.signature(buffer.dispatch_with_permute).parameters
+    except Exception:  # noqa: BLE001 - reported by check_deep_ep_api already
+        return []
+    if "fuse_permute_dispatch" in params:
+        return []
+    return ["dispatcher=hybridep: moe_permute_fusion_into_hybridep / moe_hybridep_num_blocks_* ask for fused "
+            "permute, but this deep_ep's dispatch_with_permute has no fuse_permute_dispatch (Megatron would fall back "
+            f"to unfused dispatch with a warning). Fix: {_BUILD}, or drop those settings"]
+
+
 # ---- NVLink between the GPUs of one EP group --------------------------------------------------------------
 
 def torch_peer_access(a: int, b: int) -> bool:
@@ -241,6 +259,7 @@ class Need:
     ep_group_size: int  # expert-model-parallel x expert tensor-parallel: the flex dispatcher's group
     local_gpus: int  # GPUs of this node in the run
     nodes_spanned: int  # nodes one EP group spans (> 1: internode, NVSHMEM in use)
+    hybridep_fused: bool = False  # fused permute or block counts asked of HybridEP
 
 
 def need_from_args(args) -> Need:
@@ -249,7 +268,10 @@ def need_from_args(args) -> Need:
     group = args.expert_model_parallel_size * etp
     local = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size))
     fp8 = args.fp8_recipe if getattr(args, "fp8", None) else None
-    return Need(backend, fp8, group, local, -(-group // max(local, 1)))
+    asked = bool(getattr(args, "moe_permute_fusion_into_hybridep", False)) or any(
+        getattr(args, f"moe_hybridep_num_blocks_{k}", None) is not None for k in ("permute", "unpermute"))
+    fused = backend == "hybridep" and asked
+    return Need(backend, fp8, group, local, -(-group // max(local, 1)), fused)
 
 
 def _capability() -> tuple[int, int] | None:
@@ -277,6 +299,7 @@ def diagnose(need: Need, env: dict[str, str] | None = None,
             out += check_nvshmem(need.backend, env)
     if need.backend == "hybridep":
         out += check_hybridep_jit(env) + check_hybridep_domain(need.ep_group_size, env)
+        out += check_hybridep_fusion(need.hybridep_fused)
     return out
 
 
@@ -289,14 +312,15 @@ def run(args) -> None:
 
 def main(argv: list[str]) -> int:
     """python -m recipes.preflight --api deepep hybridep: the signature check alone (image builds);
-    python -m recipes.preflight BACKEND|none FP8_RECIPE|none EP_GROUP LOCAL_GPUS NODES: the whole doctor."""
+    python -m recipes.preflight BACKEND|none FP8_RECIPE|none EP_GROUP LOCAL_GPUS NODES [fused]: the whole doctor
+    (fused: HybridEP's fused permute is asked for)."""
     if argv[:1] == ["--api"]:
         problems = [p for b in argv[1:] for p in check_deep_ep_api(b)]
         ok = f"deep_ep API matches megatron-core's calls for {', '.join(argv[1:])}"
     else:
-        backend, fp8, group, local, nodes = argv
+        backend, fp8, group, local, nodes = argv[:5]
         need = Need(None if backend == "none" else backend, None if fp8 == "none" else fp8, int(group), int(local),
-                    int(nodes))
+                    int(nodes), argv[5:] == ["fused"])
         cap = _capability()
         problems = diagnose(need, capability=cap)
         ok = f"ready: {need}" + ("" if cap else "; no GPU visible here, so NVLink and the GPU architecture were not "
@@ -305,6 +329,15 @@ def main(argv: list[str]) -> int:
         print(f"moe-doctor: error: {line}", file=sys.stderr)
     if not problems:
         print(f"moe-doctor: {ok}")
+        if any(b in argv for b in ("deepep", "hybridep")):
+            from importlib import metadata
+
+            mod = importlib.import_module("deep_ep")
+            try:
+                version = metadata.version("deep_ep")
+            except metadata.PackageNotFoundError:
+                version = "unknown version"
+            print(f"moe-doctor: deep_ep {version} at {Path(mod.__file__).parent}")
     return 3 if problems else 0
 
 

@@ -29,7 +29,12 @@ def preflight_argv(cfg: RunConfig, res: Resolved) -> list[str]:
     fp8 = str(cfg.precision.fp8_recipe) if cfg.precision.fp8_recipe else "none"
     group = p.ep * (p.etp or p.tp)
     local = res.nproc_per_node
-    return [backend, fp8, str(group), str(local), str(-(-group // max(local, 1)))]
+    from launcher.plan.rules.dispatcher import megatron_value
+
+    fused = [] if backend != "hybridep" else ["fused"] if any(megatron_value(cfg, k) not in (None, False) for k in (
+        "moe_permute_fusion_into_hybridep", "moe_hybridep_num_blocks_permute", "moe_hybridep_num_blocks_unpermute")) \
+        else []
+    return [backend, fp8, str(group), str(local), str(-(-group // max(local, 1))), *fused]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -44,7 +49,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from launcher.plan.resolve import resolve
         from launcher.plan.rules import validate
 
+        from launcher.plan.tuned import apply_tuned
+
         _, cfg = compose(args)
+        cfg = apply_tuned(cfg)  # dispatcher.tuned: check the knobs the run will get
         cfg.launch.dry_run = True  # the doctor starts no run: the rules as for a dry run
         res = resolve(cfg, detect())
         validate(cfg, res)

@@ -84,6 +84,20 @@ def test_api_command_as_the_image_build_runs_it(tmp_path):
     assert fail.returncode == 3 and fail.stderr.count("\n") == 1 and "non_blocking" in fail.stderr
 
 
+def test_fused_permute_without_fuse_permute_dispatch_is_refused_not_silently_unfused(deep_ep_on_path):
+    """megatron-core warns and runs unfused when HybridEP lacks fuse_permute_dispatch; the doctor refuses."""
+    deep_ep_on_path(GOOD_INIT.replace(", fuse_permute_dispatch=False", ""))
+    assert preflight.check_deep_ep_api("hybridep") == []  # every argument megatron always passes is there
+    assert preflight.check_hybridep_fusion(False) == []
+    (problem,) = preflight.check_hybridep_fusion(True)
+    assert "fuse_permute_dispatch" in problem and "unfused" in problem and "Fix:" in problem
+
+
+def test_fused_permute_with_a_deep_ep_that_has_it(deep_ep_on_path):
+    deep_ep_on_path()
+    assert preflight.check_hybridep_fusion(True) == []
+
+
 def test_nvlink_pairs_that_cannot_reach_each_other():
     nvlinked = {(0, 1), (1, 0)}
     assert preflight.check_nvlink("deepep", [0, 1], lambda a, b: (a, b) in nvlinked) == []
@@ -187,7 +201,8 @@ def test_need_from_megatron_args(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     args = Namespace(moe_token_dispatcher_type="flex", moe_flex_dispatcher_backend="hybridep",
                      expert_tensor_parallel_size=1, tensor_model_parallel_size=2, expert_model_parallel_size=16,
-                     world_size=32, fp8="e4m3", fp8_recipe="mxfp8")
-    assert preflight.need_from_args(args) == preflight.Need("hybridep", "mxfp8", 16, 8, 2)
+                     world_size=32, fp8="e4m3", fp8_recipe="mxfp8", moe_permute_fusion_into_hybridep=False,
+                     moe_hybridep_num_blocks_permute=32)
+    assert preflight.need_from_args(args) == preflight.Need("hybridep", "mxfp8", 16, 8, 2, True)
     args.moe_token_dispatcher_type, args.fp8 = "alltoall", None
     assert preflight.need_from_args(args) == preflight.Need(None, None, 16, 8, 2)

@@ -24,6 +24,8 @@ EP2 = ["model=qwen3_30b_a3b", "model.num_layers=8", "parallel=ep2", "train=pretr
     (["parallel=tp2_ep8", "parallel.etp=2", "dispatcher=deepep", "cluster.nodes=2"],
      ["deepep", "none", "16", "8", "2"]),
     (["parallel=ep2", "dispatcher=alltoall", "precision=mxfp8", "hardware=b200"], ["none", "mxfp8", "2", "2", "1"]),
+    (["parallel=ep2", "dispatcher=hybridep", "+megatron.extra.moe_hybridep_num_blocks_permute=32"],
+     ["hybridep", "none", "2", "2", "1", "fused"]),
 ])
 def test_preflight_arguments_come_from_the_resolved_config(overrides, expected):
     gpus = "cluster.gpus_per_node=8" if "cluster.nodes=2" in overrides else "cluster.gpus_per_node=2"
