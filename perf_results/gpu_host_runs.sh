@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU-host runs behind perf_results/*.md, exactly as executed (after the staging in
 # ../shared/gpu-host/README.md).
-# usage: bash perf_results/gpu_host_runs.sh tests|tiny|qwen3|failures|mbs OUTDIR
+# usage: bash perf_results/gpu_host_runs.sh tests|tiny|qwen3|failures|mbs|dispatch OUTDIR
 #        bash perf_results/gpu_host_runs.sh proxies OUTDIR FIRST LAST   (lines of perf_results/proxies.txt)
 set -uo pipefail
 source /root/gpu-host.env
@@ -77,5 +77,16 @@ case $what in
         > /tmp/$name.out 2>&1
       echo "$name rc=$?"; grep -E "iteration +15/" /tmp/$name.out | tail -1; keep $name
     done
+    ;;
+  dispatch)  # issue 16: the doctor and the dispatcher tuner on the EP2 bench shape (Qwen3-30B-A3B, 2 GPUs,
+    # seq 4096 x MBS 4 tokens per rank). BACKENDS defaults to what the host has without DeepEP; with a DeepEP
+    # build (hybrid-ep 17cfb81, outside the repository, on PYTHONPATH) pass BACKENDS=alltoall,allgather,deepep,hybridep
+    shape="model=qwen3_30b_a3b model.num_layers=8 parallel=ep2 train=pretrain train.micro_batch_size=4 cluster.gpus_per_node=2"
+    nvidia-smi topo -m | tee "$out/topology.txt"
+    for d in alltoall deepep hybridep; do
+      python3 -m launcher.tools.doctor $shape dispatcher=$d 2>&1 | tee -a "$out/doctor.txt"; echo "$d rc=$?" | tee -a "$out/doctor.txt"
+    done
+    python3 -m launcher.tools.dispatch_bench --name qwen3_30b_a3b_ep2_h200 --backends "${BACKENDS:-alltoall,allgather}" \
+      --iters 20 --out-dir "$out" $shape 2>&1 | tail -40
     ;;
 esac

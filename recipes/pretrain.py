@@ -62,6 +62,11 @@ def main(argv: list[str]) -> int:
         runinfo.write()  # versions.json in MOE_RUN_DIR (set by the launcher's executor): what this run ran on
     try:
         backends.check_all(args)
+        from recipes import preflight
+
+        # the doctor's machine checks (deep_ep signatures, NVLink, NVSHMEM, HybridEP JIT, GPU arch) before the
+        # model is built; on every rank (each node has its own GPUs and environment) so none builds alone
+        preflight.run(args)
     except backends.BackendError as e:
         if args.rank == 0:
             print(f"recipes.pretrain: error: {e}", file=sys.stderr, flush=True)

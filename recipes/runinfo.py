@@ -66,7 +66,9 @@ def collect() -> dict:
         "cuda": torch.version.cuda,
         "megatron_core": _version("megatron.core", "megatron-core"),
         "transformer_engine": _version("transformer_engine", "transformer-engine", "transformer_engine"),
+        # DeepEP's setup.py appends the short git commit of its build (1.2.1+17cfb81): the commit a run used
         "deep_ep": _version("deep_ep", "deep_ep", "deep-ep"),
+        "nvshmem": _dist_version("nvidia-nvshmem-cu13") or _dist_version("nvidia-nvshmem-cu12"),
         "apex": _version("apex", "apex"),
         # the kernel compilers and libraries behind gated delta net (Qwen3-Next): flash-linear-attention's
         # Hopper backward needs Triton >= 3.7.1 or tilelang (recipes/backends.py check_fla_triton)

@@ -166,6 +166,9 @@ class DispatcherConfig:
     """With type=flex: deepep, hybridep or ncclep."""
     flex_num_sms: Optional[int] = None
     """SMs the flex backend may use; None = backend default."""
+    tuned: Optional[str] = None
+    """A moe-dispatch-bench result (perf_results/dispatch/NAME.json, or a .json path): its fastest correct case
+    for this dispatcher sets flex_num_sms and HybridEP's block counts (launcher/plan/tuned.py)."""
     permute_fusion: bool = False
     """Fused permute/unpermute (needs Transformer Engine)."""
     router_fusion: bool = False

@@ -14,6 +14,7 @@ from launcher.plan.megatron.table import OWNED_FLAGS, resolved_flags, table_flag
 from launcher.plan.probe import MachineProbe
 from launcher.plan.resolve import Resolved, resolve
 from launcher.plan.rules import validate
+from launcher.plan.tuned import apply_tuned
 
 ENTRY_MODULE = "recipes.pretrain"
 
@@ -88,6 +89,7 @@ def compute_capability(cfg: RunConfig) -> tuple[int, int]:
 
 def build_plan(cfg: RunConfig, probe: MachineProbe) -> LaunchPlan:
     """Resolve, validate with our rules, map, then validate with Megatron's own checks."""
+    cfg = apply_tuned(cfg)  # dispatcher.tuned: a benchmark's best knobs become fields and flags first
     res = resolve(cfg, probe)
     validate(cfg, res)
     argv = megatron_argv(cfg, res)

@@ -221,6 +221,8 @@ LAUNCHER_ONLY: dict[str, str] = {
     "model.moe_grouped_gemm_impl": "which module computes the experts (recipes/experts.py), passed as "
                                    "MOE_GROUPED_GEMM_IMPL",
     "train.kernel_profile": "our own profiler window (recipes/profiling.py), passed as MOE_PROFILE_STEPS",
+    "dispatcher.tuned": "a dispatcher benchmark's best knobs, folded into dispatcher.flex_num_sms and megatron.extra "
+                        "before mapping (plan/tuned.py)",
 }
 
 

@@ -7,6 +7,7 @@ is allocated, with a message that names our field instead of Megatron's internal
 
   parallel.py   world size, grids, degrees vs what they split, pipeline layout, SP/CP, batch
   features.py   model features, recompute, dispatcher, router, precision, overlap, CUDA graphs, experts
+  dispatcher.py what the flex backends (deepep, hybridep, ncclep) need that Megatron asserts at model build
   train.py      sequence vs positions, LR schedule, profiling window, CPU runs
   data.py       the data group
   cluster.py    executors, Slurm directives, containers, environment
@@ -20,6 +21,7 @@ from launcher.config.schema import RunConfig
 from launcher.plan.resolve import Resolved
 from launcher.plan.rules.cluster import CLUSTER_RULES
 from launcher.plan.rules.data import check_data
+from launcher.plan.rules.dispatcher import DISPATCHER_RULES
 from launcher.plan.rules.features import (check_attention_variant, check_cuda_graphs, check_dispatcher,
                                           check_ep_overlap_conflicts, check_ep_overlap_layout,
                                           check_fp8_hardware, check_gated_delta_net_mtp, check_moe_layer_freq,
@@ -40,7 +42,7 @@ RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     check_layers_pipeline, check_layout,
     check_sequence_parallel, check_context_parallel, check_seq_vs_positions, check_batch, check_lr_schedule,
     check_recompute,
-    check_recompute_prerequisites, check_dispatcher, check_router, check_precision,
+    check_recompute_prerequisites, check_dispatcher, *DISPATCHER_RULES, check_router, check_precision,
     check_fp8_hardware, check_optimizer_offload, check_overlap, check_ep_overlap_layout, check_ep_overlap_conflicts,
     check_cuda_graphs, check_torch_grouped_gemm, check_kernel_profile, check_cpu_run, check_data,
     check_gated_delta_net_mtp,

@@ -103,15 +103,24 @@ def test_versions_live_in_one_file_and_match_the_package_pins():
     pyproject = (REPO / "pyproject.toml").read_text()
     assert f'"megatron-core=={pins["MEGATRON_CORE"]}"' in pyproject
     assert f'transformer-engine[pytorch]=={pins["TRANSFORMER_ENGINE"]}' in pyproject
-    assert all(re.fullmatch(r"[0-9a-f]{40}", pins[k]) for k in ("DEEPEP_COMMIT", "HYBRIDEP_COMMIT"))
+    # one DeepEP: the hybrid-ep branch at the commit Megatron-LM's CI pins gives both Buffer and HybridEPBuffer;
+    # a second DeepEP build (the old DeepEP-main pin) would overwrite the same package `deep_ep`
+    assert pins["DEEPEP_BRANCH"] == "hybrid-ep" and pins["DEEPEP_COMMIT"] == "17cfb817bccec3a9c247013360cc550c2bac441e"
+    assert pins["DEEPEP_REPO"] == "https://github.com/deepseek-ai/DeepEP.git"
+    # HybridEP 3f601f7 lacks dispatch_with_permute(non_blocking=), which megatron-core 0.19.2 always passes
+    assert "HYBRIDEP_COMMIT" not in pins and not any(v.startswith("3f601f7") for v in pins.values())
     assert re.fullmatch(r"\d+\.\d+\.\d+", pins["NVSHMEM"])
     # gated delta net's kernels: the image installs the pair the gpu extra pins
     assert f'"flash-linear-attention=={pins["FLA"]}"' in pyproject and f'"tilelang=={pins["TILELANG"]}"' in pyproject
-    for dockerfile, deepep in (("Dockerfile", "DEEPEP_COMMIT"), ("Dockerfile.blackwell", "HYBRIDEP_COMMIT")):
+    for dockerfile in ("Dockerfile", "Dockerfile.blackwell"):
         text = (REPO / "container" / dockerfile).read_text()
         args = set(re.findall(r"^ARG (\w+)", text, re.M))
-        assert {"NGC_PYTORCH", "MEGATRON_CORE", "TRANSFORMER_ENGINE", deepep, "NVSHMEM", "NVSHMEM_PKG", "FLA",
-                "TILELANG"} <= args
+        assert {"NGC_PYTORCH", "MEGATRON_CORE", "TRANSFORMER_ENGINE", "DEEPEP_REPO", "DEEPEP_BRANCH", "DEEPEP_COMMIT",
+                "NVSHMEM", "NVSHMEM_PKG", "FLA", "TILELANG"} <= args
+        # exactly one DeepEP build per image, at the pinned commit, with CUDA 13's CCCL include path, and the
+        # image build fails unless the installed deep_ep has every argument megatron-core passes
+        assert text.count("git clone") == 1 and 'git checkout "${DEEPEP_COMMIT}"' in text
+        assert "include/cccl" in text and "python -m recipes.preflight --api deepep hybridep" in text
         assert '"flash-linear-attention==${FLA}" "tilelang==${TILELANG}"' in text
         # defaults in the Dockerfile equal versions.env (a build without --build-arg gets the same image)
         for name, value in re.findall(r"^ARG (\w+)=(\S+)", text, re.M):
