@@ -28,6 +28,11 @@ def _fmt(x: Any, nd: int = 1, pct: bool = False) -> str:
     return str(x)
 
 
+def _tflops(x: Any) -> str:
+    """Megatron logs TFLOP/s/GPU with one decimal: a tiny model's 0.0 means below 0.05, not nothing."""
+    return "<0.1" if isinstance(x, (int, float)) and 0 <= x < 0.05 else _fmt(x)
+
+
 def headline(r: dict) -> str:
     """One line: what the run measured, or how it failed."""
     if r["status"] == "failed" and r["failure"]:
@@ -38,7 +43,7 @@ def headline(r: dict) -> str:
     mfu = ss["mfu"]["median"] if ss.get("mfu") else None
     return (f"{r['status']}: {ss['step_time_ms']['median']:.0f} ms/step, "
             f"{_fmt(ss['tokens_per_s_per_gpu']['median'], 0) if ss.get('tokens_per_s_per_gpu') else '-'} tokens/s/GPU, "
-            f"{_fmt((ss['tflops_per_gpu'] or {}).get('median'))} TFLOP/s/GPU, MFU {_fmt(mfu, pct=True)} "
+            f"{_tflops((ss['tflops_per_gpu'] or {}).get('median'))} TFLOP/s/GPU, MFU {_fmt(mfu, pct=True)} "
             f"(median of iterations {ss['window']['first']}-{ss['window']['last']})")
 
 
