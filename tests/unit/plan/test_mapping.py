@@ -177,7 +177,8 @@ def test_unknown_extra_key_names_the_closest(extra, field, near):
 
 
 def test_unknown_raw_flag_names_the_closest():
-    with pytest.raises(ConfigError, match=r"Fix: did you mean model\.moe_router_topk\? \(the schema field that sets --moe-router-topk\)") as ei:
+    owner = r"Fix: did you mean model\.moe_router_topk\? \(the schema field that sets --moe-router-topk\)"
+    with pytest.raises(ConfigError, match=owner) as ei:
         check_raw(["--moe-router-top-k", "2"])
     assert ei.value.field == "megatron.raw" and ei.value.value == "--moe-router-top-k"
     check_raw(["--moe-router-topk=2", "--recompute-granularity", "selective"])  # real flags pass

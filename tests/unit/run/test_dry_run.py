@@ -121,7 +121,7 @@ def test_megatron_rejection_is_exit_2_without_traceback(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr  # importing torch/megatron adds no notices on the login node
     last = lines[0]
-    # Megatron's statement (assert args.tensor_model_parallel_size > 1) names the field behind --tensor-model-parallel-size
+    # Megatron's statement (assert args.tensor_model_parallel_size > 1) names the field behind that flag
     assert last.startswith("moe-launch: error: parallel.tp='1': Megatron-Core rejected it at world size 1: ")
     assert "can distribute recomputed activations only across tensor model parallel groups" in last
     assert not (tmp_path / "bad").exists()
