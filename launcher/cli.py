@@ -73,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         from launcher.config.compose import compose
         from launcher.plan.probe import detect
         from launcher.run.registry import executor_for, launch_plan
-        from launcher.run.rundir import default_run_dir, write_run_dir
+        from launcher.run.rundir import check_run_dir, default_run_dir, write_run_dir
 
         composed, cfg = compose(args)
         executor = executor_for(cfg)
-        plan = launch_plan(cfg, detect())
         run_dir = Path(cfg.launch.run_dir) if cfg.launch.run_dir else default_run_dir(cfg)
+        check_run_dir(run_dir)  # before the plan: Megatron's validator takes half a minute
+        plan = launch_plan(cfg, detect())
         entry_text = executor.render(cfg, plan, run_dir)  # sbatch.sh / container.sh: checked first
         script = write_run_dir(run_dir, composed, plan, executor.workdir(cfg), args)
         script = executor.write_entry(run_dir, entry_text, script)

@@ -1,6 +1,8 @@
 """Dataset provider and forward step for MoE GPT pretraining (mock or indexed data)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from megatron.core import mpu
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
@@ -10,6 +12,7 @@ from megatron.core.tokenizers.utils.build_tokenizer import build_tokenizer
 from megatron.core.utils import get_batch_on_this_cp_rank
 from megatron.training import get_args
 
+from launcher.records.indexed import IndexedDataError, parse_blend, read_idx
 from recipes import profiling
 
 
@@ -21,8 +24,9 @@ def datasets_provider(train_val_test_num_samples, vp_stage=None):
         random_seed=args.seed,
         sequence_length=args.seq_length,
         blend=get_blend_from_list(args.data_path),  # None with --mock-data -> config.mock is True
-        blend_per_split=None,
-        split=args.split,
+        # data.train_paths/valid_paths/test_paths: one blend per split, and no split (Megatron refuses both)
+        blend_per_split=_per_split(args),
+        split=None if _per_split(args) else args.split,
         tokenizer=build_tokenizer(args),
         reset_position_ids=False,
         reset_attention_mask=False,
@@ -34,6 +38,35 @@ def datasets_provider(train_val_test_num_samples, vp_stage=None):
 
 
 datasets_provider.is_distributed = True  # Megatron calls the provider on every rank
+
+
+def _per_split(args) -> Optional[list]:
+    paths = [args.train_data_path, args.valid_data_path, args.test_data_path]
+    return [get_blend_from_list(p) for p in paths] if any(paths) else None
+
+
+def prefixes(args) -> list[str]:
+    """Every data prefix the argv names (--data-path or the per-split paths), without the weights."""
+    items = [*(args.data_path or []), *(args.train_data_path or []), *(args.valid_data_path or []),
+             *(args.test_data_path or [])]
+    try:
+        return [p for _, p in parse_blend(items)]
+    except IndexedDataError:  # Megatron's own parser decides about a list it cannot read as a blend
+        return [str(item) for item in items if not str(item).replace(".", "", 1).isdigit()]
+
+
+def check_files(args) -> Optional[str]:
+    """The data files on this node, before the model is built: the check the login node could not make when
+    the paths were not visible there (Slurm, containers). None when every prefix is sound, else one line."""
+    if args.mock_data:
+        return None
+    for prefix in prefixes(args):
+        try:
+            read_idx(prefix)
+        except IndexedDataError as e:
+            return (f"data prefix {prefix!r}: {e}. Fix: point data.paths (or data.train_paths/valid_paths/"
+                    f"test_paths) at a prefix moe-prepare-data wrote, as this node sees it")
+    return None
 
 
 def _batch(data_iterator) -> dict:

@@ -38,6 +38,17 @@ def _no_one_logger_without_its_package(parser):
     return parser
 
 
+def _logging_dirs(args) -> None:
+    """train.tensorboard_dir / wandb_*: relative directories are under the run directory, and W&B gets a
+    directory and a name there (Megatron's defaults are <--save>/wandb, a TypeError without --save)."""
+    run_dir = os.environ.get("MOE_RUN_DIR", ".")
+    if args.tensorboard_dir and not os.path.isabs(args.tensorboard_dir):
+        args.tensorboard_dir = os.path.join(run_dir, args.tensorboard_dir)
+    if getattr(args, "wandb_project", None):
+        args.wandb_save_dir = os.path.join(run_dir, args.wandb_save_dir or "wandb")  # an absolute one stays
+        args.wandb_exp_name = args.wandb_exp_name or os.path.basename(os.path.abspath(run_dir))
+
+
 def main(argv: list[str]) -> int:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from recipes import cpu_compat
@@ -71,6 +82,12 @@ def main(argv: list[str]) -> int:
         if args.rank == 0:
             print(f"recipes.pretrain: error: {e}", file=sys.stderr, flush=True)
         return 3
+    problem = data.check_files(args)  # every rank reads its own view of the files; rank 0 says why
+    if problem:
+        if args.rank == 0:
+            print(f"recipes.pretrain: error: {problem}", file=sys.stderr, flush=True)
+        return 3
+    _logging_dirs(args)
     from recipes import experts
 
     impl = experts.apply()  # MOE_GROUPED_GEMM_IMPL (model.moe_grouped_gemm_impl): before the model is built

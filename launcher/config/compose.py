@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -75,6 +76,21 @@ def _explain(err: Exception) -> ConfigError:
                            "give it a value of the type launcher/config/schema.py declares")
     first = " ".join(text.split("\n")[0].split())
     return ConfigError("overrides", "?", first.rstrip("."), "see `moe-launch --help` for the override syntax")
+
+
+def _yaml_error(err: yaml.YAMLError) -> ConfigError:
+    """PyYAML's several-line report -> the file, line and column, and what the parser expected."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = Path(mark.name) if mark is not None else None
+    try:
+        shown = where.relative_to(CONF_DIR.parent) if where else "a conf/ file"
+    except ValueError:
+        shown = where
+    at = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    context = " ".join(str(getattr(err, "context", None) or "").split())
+    return ConfigError(str(shown), at, f"is not valid YAML: {context + ', ' if context else ''}{problem}",
+                       "fix that line (quote values holding ':' '[' '{' '#', close brackets, indent with spaces)")
 
 
 def _unknown_key(full: str, value, valid: list[str]) -> ConfigError:
@@ -148,6 +164,8 @@ def compose(overrides: list[str]) -> tuple[DictConfig, RunConfig]:
         typed = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as e:
         raise _explain(e) from None
+    except yaml.YAMLError as e:  # a malformed file under conf/ (PyYAML's error, not wrapped by Hydra)
+        raise _yaml_error(e) from None
     assert isinstance(typed, RunConfig)
     _check_executor_schema(typed)
     return composed, typed

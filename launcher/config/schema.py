@@ -224,10 +224,23 @@ class DataConfig:
     kind: DataKind = DataKind.mock
     """mock (synthetic tokens, no files) or indexed (Megatron .bin/.idx prefixes in paths)."""
     paths: list[str] = field(default_factory=list)
-    """With kind=indexed: data prefixes, optionally weighted ("0.3 /data/a 0.7 /data/b")."""
-    split: str = "99,1,0"
+    """With kind=indexed: one blend for every split, prefixes optionally weighted ([0.3, /data/a, 0.7, /data/b]),
+    divided by `split` (--data-path)."""
+    train_paths: list[str] = field(default_factory=list)
+    """With kind=indexed, instead of paths: the training blend (--train-data-path); valid_paths and test_paths
+    are then the evaluation blends (--valid-data-path, --test-data-path) and `split` is not used."""
+    valid_paths: list[str] = field(default_factory=list)
+    test_paths: list[str] = field(default_factory=list)
+    split: Optional[str] = None
+    """Train,valid,test weights of `paths`; None = "99,1,0" when train.eval_iters > 0, else "100,0,0": with no
+    evaluation Megatron builds a 0-sample validation blend and its sampler asserts "no sample to consume: 0"
+    (blended_megatron_dataset_builder sizes a blend's split by the samples asked, eval_iters x batch)."""
     tokenizer_type: str = "NullTokenizer"
     tokenizer_model: Optional[str] = None
+    """A Hugging Face tokenizer directory (or hub id) for HuggingFaceTokenizer."""
+    vocab_size: Optional[int] = None
+    """The tokenizer's vocabulary, checked against the model's padded vocabulary before launch; None = read it
+    from the tokenizer (where the login node can load it) or the data's moe-prepare-data summary."""
     num_workers: int = 2
 
 
@@ -289,6 +302,15 @@ class TrainConfig:
     cuda_graph_modules: list[CudaGraphModule] = field(default_factory=list)
     """With a per-layer cuda_graph_impl, the parts of each layer captured: attn, mlp (dense layers),
     moe_router, moe_preprocess (with moe_router), moe (drop-and-pad MoE only); empty = the whole layer."""
+    tensorboard_dir: Optional[str] = None
+    """TensorBoard event files (--tensorboard-dir; needs the `logging` extra); a relative path is under the
+    run directory. None = off."""
+    wandb_project: Optional[str] = None
+    """Weights & Biases project (--wandb-project; needs the `logging` extra); None = off."""
+    wandb_exp_name: Optional[str] = None
+    """W&B run name (--wandb-exp-name, which Megatron requires with a project); None = the run directory's name."""
+    wandb_save_dir: Optional[str] = None
+    """W&B files (--wandb-save-dir); None = <run_dir>/wandb. WANDB_MODE=offline in cluster.env keeps them local."""
 
 
 @dataclass

@@ -7,6 +7,7 @@ and written to the run directory).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -196,7 +197,21 @@ def resolve(cfg: RunConfig, probe: MachineProbe) -> Resolved:
                      f"{'found' if probe.apex_fused_wgrad else 'not found'}")
     else:
         gaf = gaf_cfg == "true"
-    notes += [n for n in (impl_note, layout_note) if n]
+    notes += [n for n in (impl_note, layout_note, _data_note(cfg)) if n]
     return Resolved(device=device, nproc_per_node=nproc, world_size=c.nodes * nproc,
                     transformer_impl=impl, sequence_parallel=sp, pipeline_layout=layout,
                     gradient_accumulation_fusion=gaf, notes=tuple(notes))
+
+
+def _data_note(cfg: RunConfig) -> Optional[str]:
+    """The split's default, or the data prefixes this node cannot see (Slurm, containers): plan/rules/data.py
+    checks the visible ones, recipes/data.py the rest on rank 0 before the model is built."""
+    d = cfg.data
+    words = [str(item) for items in (d.paths, d.train_paths, d.valid_paths, d.test_paths) for item in items]
+    unseen = [w for w in words if not re.fullmatch(r"[0-9.eE+-]+", w) and not Path(w).expanduser().parent.is_dir()]
+    if unseen and cfg.cluster.executor != "local":
+        return (f"data: {len(unseen)} prefix(es) not visible from this node ({unseen[0]}...): their files are "
+                "checked on rank 0 before the model is built")
+    if d.kind == "indexed" and d.paths and d.split is None and cfg.train.eval_iters == 0:
+        return "data.split=100,0,0: train.eval_iters=0 reads no validation or test split"
+    return None

@@ -10,6 +10,10 @@ Classes (FailureInfo.cls):
   timeout          a collective or dispatcher timed out (NCCL watchdog, gloo, DeepEP/HybridEP, rendezvous)
   unknown          the run failed and none of the above is in the log (e.g. a rank killed by a signal)
 
+One more class is decided from the run directory, not the log (records/record.py silent_logger):
+  logger_wrote_nothing  the run finished, but a logger it asked for (train.tensorboard_dir, wandb_project)
+                   left no file
+
 One log often holds several symptoms: the rank that ran out of memory dies and its peers then time out,
 or a NaN is followed by an unrelated exception while Megatron tries to save. The root cause is the
 most specific class present, in the order above; the others are kept in `also`.

@@ -33,7 +33,7 @@ from typing import Optional
 
 import yaml
 
-from launcher.records.failures import classify
+from launcher.records.failures import FailureInfo, classify
 from launcher.records.legacy_argv import legacy_facts
 from launcher.records.logparse import LogSummary, parse_log
 from launcher.records.provenance import describe
@@ -145,6 +145,28 @@ def status_of(exit_info: Optional[dict], log: LogSummary, failure) -> str:
     return "incomplete"
 
 
+def _logger_dirs(run_dir: Path, config: Optional[dict]) -> list[tuple[str, Path]]:
+    """(field, directory) of every logger the config asked for, as recipes/pretrain.py resolves them: relative
+    paths under the run directory, W&B's default <run_dir>/wandb."""
+    train = (config or {}).get("train") or {}
+    out = []
+    if train.get("tensorboard_dir"):
+        out.append(("train.tensorboard_dir", run_dir / train["tensorboard_dir"]))  # an absolute path stays
+    if train.get("wandb_project"):
+        out.append(("train.wandb_project", run_dir / (train.get("wandb_save_dir") or "wandb")))
+    return out
+
+
+def silent_logger(run_dir: Path, config: Optional[dict]):
+    """A requested logger that wrote no file (tensorboard not installed makes Megatron only warn; W&B may be
+    disabled): the run is not `ok`, its failure class is logger_wrote_nothing."""
+    for field, path in _logger_dirs(run_dir, config):
+        if not (path.is_dir() and any(p.is_file() and p.stat().st_size for p in path.rglob("*"))):
+            return FailureInfo(cls="logger_wrote_nothing", summary=f"{field} was set but {path} holds no "
+                               "file: the logger wrote nothing", evidence=[f"{field}: {path}"])
+    return None
+
+
 def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int] = None) -> dict:
     run_dir = Path(run_dir)
     plan = json.loads((run_dir / "plan.json").read_text())
@@ -186,7 +208,8 @@ def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int
     failure = classify(log_text, exit_info.get("returncode") if exit_info else None, layout)
     status = status_of(exit_info, log, failure)
     if status == "ok":
-        failure = None
+        failure = silent_logger(run_dir, config)
+        status = "failed" if failure else "ok"
     plan_code = plan.get("code")
 
     return {

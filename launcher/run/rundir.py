@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -20,11 +21,27 @@ from omegaconf import DictConfig, OmegaConf
 from launcher.plan.plan import LaunchPlan, plan_record
 from launcher.run.command import render_script
 from launcher.config.schema import RunConfig
+from launcher.errors import ConfigError
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
     name = cfg.launch.name or cfg.model.name
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Before the plan (Megatron's validator takes half a minute): the run directory can be made here. Its
+    nearest existing ancestor must be a writable directory, and the directory itself, if it exists, too."""
+    field = "launch.run_dir"
+    probe = run_dir.expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(field, str(run_dir), f"{probe} is a file, so no directory can be made under it",
+                          "choose a launch.run_dir outside it")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(field, str(run_dir), f"{probe} is not writable here",
+                          "choose a launch.run_dir on a writable filesystem (or run from a writable directory)")
 
 
 def write_run_dir(run_dir: Path, composed: DictConfig, plan: LaunchPlan, workdir: Path,

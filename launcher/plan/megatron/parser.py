@@ -40,10 +40,30 @@ def _by_dest() -> dict[str, list[argparse.Action]]:
     return out
 
 
+def _suggest(flag: str) -> str:
+    """did-you-mean for a Megatron flag; a flag a schema field emits is suggested as that field, since
+    megatron.extra/raw may not set it (check_no_duplicates)."""
+    from launcher.plan.megatron.table import field_of_flag
+
+    owner = field_of_flag(flag)
+    return f"did you mean {owner}? (the schema field that sets {flag})" if owner else f"did you mean {flag}?"
+
+
 def unknown_flag_error(field: str, flag: str) -> ConfigError:
-    near = closest(flag, _options().keys())
-    fix = f"did you mean {near}?" if near else "see `moe-launch --megatron-flags` for the full list"
+    near = closest(flag.split("=", 1)[0], _options().keys())
+    fix = _suggest(near) if near else "see `moe-launch --megatron-flags` for the full list"
     return ConfigError(field, flag, "is not a Megatron-Core 0.19.2 flag", fix)
+
+
+def field_of_dest(dest: str) -> str | None:
+    """The schema field behind a Megatron dest (num_experts -> model.num_experts), through its flags."""
+    from launcher.plan.megatron.table import field_of_flag
+
+    for action in _by_dest().get(dest, []):
+        for flag in action.option_strings:
+            if field_of_flag(flag):
+                return field_of_flag(flag)
+    return None
 
 
 def _action_for(key: str) -> argparse.Action:
@@ -54,7 +74,9 @@ def _action_for(key: str) -> argparse.Action:
     actions = [a for a in _by_dest().get(key, []) if a.option_strings]
     if not actions:
         near = closest(key, [d for d in _by_dest() if d != "help"])
-        fix = f"did you mean {near}?" if near else "use a Megatron dest name or --flag"
+        owner = field_of_dest(near) if near else None
+        fix = (f"did you mean {owner}? (the schema field that sets {near})" if owner else f"did you mean {near}?") \
+            if near else "use a Megatron dest name or --flag"
         raise ConfigError(f"megatron.extra.{key}", key, "is not a Megatron-Core 0.19.2 argument", fix)
     return actions[0]
 
@@ -113,5 +135,7 @@ def check_no_duplicates(owned: list[str], extra_dest_names: list[str], field: st
     seen = set(dests(owned))
     for dest in extra_dest_names:
         if dest in seen:
+            owner = field_of_dest(dest)
             raise ConfigError(field, dest, "is already set by a config field (argparse would keep the last one "
-                              "silently)", "change the schema field that maps to it instead")
+                              "silently)", f"set {owner} instead" if owner else
+                              "change the schema field that maps to it instead")

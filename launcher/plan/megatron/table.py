@@ -12,7 +12,7 @@ tests/unit/plan/test_mapping.py fails when a schema field is in none of these.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from launcher.plan.resolve import Resolved, moe_layer_freq
 from launcher.config.schema import RunConfig
@@ -115,7 +115,7 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("precision.exp_avg_sq_dtype", "--exp-avg-sq-dtype", VALUE),
     ("precision.grad_reduce_in_bf16", "--grad-reduce-in-bf16", TRUE),
     # data
-    ("data.split", "--split", VALUE),
+    ("data.split", "--split", VALUE),  # COMPUTED: split_of (its default follows train.eval_iters)
     ("data.tokenizer_type", "--tokenizer-type", VALUE),
     ("data.tokenizer_model", "--tokenizer-model", VALUE),
     ("data.num_workers", "--num-workers", VALUE),
@@ -151,6 +151,10 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("train.profile_ranks", "--profile-ranks", LIST),
     ("train.cuda_graph_impl", "--cuda-graph-impl", VALUE),
     ("train.cuda_graph_modules", "--cuda-graph-modules", LIST),
+    ("train.tensorboard_dir", "--tensorboard-dir", VALUE),
+    ("train.wandb_project", "--wandb-project", VALUE),
+    ("train.wandb_exp_name", "--wandb-exp-name", VALUE),
+    ("train.wandb_save_dir", "--wandb-save-dir", VALUE),
 )
 
 
@@ -174,7 +178,27 @@ def _dtype(cfg: RunConfig) -> list[str]:
 
 
 def _data(cfg: RunConfig) -> list[str]:
-    return ["--mock-data"] if cfg.data.kind == "mock" else ["--data-path", *cfg.data.paths]
+    d = cfg.data
+    if d.kind == "mock":
+        return ["--mock-data"]
+    if d.paths:
+        return ["--data-path", *d.paths]
+    # separate blends: Megatron's BlendedMegatronDatasetConfig refuses a split beside blend_per_split
+    return [*(["--train-data-path", *d.train_paths] if d.train_paths else []),
+            *(["--valid-data-path", *d.valid_paths] if d.valid_paths else []),
+            *(["--test-data-path", *d.test_paths] if d.test_paths else [])]
+
+
+def split_of(cfg: RunConfig) -> Optional[str]:
+    """data.split, or its default: without evaluation (train.eval_iters=0) Megatron asks for 0 validation
+    samples, and a blend of several prefixes then builds a 0-sample validation BlendedDataset whose sampler
+    asserts "no sample to consume: 0"; "100,0,0" builds no validation split at all. Mock data keeps
+    Megatron's own default (it generates any size asked)."""
+    if cfg.data.kind == "indexed" and not cfg.data.paths:
+        return None  # separate blends: BlendedMegatronDatasetConfig refuses a split beside blend_per_split
+    if cfg.data.split is not None:
+        return cfg.data.split
+    return "100,0,0" if cfg.data.kind == "indexed" and cfg.train.eval_iters == 0 else "99,1,0"
 
 
 def _routing(cfg: RunConfig) -> list[str]:
@@ -200,6 +224,9 @@ SPECIAL: dict[str, Callable[[RunConfig], list[str]]] = {
     "precision.params_dtype": _dtype,
     "data.kind": _data,
     "data.paths": _data,
+    "data.train_paths": _data,
+    "data.valid_paths": _data,
+    "data.test_paths": _data,
     "train.routing": _routing,
     "parallel.use_megatron_fsdp": _fsdp,
 }
@@ -220,6 +247,8 @@ LAUNCHER_ONLY: dict[str, str] = {
     "megatron": "the escape hatch itself, appended after the table's flags",
     "model.moe_grouped_gemm_impl": "which module computes the experts (recipes/experts.py), passed as "
                                    "MOE_GROUPED_GEMM_IMPL",
+    "data.vocab_size": "the tokenizer's vocabulary, checked against the model's padded vocabulary before launch "
+                       "(plan/rules/data.py); Megatron reads it from the tokenizer itself",
     "train.kernel_profile": "our own profiler window (recipes/profiling.py), passed as MOE_PROFILE_STEPS",
     "dispatcher.tuned": "a dispatcher benchmark's best knobs, folded into dispatcher.flex_num_sms and megatron.extra "
                         "before mapping (plan/tuned.py)",
@@ -227,18 +256,35 @@ LAUNCHER_ONLY: dict[str, str] = {
 
 
 # Every flag a schema field can emit (TABLE, SPECIAL, DERIVED): megatron.extra/raw may not set these.
-OWNED_FLAGS: tuple[str, ...] = tuple(flag for _, flag, _ in TABLE) + (
-    "--group-query-attention", "--num-query-groups", "--vocab-size", "--recompute-granularity", "--bf16", "--fp16",
-    "--mock-data", "--data-path", "--moe-router-force-load-balancing", "--use-megatron-fsdp",
-    "--transformer-impl", "--moe-grouped-gemm", "--sequence-parallel", "--pipeline-model-parallel-layout",
-    "--num-virtual-stages-per-pipeline-rank", "--num-layers-per-virtual-pipeline-stage",
-    "--no-gradient-accumulation-fusion", "--cross-entropy-fusion-impl",
-)
+# The field behind each flag SPECIAL and DERIVED emit (TABLE rows name their own).
+FLAG_FIELDS: dict[str, str] = {
+    "--group-query-attention": "model.num_query_groups", "--num-query-groups": "model.num_query_groups",
+    "--vocab-size": "model.vocab_size", "--recompute-granularity": "recompute.granularity",
+    "--bf16": "precision.params_dtype", "--fp16": "precision.params_dtype", "--mock-data": "data.kind",
+    "--data-path": "data.paths", "--train-data-path": "data.train_paths", "--valid-data-path": "data.valid_paths",
+    "--test-data-path": "data.test_paths", "--moe-router-force-load-balancing": "train.routing",
+    "--use-megatron-fsdp": "parallel.use_megatron_fsdp", "--transformer-impl": "model.transformer_impl",
+    "--moe-grouped-gemm": "model.moe_grouped_gemm", "--sequence-parallel": "parallel.sequence_parallel",
+    "--pipeline-model-parallel-layout": "parallel.pipeline_layout",
+    "--num-virtual-stages-per-pipeline-rank": "parallel.vpp", "--num-layers-per-virtual-pipeline-stage": "parallel.vpp",
+    "--no-gradient-accumulation-fusion": "train.gradient_accumulation_fusion",
+    "--cross-entropy-fusion-impl": "train.cross_entropy_fusion_impl",
+}
+
+# Every flag a schema field can emit (TABLE, SPECIAL, DERIVED): megatron.extra/raw may not set these.
+OWNED_FLAGS: tuple[str, ...] = tuple(flag for _, flag, _ in TABLE) + tuple(FLAG_FIELDS)
+
+
+def field_of_flag(flag: str) -> Optional[str]:
+    """The schema field that emits a Megatron flag (--num-experts -> model.num_experts), or None."""
+    row = next((path for path, f, _ in TABLE if f == flag), None)
+    return row or FLAG_FIELDS.get(flag)
 
 
 # TABLE rows whose value is computed from more than one field.
 COMPUTED: dict[str, Callable[[RunConfig], Any]] = {
     "model.moe_layer_freq": moe_layer_freq,  # model.moe_first_k_dense follows model.num_layers
+    "data.split": split_of,
 }
 
 

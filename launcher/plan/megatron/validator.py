@@ -156,6 +156,9 @@ def _megatron_validate(argv: list[str], world_size: int, env: dict[str, str], ca
         try:
             args, unknown = p.parse_known_args(argv)
         except Exception as e:  # noqa: BLE001 - argparse.ArgumentError: bad value or choice
+            hit = field_in(str(e), argv)
+            if hit:
+                raise ConfigError(hit[0], hit[1], f"Megatron's parser rejected it: {e}", f"change {hit[0]}") from None
             raise ConfigError("megatron argv", " ".join(argv[:4]) + " ...", f"Megatron's parser rejected it: {e}",
                               "fix the field or megatron.extra entry behind that flag") from None
         if unknown:
@@ -179,11 +182,51 @@ def _megatron_validate(argv: list[str], world_size: int, env: dict[str, str], ca
                 raise AssertionError(f"global batch size {args.global_batch_size} is not divisible by "
                                      f"micro batch size {args.micro_batch_size} x data parallel size {dp}")
         except (AssertionError, ValueError, RuntimeError, TypeError, KeyError, NotImplementedError) as e:
-            msg = " ".join(str(e).split()) or type(e).__name__
-            raise ConfigError("megatron", f"world_size={world_size}", f"Megatron-Core rejected the argv: {msg}",
-                              "change the config field behind that flag (launch.megatron_validate=false "
-                              "launch.dry_run=true writes the argv to inspect)") from None
+            raise _rejected(e, argv, world_size) from None
     return {"data_parallel_size": args.data_parallel_size,
             "virtual_pipeline_model_parallel_size": args.virtual_pipeline_model_parallel_size,
             "num_microbatches": args.global_batch_size // (args.micro_batch_size * args.data_parallel_size),
             "flops_per_sequence": flops}
+
+
+def _source_line(e: BaseException) -> str:
+    """The statement that raised inside Megatron (a bare `assert a <= b` says nothing in its message)."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    return (frames[-1].line or "") if frames else ""
+
+
+def field_in(text: str, argv: list[str]) -> tuple[str, object] | None:
+    """The first schema field behind a dest or flag that Megatron's message or statement names, with the
+    value the argv gave it (True for a bare flag), e.g. "args.moe_router_topk" -> model.moe_router_topk."""
+    import re
+
+    from launcher.plan.megatron.parser import _options, field_of_dest
+
+    for word in re.findall(r"--[a-z0-9-]+|[a-z][a-z0-9_]+", text):
+        dest = _options()[word].dest if word.startswith("--") and word in _options() else word
+        field = field_of_dest(dest)
+        if not field:
+            continue
+        flags = [f for f in argv if f.startswith("--") and f in _options() and _options()[f].dest == dest]
+        if not flags:
+            continue
+        i = argv.index(flags[0])
+        value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else True
+        return field, value
+    return None
+
+
+def _rejected(e: BaseException, argv: list[str], world_size: int) -> ConfigError:
+    """Megatron's words, attributed to the field behind the flag they name where one does."""
+    msg = " ".join(str(e).split()) or type(e).__name__
+    statement = " ".join(_source_line(e).split())
+    hit = field_in(f"{msg} {statement}", argv)
+    rule = f"Megatron-Core rejected it at world size {world_size}: {msg}" + (
+        f" ({statement})" if statement and statement not in msg else "")
+    if hit:
+        return ConfigError(hit[0], hit[1], rule, f"change {hit[0]}")
+    return ConfigError("megatron", f"world_size={world_size}", f"Megatron-Core rejected the argv: {msg}",
+                       "change the config field behind that flag (launch.megatron_validate=false "
+                       "launch.dry_run=true writes the argv to inspect)")

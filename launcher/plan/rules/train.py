@@ -53,3 +53,23 @@ def check_cpu_run(cfg: RunConfig, res: Resolved) -> None:
                           "parallelism only (torch norms reject sequence parallelism)", "set it to 1 on CPU")
     if cfg.parallel.use_megatron_fsdp:
         raise ConfigError("parallel.use_megatron_fsdp", True, "Megatron FSDP needs CUDA", "set it to false on CPU")
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def check_loggers(cfg: RunConfig, res: Resolved) -> None:
+    """A logger asked for must be importable where the ranks run: Megatron crashes without wandb (`No module
+    named 'wandb'`) and silently writes no TensorBoard events without tensorboard (global_vars.py only warns).
+    Judged on this node when the ranks run this interpreter (local runs; Slurm without a container image)."""
+    c = cfg.cluster
+    if c.executor == "container" or getattr(c, "container_image", None):
+        return  # the image's packages, not this node's
+    for field, value, module in (("train.tensorboard_dir", cfg.train.tensorboard_dir, "tensorboard"),
+                                 ("train.wandb_project", cfg.train.wandb_project, "wandb")):
+        if value and not _installed(module):
+            raise ConfigError(field, value, f"needs the {module} package, which is not installed here",
+                              f"pip install -e '.[logging]' (or unset {field})")

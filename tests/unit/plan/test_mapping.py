@@ -162,8 +162,9 @@ def test_extra_from_the_command_line_reaches_the_plan():
 
 
 @pytest.mark.parametrize("extra,field,near", [
-    ({"moe_router_top_k": 3}, "megatron.extra.moe_router_top_k", "did you mean moe_router_topk?"),
-    ({"--moe-router-top-k": 3}, "megatron.extra[--moe-router-top-k]", "did you mean --moe-router-topk?"),
+    # the closest Megatron name is owned by a schema field: the field is suggested (extra may not set it)
+    ({"moe_router_top_k": 3}, "megatron.extra.moe_router_top_k", "did you mean model.moe_router_topk?"),
+    ({"--moe-router-top-k": 3}, "megatron.extra[--moe-router-top-k]", "did you mean model.moe_router_topk?"),
     ({"--no-overlap-p2p-comm": True}, "megatron.extra[--no-overlap-p2p-comm]",
      "did you mean --no-overlap-p2p-communication?"),
 ])
@@ -176,19 +177,20 @@ def test_unknown_extra_key_names_the_closest(extra, field, near):
 
 
 def test_unknown_raw_flag_names_the_closest():
-    with pytest.raises(ConfigError, match=r"Fix: did you mean --moe-router-topk\?") as ei:
+    owner = r"Fix: did you mean model\.moe_router_topk\? \(the schema field that sets --moe-router-topk\)"
+    with pytest.raises(ConfigError, match=owner) as ei:
         check_raw(["--moe-router-top-k", "2"])
     assert ei.value.field == "megatron.raw" and ei.value.value == "--moe-router-top-k"
     check_raw(["--moe-router-topk=2", "--recompute-granularity", "selective"])  # real flags pass
 
 
 def test_unknown_raw_flag_fails_the_plan():
-    with pytest.raises(ConfigError, match=r"megatron\.raw='--moe-router-top-k'.*did you mean --moe-router-topk\?"):
+    with pytest.raises(ConfigError, match=r"megatron\.raw='--moe-router-top-k'.*did you mean model\.moe_router_topk\?"):
         plan_for(["megatron.raw=[--moe-router-top-k,3]"], validate_megatron=False)
 
 
 def test_unknown_extra_key_fails_the_plan():
-    with pytest.raises(ConfigError, match=r"megatron\.extra\.moe_router_top_k=.*did you mean moe_router_topk\?"):
+    with pytest.raises(ConfigError, match=r"megatron\.extra\.moe_router_top_k=.*did you mean model\.moe_router_topk\?"):
         plan_for(["+megatron.extra.moe_router_top_k=3"], validate_megatron=False)
 
 

@@ -132,13 +132,25 @@ def test_megatron_rejection_is_exit_2_without_traceback(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr  # importing torch/megatron adds no notices on the login node
     last = lines[0]
-    assert last.startswith("moe-launch: error: megatron='world_size=1': Megatron-Core rejected the argv: ")
+    # Megatron's statement (assert args.tensor_model_parallel_size > 1) names the field behind that flag
+    assert last.startswith("moe-launch: error: parallel.tp='1': Megatron-Core rejected it at world size 1: ")
     assert "can distribute recomputed activations only across tensor model parallel groups" in last
     assert not (tmp_path / "bad").exists()
 
 
 def _exec_tokens(script: str) -> list[str]:
     return shlex.split(script[script.index("\nexec ") + len("\nexec "):].replace("\\\n", " "))
+
+
+def _write_indexed(prefix) -> None:
+    """A one-document Megatron pair (3 uint16 tokens) written by megatron-core's own builder."""
+    import numpy
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=numpy.uint16)
+    builder.add_document(torch.tensor([1, 2, 3]), [3])
+    builder.finalize(f"{prefix}.idx")
 
 
 def test_render_script_quotes_shell_metacharacters(tmp_path):
@@ -149,7 +161,11 @@ def test_render_script_quotes_shell_metacharacters(tmp_path):
     cfg = make_cfg(["model=qwen3_235b_a22b", "parallel=tp2_pp8_vpp4_ep32", "train=pretrain", "cluster.nodes=32",
                     "cluster.gpus_per_node=8", "launch.dry_run=true", "launch.megatron_validate=false",
                     "data=indexed", "data.tokenizer_model=Qwen/Qwen3-235B-A22B"])
-    cfg.data.paths = ["0.7", "/data/my corpus/a_text_document", "0.3", "/data/it's/b"]
+    # prefixes with a space and a quote that exist (a local run's data is checked before launch)
+    for name in ("my corpus/a_text_document", "it's/b"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        _write_indexed(tmp_path / name)
+    cfg.data.paths = ["0.7", str(tmp_path / "my corpus/a_text_document"), "0.3", str(tmp_path / "it's/b")]
     plan = launch_plan(cfg, PROBE)
     assert "Ett|(ttt|)*30ttL" in plan.argv
     workdir = tmp_path / "work dir"

@@ -166,10 +166,12 @@ def test_a_quiet_failed_run_shows_the_end_of_its_log(tmp_path, capsys, monkeypat
     assert log.read_text().splitlines()[-1] in err and "FAILED (exit 1)" in err
 
 
-def test_wandb_and_tensorboard_stay_megatrons_own_options():
+def test_wandb_and_tensorboard_stay_megatrons_own_options(monkeypatch):
     from conftest import plan_for
+    from launcher.plan.rules import train
 
-    plan = plan_for(["megatron.extra={wandb_project: moe, wandb_exp_name: run1, tensorboard_dir: tb}"])
+    monkeypatch.setattr(train, "_installed", lambda module: True)  # the `logging` extra, installed or not here
+    plan = plan_for(["train.wandb_project=moe", "train.wandb_exp_name=run1", "train.tensorboard_dir=tb"])
     argv = plan.argv
     for flag, value in (("--wandb-project", "moe"), ("--wandb-exp-name", "run1"), ("--tensorboard-dir", "tb")):
         assert argv[argv.index(flag) + 1] == value
