@@ -14,6 +14,7 @@ from launcher.plan.megatron.table import OWNED_FLAGS, resolved_flags, table_flag
 from launcher.plan.probe import MachineProbe
 from launcher.plan.resolve import Resolved, resolve
 from launcher.plan.rules import validate
+from launcher.plan.tuned import tuned_config
 
 ENTRY_MODULE = "recipes.pretrain"
 
@@ -61,7 +62,7 @@ def megatron_argv(cfg: RunConfig, res: Resolved) -> list[str]:
 
 def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
     env = {"PYTHONUNBUFFERED": "1"}  # rank output reaches the log as it happens
-    if cfg.dispatcher.overlap_moe_expert_parallel_comm:
+    if res.tuned.overlap_moe_expert_parallel_comm:
         # the overlapped 1F1B schedule runs dispatch/combine on their own streams: they need more hardware
         # queues (validate_args then only warns about TP/CP), and TE's norms leave SMs for the comm kernels
         env["CUDA_DEVICE_MAX_CONNECTIONS"] = "32"
@@ -70,8 +71,11 @@ def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
         # one hardware queue keeps TP/CP communication kernels ordered ahead of the GEMMs they overlap
         # (validate_args requires it on Hopper and older; Megatron FSDP requires it unset or > 1)
         env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
-    if cfg.model.moe_grouped_gemm_impl != "te":
-        env["MOE_GROUPED_GEMM_IMPL"] = cfg.model.moe_grouped_gemm_impl  # read by recipes/experts.py
+    if res.tuned.moe_grouped_gemm_impl != "te":
+        env["MOE_GROUPED_GEMM_IMPL"] = res.tuned.moe_grouped_gemm_impl  # read by recipes/experts.py
+    if res.tuned.expandable_segments and "PYTORCH_CUDA_ALLOC_CONF" not in cfg.cluster.env:
+        # less fragmentation (launcher/plan/tuned.py); a cluster.env value keeps its own place below
+        env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
     if cfg.train.kernel_profile:
         env["MOE_PROFILE_STEPS"] = cfg.train.kernel_profile  # read by recipes/profiling.py on every rank
     if res.device == "cpu":
@@ -87,8 +91,10 @@ def compute_capability(cfg: RunConfig) -> tuple[int, int]:
 
 
 def build_plan(cfg: RunConfig, probe: MachineProbe) -> LaunchPlan:
-    """Resolve, validate with our rules, map, then validate with Megatron's own checks."""
+    """Resolve, validate with our rules, map, then validate with Megatron's own checks. Everything after
+    resolve reads the config with its tuned knobs concrete (launcher/plan/tuned.py)."""
     res = resolve(cfg, probe)
+    cfg = tuned_config(cfg, res.tuned)
     validate(cfg, res)
     argv = megatron_argv(cfg, res)
     env = run_env(cfg, res)

@@ -12,6 +12,7 @@ from typing import Optional
 
 from launcher.errors import ConfigError
 from launcher.plan.probe import MachineProbe
+from launcher.plan.tuned import Stack, Tuned, resolve_tuned
 from launcher.config.choices import Device, ExecutorKind, TransformerImpl
 from launcher.config.schema import RunConfig
 
@@ -27,6 +28,10 @@ class Resolved:
     pipeline_layout: Optional[str]
     gradient_accumulation_fusion: bool
     notes: tuple[str, ...] = field(default=())
+    tuned: Tuned = field(default=Tuned(moe_grouped_gemm_impl="te", permute_fusion=False, router_fusion=False,
+                                       cross_entropy_loss_fusion=False, overlap_moe_expert_parallel_comm=False,
+                                       expandable_segments=False))
+    """The tuned knobs' values (launcher/plan/tuned.py); the default is the safe choice of each."""
 
     def data_parallel_size(self, cfg: RunConfig) -> int:
         p = cfg.parallel
@@ -197,6 +202,7 @@ def resolve(cfg: RunConfig, probe: MachineProbe) -> Resolved:
     else:
         gaf = gaf_cfg == "true"
     notes += [n for n in (impl_note, layout_note) if n]
+    tuned, tuned_notes = resolve_tuned(cfg, Stack(device=device, transformer_impl=impl, world_size=c.nodes * nproc))
     return Resolved(device=device, nproc_per_node=nproc, world_size=c.nodes * nproc,
                     transformer_impl=impl, sequence_parallel=sp, pipeline_layout=layout,
-                    gradient_accumulation_fusion=gaf, notes=tuple(notes))
+                    gradient_accumulation_fusion=gaf, notes=tuple(notes + tuned_notes), tuned=tuned)

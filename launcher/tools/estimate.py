@@ -35,6 +35,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         from launcher.config.compose import compose
         from launcher.plan.resolve import resolve
+        from launcher.plan.tuned import tuned_config
         from launcher.plan.estimate_flops import estimate_flops
         from launcher.plan.estimate_memory import estimate_memory
         from launcher.plan.estimate_table import check_fits, estimate_record, render_table
@@ -45,6 +46,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         _, cfg = compose(args)
         cfg.launch.dry_run = True  # the estimate starts nothing: the launcher's rules as for a dry run
         res = resolve(cfg, detect())
+        cfg = tuned_config(cfg, res.tuned)  # the tuned knobs as this launch resolves them
         validate(cfg, res)  # the launcher's own rules first: the estimate assumes a valid layout
         est = estimate_memory(cfg, res)
         p = cfg.parallel

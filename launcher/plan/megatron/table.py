@@ -220,6 +220,7 @@ LAUNCHER_ONLY: dict[str, str] = {
     "megatron": "the escape hatch itself, appended after the table's flags",
     "model.moe_grouped_gemm_impl": "which module computes the experts (recipes/experts.py), passed as "
                                    "MOE_GROUPED_GEMM_IMPL",
+    "train.expandable_segments": "the allocator setting, passed as PYTORCH_CUDA_ALLOC_CONF (launcher/plan/tuned.py)",
     "train.kernel_profile": "our own profiler window (recipes/profiling.py), passed as MOE_PROFILE_STEPS",
 }
 

@@ -32,6 +32,7 @@ from launcher.plan.rules.parallel import (check_batch, check_context_parallel, c
                                           check_positive_degrees, check_query_groups_tp,
                                           check_sequence_parallel, check_vpp, check_world_dense,
                                           check_world_expert)
+from launcher.plan.tuned import tuned_config
 from launcher.plan.rules.train import check_cpu_run, check_kernel_profile, check_lr_schedule, check_seq_vs_positions
 
 RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
@@ -49,6 +50,7 @@ RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
 
 
 def validate(cfg: RunConfig, res: Resolved) -> None:
-    """Run every rule; the first violation raises ConfigError."""
+    """Run every rule on the config with its tuned knobs concrete; the first violation raises ConfigError."""
+    cfg = tuned_config(cfg, res.tuned)
     for rule in RULES:
         rule(cfg, res)
