@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Optional
 
 from launcher.config.schema import RunConfig
+from launcher.errors import ConfigError
 from launcher.plan.estimate_table import estimate_record
 from launcher.plan.facts import launch_facts
 from launcher.plan.megatron.table import OWNED_FLAGS, resolved_flags, table_flags
@@ -45,7 +47,9 @@ class LaunchPlan:
 
 
 def megatron_argv(cfg: RunConfig, res: Resolved) -> list[str]:
-    """Table flags, per-launch flags, then the escape hatch (checked against Megatron's parser)."""
+    """Table flags, per-launch flags, then the escape hatch (checked against Megatron's parser). The table reads
+    the tuned knobs as resolved, never the word auto."""
+    cfg = tuned_config(cfg, res.tuned)
     argv = table_flags(cfg) + resolved_flags(cfg, res)
     extra, raw = dict(cfg.megatron.extra), list(cfg.megatron.raw)
     if extra or raw:
@@ -90,12 +94,51 @@ def compute_capability(cfg: RunConfig) -> tuple[int, int]:
     return int(major), int(minor or 0)
 
 
+def _predicted_fit(cfg: RunConfig, res: Resolved) -> Optional[bool]:
+    """Whether the estimated peak fits the device; None where the layout is invalid (the rules say why)."""
+    from launcher.plan.estimate_memory import estimate_memory
+    from launcher.plan.estimate_table import usable
+
+    try:
+        est = estimate_memory(cfg, res)
+    except ConfigError:
+        return None
+    return est.peak <= usable(est.capacity)
+
+
+# tuned knobs that cost memory, cheapest to give up first: the overlap keeps one micro batch more in flight,
+# Megatron's native fused loss one FP32 copy of the logits more at its peak (launcher/plan/estimate_memory.py)
+MEMORY_KNOBS = (("dispatcher", "overlap_moe_expert_parallel_comm"), ("train", "cross_entropy_loss_fusion"))
+
+
+def fit_tuned_memory(cfg: RunConfig, res: Resolved) -> Resolved:
+    """Where a knob that auto turned on makes the run exceed the memory rule's limit, auto turns it off again
+    and says so: a tuned default never makes a run that fits without it refused. Pinned knobs stay."""
+    if cfg.launch.skip_memory_check or _predicted_fit(cfg, res) is not False:
+        return res
+    for group, knob in MEMORY_KNOBS:
+        if str(getattr(getattr(cfg, group), knob)) != "auto" or not getattr(res.tuned, knob):
+            continue
+        off = dataclasses.replace(res, tuned=dataclasses.replace(res.tuned, **{knob: False}))
+        note = f"{knob}=auto -> false: the predicted peak with it exceeds the memory rule's limit"
+        res = dataclasses.replace(off, notes=tuple(n for n in res.notes if not n.startswith(knob + "=")) + (note,))
+        if _predicted_fit(cfg, res):
+            break
+    return res
+
+
 def build_plan(cfg: RunConfig, probe: MachineProbe) -> LaunchPlan:
     """Resolve, validate with our rules, map, then validate with Megatron's own checks. Everything after
     resolve reads the config with its tuned knobs concrete (launcher/plan/tuned.py)."""
     res = resolve(cfg, probe)
+    try:
+        validate(cfg, res)
+    except ConfigError as e:
+        if e.field != "memory":  # the memory rule is the last: every layout rule passed before it
+            raise
+        res = fit_tuned_memory(cfg, res)
+        validate(cfg, res)
     cfg = tuned_config(cfg, res.tuned)
-    validate(cfg, res)
     argv = megatron_argv(cfg, res)
     env = run_env(cfg, res)
     derived: dict = {}

@@ -12,7 +12,7 @@ from typing import Optional
 
 from launcher.errors import ConfigError
 from launcher.plan.probe import MachineProbe
-from launcher.plan.tuned import Stack, Tuned, resolve_tuned
+from launcher.plan.tuned import SAFE, Stack, Tuned, resolve_tuned
 from launcher.config.choices import Device, ExecutorKind, TransformerImpl
 from launcher.config.schema import RunConfig
 
@@ -28,9 +28,7 @@ class Resolved:
     pipeline_layout: Optional[str]
     gradient_accumulation_fusion: bool
     notes: tuple[str, ...] = field(default=())
-    tuned: Tuned = field(default=Tuned(moe_grouped_gemm_impl="te", permute_fusion=False, router_fusion=False,
-                                       cross_entropy_loss_fusion=False, overlap_moe_expert_parallel_comm=False,
-                                       expandable_segments=False))
+    tuned: Tuned = field(default=SAFE)
     """The tuned knobs' values (launcher/plan/tuned.py); the default is the safe choice of each."""
 
     def data_parallel_size(self, cfg: RunConfig) -> int:

@@ -38,6 +38,11 @@ class Tuned:
     expandable_segments: bool
 
 
+SAFE = Tuned(moe_grouped_gemm_impl="te", permute_fusion=False, router_fusion=False, cross_entropy_loss_fusion=False,
+             overlap_moe_expert_parallel_comm=False, expandable_segments=False)
+"""Every knob's safe choice (what the schema defaulted to before issue 17)."""
+
+
 @dataclass(frozen=True)
 class Stack:
     """What the knobs depend on beyond the config: resolved in launcher/plan/resolve.py before them."""
@@ -128,7 +133,7 @@ def _overlap_blocker(cfg: RunConfig, stack: Stack) -> Optional[str]:
         # transformer_config.py: ncclep without static shapes syncs with the host and loses the overlap
         ("the ncclep backend", d.type == "flex" and d.flex_backend == "ncclep"),
         ("pp > 1 without virtual pipeline stages", p.pp > 1 and (p.vpp or 1) < 2),
-        (f"recompute {r.granularity} {list(r.modules)}", r.granularity == "full" or "moe" in r.modules),
+        (f"recompute {r.granularity} ({', '.join(map(str, r.modules)) or 'whole layers'})", r.granularity == "full" or "moe" in r.modules),
         (f"params {cfg.precision.params_dtype}", cfg.precision.params_dtype not in ("bf16", "fp16")),
         ("dispatcher.shared_expert_overlap", d.shared_expert_overlap),
         ("more than one MTP layer", (cfg.model.mtp_num_layers or 0) > 1),

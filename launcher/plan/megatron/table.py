@@ -259,6 +259,9 @@ def table_flags(cfg: RunConfig) -> list[str]:
     argv: list[str] = []
     for path, flag, kind in TABLE:
         value = _get(cfg, path)
+        if isinstance(value, str) and value == "auto" and kind != VALUE:
+            # a caller bug, not user input: plan.megatron_argv resolves the tuned knobs first (plan/tuned.py)
+            raise ValueError(f"{path}=auto reached the flag table unresolved: pass tuned_config(cfg, res.tuned)")
         if kind == VALUE and value is not None:
             argv += [flag, _fmt(value)]
         elif kind == TRUE and value:
