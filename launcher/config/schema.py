@@ -77,7 +77,8 @@ class ModelConfig:
     moe_grouped_gemm: bool = True
     """Grouped GEMM for experts (Transformer Engine only; ignored by the local spec)."""
     moe_grouped_gemm_impl: GroupedGemmImpl = GroupedGemmImpl.auto
-    """Expert GEMMs: auto (torch where valid on Hopper, else te: launcher/plan/tuned.py), te (Transformer Engine GroupedLinear; on Hopper with cuBLASLt < 13.4 one GEMM per expert)
+    """Expert GEMMs: auto (torch where valid on Hopper, else te: launcher/plan/tuned.py), te (Transformer Engine
+    GroupedLinear; on Hopper with cuBLASLt < 13.4 one GEMM per expert)
     or torch (torch.nn.functional.grouped_mm inside Megatron's TEGroupedMLP, one kernel per projection:
     recipes/experts.py). torch needs TE (on a GPU), BF16, parallel.etp=1, no expert bias; its checkpoints have TE's
     layout, so either implementation resumes the other's."""

@@ -112,7 +112,7 @@ def cross_entropy_loss_fusion(cfg: RunConfig, stack: Stack) -> tuple[bool, Optio
         return False, f"{field}=auto -> false: CPU run (the fused kernel is a GPU path)"
     if t.cross_entropy_fusion_impl == "te" and stack.transformer_impl != "transformer_engine":
         return False, f"{field}=auto -> false: cross_entropy_fusion_impl=te without Transformer Engine"
-    return True, f"{field}=auto -> true: no FP32 copy of the logits; measured {FUSIONS}"
+    return True, f"{field}=auto -> true: GPU run (Megatron's fused vocab-parallel loss); measured {FUSIONS}"
 
 
 def _microbatches(cfg: RunConfig, stack: Stack) -> int:
@@ -133,7 +133,8 @@ def _overlap_blocker(cfg: RunConfig, stack: Stack) -> Optional[str]:
         # transformer_config.py: ncclep without static shapes syncs with the host and loses the overlap
         ("the ncclep backend", d.type == "flex" and d.flex_backend == "ncclep"),
         ("pp > 1 without virtual pipeline stages", p.pp > 1 and (p.vpp or 1) < 2),
-        (f"recompute {r.granularity} ({', '.join(map(str, r.modules)) or 'whole layers'})", r.granularity == "full" or "moe" in r.modules),
+        (f"recompute {r.granularity} ({', '.join(map(str, r.modules)) or 'whole layers'})",
+         r.granularity == "full" or "moe" in r.modules),
         (f"params {cfg.precision.params_dtype}", cfg.precision.params_dtype not in ("bf16", "fp16")),
         ("dispatcher.shared_expert_overlap", d.shared_expert_overlap),
         ("more than one MTP layer", (cfg.model.mtp_num_layers or 0) > 1),
