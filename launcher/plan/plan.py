@@ -127,17 +127,24 @@ def fit_tuned_memory(cfg: RunConfig, res: Resolved) -> Resolved:
     return res
 
 
-def build_plan(cfg: RunConfig, probe: MachineProbe) -> LaunchPlan:
-    """Resolve, validate with our rules, map, then validate with Megatron's own checks. Everything after
-    resolve reads the config with its tuned knobs concrete (launcher/plan/tuned.py)."""
+def resolve_and_validate(cfg: RunConfig, probe: MachineProbe) -> Resolved:
+    """resolve, then every rule; where only the memory rule (the last) refuses, the tuned knobs that cost memory
+    fall back (fit_tuned_memory) and the rules run again."""
     res = resolve(cfg, probe)
     try:
         validate(cfg, res)
     except ConfigError as e:
-        if e.field != "memory":  # the memory rule is the last: every layout rule passed before it
+        if e.field != "memory":
             raise
         res = fit_tuned_memory(cfg, res)
         validate(cfg, res)
+    return res
+
+
+def build_plan(cfg: RunConfig, probe: MachineProbe) -> LaunchPlan:
+    """Resolve, validate with our rules, map, then validate with Megatron's own checks. Everything after
+    resolve reads the config with its tuned knobs concrete (launcher/plan/tuned.py)."""
+    res = resolve_and_validate(cfg, probe)
     cfg = tuned_config(cfg, res.tuned)
     argv = megatron_argv(cfg, res)
     env = run_env(cfg, res)
