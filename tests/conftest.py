@@ -57,3 +57,12 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if E2E in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_sessionstart(session):
+    """Test files are imported by their base name (no __init__.py): two with one name would shadow each other."""
+    seen: dict[str, Path] = {}
+    for path in sorted(Path(__file__).resolve().parent.rglob("test_*.py")):
+        if path.name in seen:
+            raise pytest.UsageError(f"two test files named {path.name}: {seen[path.name]} and {path}; rename one")
+        seen[path.name] = path

@@ -33,8 +33,21 @@ class TransformerImpl(StrEnum):
 
 
 class GroupedGemmImpl(StrEnum):
+    """auto: the tuned rule in launcher/plan/tuned.py (torch where it is valid on Hopper, else te)."""
+
+    auto = "auto"
     te = "te"
     torch = "torch"
+
+
+class Switch(StrEnum):
+    """An on/off knob with a tuned default (launcher/plan/tuned.py). Its schema field is typed
+    Union[bool, str] because Hydra reads `=true` and YAML `true` as a bool, which an enum field refuses;
+    launcher/plan/tuned.py checks the string against these values."""
+
+    auto = "auto"
+    true = "true"
+    false = "false"
 
 
 class ScoreFunction(StrEnum):

@@ -12,7 +12,7 @@ docstring says so, "derived by the launcher" (derive.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -20,7 +20,7 @@ from omegaconf import MISSING
 from launcher.config.choices import (AttentionVariant, CrossEntropyImpl, CudaGraphImpl, CudaGraphModule, DataKind,
                                      DispatcherType, FlexBackend, Fp8Format, Fp8Recipe, GroupedGemmImpl, ParamsDtype,
                                      RecomputeGranularity, RecomputeMethod, RecomputeModule, RopeType, Routing,
-                                     ScoreFunction, TransformerImpl)
+                                     ScoreFunction, Switch, TransformerImpl)
 from launcher.config.cluster import CLUSTER_SCHEMAS, ClusterConfig
 
 
@@ -76,8 +76,9 @@ class ModelConfig:
     moe_router_group_topk: Optional[int] = None
     moe_grouped_gemm: bool = True
     """Grouped GEMM for experts (Transformer Engine only; ignored by the local spec)."""
-    moe_grouped_gemm_impl: GroupedGemmImpl = GroupedGemmImpl.te
-    """Expert GEMMs: te (Transformer Engine GroupedLinear; on Hopper with cuBLASLt < 13.4 one GEMM per expert)
+    moe_grouped_gemm_impl: GroupedGemmImpl = GroupedGemmImpl.auto
+    """Expert GEMMs: auto (torch where valid on Hopper, else te: launcher/plan/tuned.py), te (Transformer Engine
+    GroupedLinear; on Hopper with cuBLASLt < 13.4 one GEMM per expert)
     or torch (torch.nn.functional.grouped_mm inside Megatron's TEGroupedMLP, one kernel per projection:
     recipes/experts.py). torch needs TE (on a GPU), BF16, parallel.etp=1, no expert bias; its checkpoints have TE's
     layout, so either implementation resumes the other's."""
@@ -168,16 +169,17 @@ class DispatcherConfig:
     """SMs the flex backend may use; None = backend default."""
     tuned: Optional[str] = None
     """A moe-dispatch-bench result (perf_results/dispatch/NAME.json, or a .json path): its fastest correct case
-    for this dispatcher sets flex_num_sms and HybridEP's block counts (launcher/plan/tuned.py)."""
-    permute_fusion: bool = False
-    """Fused permute/unpermute (needs Transformer Engine)."""
-    router_fusion: bool = False
-    """Fused router top-k/softmax (needs Transformer Engine >= 2.7)."""
+    for this dispatcher sets flex_num_sms and HybridEP's block counts (launcher/plan/dispatch_tuned.py)."""
+    permute_fusion: Union[bool, str] = Switch.auto.value
+    """Fused permute/unpermute (needs Transformer Engine); auto = on with TE (launcher/plan/tuned.py)."""
+    router_fusion: Union[bool, str] = Switch.auto.value
+    """Fused router top-k/softmax (needs Transformer Engine >= 2.7); auto = on with TE."""
     shared_expert_overlap: bool = False
     """Overlap shared-expert compute with dispatch (alltoall/flex only)."""
-    overlap_moe_expert_parallel_comm: bool = False
+    overlap_moe_expert_parallel_comm: Union[bool, str] = Switch.auto.value
     """Hide the EP all-to-all behind another microbatch's compute (1F1B A2A overlap; EP > 1,
-    alltoall or flex, VPP when PP > 1, no full recompute). ModelZoo's A2A_OVERLAP=1."""
+    alltoall or flex, VPP when PP > 1, no full recompute). ModelZoo's A2A_OVERLAP=1. auto = on where
+    its prerequisites hold and it was measured to pay (launcher/plan/tuned.py)."""
     delay_wgrad_compute: bool = False
     """Delay expert weight-gradient GEMMs to overlap them with the combine (needs the overlap above, TE)."""
 
@@ -285,15 +287,19 @@ class TrainConfig:
     """None = Megatron's default (12)."""
     profile_ranks: list[int] = field(default_factory=list)
     """Global ranks that profile; empty = every rank (Megatron's default)."""
-    cross_entropy_loss_fusion: bool = False
+    cross_entropy_loss_fusion: Union[bool, str] = Switch.auto.value
     """Megatron's fused vocab-parallel cross entropy (--cross-entropy-loss-fusion): no FP32 copy of the
-    full logits; with a 150k vocabulary the logits are the largest activation of a small MoE."""
+    full logits; with a 150k vocabulary the logits are the largest activation of a small MoE. auto = on
+    on GPUs (launcher/plan/tuned.py)."""
     cross_entropy_fusion_impl: CrossEntropyImpl = CrossEntropyImpl.native
     """native or te (--cross-entropy-fusion-impl); used with cross_entropy_loss_fusion."""
     kernel_profile: Optional[str] = None
     """"START:END" (1-based iterations, inclusive): torch.profiler over those whole iterations on rank 0,
     written with a GPU-time summary by category to <run_dir>/profile (recipes/profiling.py); null = off.
     Independent of `profile` (Megatron's nsys range)."""
+    expandable_segments: Union[bool, str] = Switch.auto.value
+    """PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True for the ranks (less fragmentation); auto = on for GPU
+    runs without TE CUDA graphs (launcher/plan/tuned.py). cluster.env and the calling shell win."""
     gradient_accumulation_fusion: str = "auto"
     """true, false, or auto (on when APEX's fused kernel is importable where the run starts)."""
     cuda_graph_impl: Optional[CudaGraphImpl] = None

@@ -26,6 +26,7 @@ from launcher.plan.estimate_static import (dtype_bytes, first_layers, layer_posi
                                           stage_layouts,
                                            static_memory)
 from launcher.config.schema import RunConfig
+from launcher.plan.tuned import tuned_config
 
 MiB = 2 ** 20
 # Transformer Engine's cuBLAS workspace on Hopper and later (get_cublas_workspace_size_bytes: 32 MiB for
@@ -250,6 +251,7 @@ def _check_grid(cfg: RunConfig, res: Resolved) -> None:
 def estimate_memory(cfg: RunConfig, res: Resolved, microbatches: Optional[int] = None,
                     capacity: Optional[int] = None) -> MemoryEstimate:
     """Per-stage memory of one GPU (the most loaded rank of each pipeline stage)."""
+    cfg = tuned_config(cfg, res.tuned)  # the tuned knobs (fused loss, overlap, expert GEMMs) as resolved
     _check_grid(cfg, res)
     p, t = cfg.parallel, cfg.train
     layouts = stage_layouts(cfg, res)

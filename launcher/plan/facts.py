@@ -3,6 +3,7 @@ line read them instead of parsing the Megatron argv back (launcher/records/legac
 run directories written before plan.json carried facts). Same keys and values as the argv readers give."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from launcher.config.schema import RunConfig
@@ -56,6 +57,7 @@ def launch_facts(cfg: RunConfig, res: Resolved, megatron: dict) -> dict[str, Any
         "precision": precision_facts(cfg),
         "recompute": recompute_label(cfg),
         "nodes": cfg.cluster.nodes,
+        "tuned": dataclasses.asdict(res.tuned),  # the tuned knobs as resolved (why: resolved.notes)
         "hardware": {"name": hw.name, "gpu": hw.gpu, "memory_gib": hw.memory_gib,
                      "peak_tflops_bf16": hw.peak_tflops_bf16, "peak_tflops_fp8": hw.peak_tflops_fp8,
                      "nvlink_domain": hw.nvlink_domain, "compute_capability": hw.compute_capability},

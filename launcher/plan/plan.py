@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Optional
 
 from launcher.config.schema import RunConfig
+from launcher.errors import ConfigError
 from launcher.plan.estimate_table import estimate_record
 from launcher.plan.facts import launch_facts
 from launcher.plan.megatron.table import OWNED_FLAGS, resolved_flags, table_flags
 from launcher.plan.probe import MachineProbe
 from launcher.plan.resolve import Resolved, resolve
 from launcher.plan.rules import validate
-from launcher.plan.tuned import apply_tuned
+from launcher.plan.dispatch_tuned import apply_tuned
+from launcher.plan.tuned import tuned_config
 
 ENTRY_MODULE = "recipes.pretrain"
 
@@ -45,7 +48,9 @@ class LaunchPlan:
 
 
 def megatron_argv(cfg: RunConfig, res: Resolved) -> list[str]:
-    """Table flags, per-launch flags, then the escape hatch (checked against Megatron's parser)."""
+    """Table flags, per-launch flags, then the escape hatch (checked against Megatron's parser). The table reads
+    the tuned knobs as resolved, never the word auto."""
+    cfg = tuned_config(cfg, res.tuned)
     argv = table_flags(cfg) + resolved_flags(cfg, res)
     extra, raw = dict(cfg.megatron.extra), list(cfg.megatron.raw)
     if extra or raw:
@@ -62,7 +67,7 @@ def megatron_argv(cfg: RunConfig, res: Resolved) -> list[str]:
 
 def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
     env = {"PYTHONUNBUFFERED": "1"}  # rank output reaches the log as it happens
-    if cfg.dispatcher.overlap_moe_expert_parallel_comm:
+    if res.tuned.overlap_moe_expert_parallel_comm:
         # the overlapped 1F1B schedule runs dispatch/combine on their own streams: they need more hardware
         # queues (validate_args then only warns about TP/CP), and TE's norms leave SMs for the comm kernels
         env["CUDA_DEVICE_MAX_CONNECTIONS"] = "32"
@@ -71,8 +76,11 @@ def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
         # one hardware queue keeps TP/CP communication kernels ordered ahead of the GEMMs they overlap
         # (validate_args requires it on Hopper and older; Megatron FSDP requires it unset or > 1)
         env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
-    if cfg.model.moe_grouped_gemm_impl != "te":
-        env["MOE_GROUPED_GEMM_IMPL"] = cfg.model.moe_grouped_gemm_impl  # read by recipes/experts.py
+    if res.tuned.moe_grouped_gemm_impl != "te":
+        env["MOE_GROUPED_GEMM_IMPL"] = res.tuned.moe_grouped_gemm_impl  # read by recipes/experts.py
+    if res.tuned.expandable_segments and "PYTORCH_CUDA_ALLOC_CONF" not in cfg.cluster.env:
+        # less fragmentation (launcher/plan/tuned.py); a cluster.env value keeps its own place below
+        env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
     if cfg.train.kernel_profile:
         env["MOE_PROFILE_STEPS"] = cfg.train.kernel_profile  # read by recipes/profiling.py on every rank
     if res.device == "cpu":
@@ -87,11 +95,59 @@ def compute_capability(cfg: RunConfig) -> tuple[int, int]:
     return int(major), int(minor or 0)
 
 
-def build_plan(cfg: RunConfig, probe: MachineProbe) -> LaunchPlan:
-    """Resolve, validate with our rules, map, then validate with Megatron's own checks."""
-    cfg = apply_tuned(cfg)  # dispatcher.tuned: a benchmark's best knobs become fields and flags first
+def _predicted_fit(cfg: RunConfig, res: Resolved) -> Optional[bool]:
+    """Whether the estimated peak fits the device; None where the layout is invalid (the rules say why)."""
+    from launcher.plan.estimate_memory import estimate_memory
+    from launcher.plan.estimate_table import usable
+
+    try:
+        est = estimate_memory(cfg, res)
+    except ConfigError:
+        return None
+    return est.peak <= usable(est.capacity)
+
+
+# tuned knobs that cost memory, cheapest to give up first: the overlap keeps one micro batch more in flight,
+# Megatron's native fused loss one FP32 copy of the logits more at its peak (launcher/plan/estimate_memory.py)
+MEMORY_KNOBS = (("dispatcher", "overlap_moe_expert_parallel_comm"), ("train", "cross_entropy_loss_fusion"))
+
+
+def fit_tuned_memory(cfg: RunConfig, res: Resolved) -> Resolved:
+    """Where a knob that auto turned on makes the run exceed the memory rule's limit, auto turns it off again
+    and says so: a tuned default never makes a run that fits without it refused. Pinned knobs stay."""
+    if cfg.launch.skip_memory_check or _predicted_fit(cfg, res) is not False:
+        return res
+    for group, knob in MEMORY_KNOBS:
+        if str(getattr(getattr(cfg, group), knob)) != "auto" or not getattr(res.tuned, knob):
+            continue
+        off = dataclasses.replace(res, tuned=dataclasses.replace(res.tuned, **{knob: False}))
+        note = f"{knob}=auto -> false: the predicted peak with it exceeds the memory rule's limit"
+        res = dataclasses.replace(off, notes=tuple(n for n in res.notes if not n.startswith(knob + "=")) + (note,))
+        if _predicted_fit(cfg, res):
+            break
+    return res
+
+
+def resolve_and_validate(cfg: RunConfig, probe: MachineProbe) -> Resolved:
+    """resolve, then every rule; where only the memory rule (the last) refuses, the tuned knobs that cost memory
+    fall back (fit_tuned_memory) and the rules run again."""
     res = resolve(cfg, probe)
-    validate(cfg, res)
+    try:
+        validate(cfg, res)
+    except ConfigError as e:
+        if e.field != "memory":
+            raise
+        res = fit_tuned_memory(cfg, res)
+        validate(cfg, res)
+    return res
+
+
+def build_plan(cfg: RunConfig, probe: MachineProbe) -> LaunchPlan:
+    """Resolve, validate with our rules, map, then validate with Megatron's own checks. Everything after
+    resolve reads the config with its tuned knobs concrete (launcher/plan/tuned.py)."""
+    cfg = apply_tuned(cfg)  # dispatcher.tuned: a dispatcher benchmark's best knobs become fields and flags first
+    res = resolve_and_validate(cfg, probe)
+    cfg = tuned_config(cfg, res.tuned)
     argv = megatron_argv(cfg, res)
     env = run_env(cfg, res)
     derived: dict = {}

@@ -13,6 +13,7 @@ from typing import Optional
 
 from launcher.errors import ConfigError
 from launcher.plan.probe import MachineProbe
+from launcher.plan.tuned import SAFE, Stack, Tuned, resolve_tuned
 from launcher.config.choices import Device, ExecutorKind, TransformerImpl
 from launcher.config.schema import RunConfig
 
@@ -28,6 +29,8 @@ class Resolved:
     pipeline_layout: Optional[str]
     gradient_accumulation_fusion: bool
     notes: tuple[str, ...] = field(default=())
+    tuned: Tuned = field(default=SAFE)
+    """The tuned knobs' values (launcher/plan/tuned.py); the default is the safe choice of each."""
 
     def data_parallel_size(self, cfg: RunConfig) -> int:
         p = cfg.parallel
@@ -198,9 +201,10 @@ def resolve(cfg: RunConfig, probe: MachineProbe) -> Resolved:
     else:
         gaf = gaf_cfg == "true"
     notes += [n for n in (impl_note, layout_note, _data_note(cfg)) if n]
+    tuned, tuned_notes = resolve_tuned(cfg, Stack(device=device, transformer_impl=impl, world_size=c.nodes * nproc))
     return Resolved(device=device, nproc_per_node=nproc, world_size=c.nodes * nproc,
                     transformer_impl=impl, sequence_parallel=sp, pipeline_layout=layout,
-                    gradient_accumulation_fusion=gaf, notes=tuple(notes))
+                    gradient_accumulation_fusion=gaf, notes=tuple(notes + tuned_notes), tuned=tuned)
 
 
 def _data_note(cfg: RunConfig) -> Optional[str]:

@@ -1,69 +1,215 @@
-"""dispatcher.tuned=NAME: apply the best case of a dispatcher benchmark (moe-dispatch-bench, written to
-perf_results/dispatch/NAME.json) for this run's dispatcher. Only knobs megatron-core 0.19.2 takes as flags are
-applied: the SM count becomes dispatcher.flex_num_sms, HybridEP's permute fusion and block counts become
-megatron.extra entries; DeepEP's NVLink chunk/buffer sizes have no Megatron flag and are reported, not applied.
+"""The tuned choices (issue 17): every `auto` performance knob resolved to the fastest measured choice where the
+stack, hardware and config allow it, else to the safe one. One function per knob; each returns its value and a
+note naming the measurement it rests on (a record under perf_results/), which plan.json keeps with the other
+resolved notes. A value the user pins (true/false, te/torch) is kept as written and checked by the rules.
+
+What was measured and not kept stays off: CUDA graphs (attn, moe_router, moe_preprocess) gave no gain on the
+2x H200 EP2 chain (perf_results/tuning/qwen3_30b_a3b_8l_ep2_h200x2/03_cuda_graphs), so they are no rule here.
 """
 from __future__ import annotations
 
-import copy
-import json
-from pathlib import Path
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional, Union
 
+from launcher.config.choices import GroupedGemmImpl, Switch
 from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
 
-DISPATCH_RESULTS = Path(__file__).resolve().parents[2] / "perf_results" / "dispatch"
-# knob -> where it goes: the schema's own field, or a Megatron dest through megatron.extra
-AS_FIELD = {"moe_flex_dispatcher_num_sms": "flex_num_sms"}
-AS_EXTRA = ("moe_permute_fusion_into_hybridep", "moe_hybridep_num_blocks_permute", "moe_hybridep_num_blocks_unpermute")
-NOT_A_FLAG = ("nvl_chunk", "nvl_buffer")
+TUNING = "perf_results/tuning/README.md"
+TORCH_EXPERTS = ("perf_results/runs/qwen3_30b_a3b_4l_1gpu_torch_experts_mbs4 (344.1 TFLOP/s/GPU vs 209.8 with TE's "
+                 "per-expert GEMMs), perf_results/runs/qwen3_30b_a3b_8l_ep2_torch_experts_dropless (308.6 vs 213.8)")
+FUSIONS = "perf_results/tuning/qwen3_30b_a3b_4l_1gpu_h200/01_fusions (kept: +1.9% tokens/s over 00_baseline)"
+A2A_OVERLAP = ("perf_results/runs/qwen3_30b_a3b_8l_ep2_torch_experts_a2a_overlap_dropless (323.6 TFLOP/s/GPU vs "
+               "310.6 without, +4.2%; forced balance +4.0%)")
+ALLOCATOR = ("no throughput cost measured; the OOM records perf_results/runs/qwen3_30b_a3b_4l_1gpu_mbs4 and "
+             "perf_results/tuning/qwen3_30b_a3b_8l_ep2_h200x2/01_micro_batch_mbs8 ask for it against fragmentation")
 
 
-def _backend(cfg: RunConfig) -> str:
-    d = cfg.dispatcher
-    return str(d.flex_backend) if d.type == "flex" else str(d.type)
+@dataclass(frozen=True)
+class Tuned:
+    """The concrete value of every tuned knob for this launch."""
+
+    moe_grouped_gemm_impl: str
+    permute_fusion: bool
+    router_fusion: bool
+    cross_entropy_loss_fusion: bool
+    overlap_moe_expert_parallel_comm: bool
+    expandable_segments: bool
 
 
-def best_knobs(cfg: RunConfig, results_dir: Path = DISPATCH_RESULTS) -> dict:
-    """The fastest correct case of this run's dispatcher in the named results file, checked against the model."""
-    name, field = cfg.dispatcher.tuned, "dispatcher.tuned"
-    path = Path(name) if name.endswith(".json") else results_dir / f"{name}.json"
-    if not path.is_file():
-        raise ConfigError(field, name, f"no dispatcher benchmark results at {path}",
-                          "run moe-dispatch-bench --name NAME for this model first, or drop dispatcher.tuned")
-    record = json.loads(path.read_text())
-    m, s = cfg.model, record["shapes"]
-    if (s["hidden"], s["experts"], s["topk"]) != (m.hidden_size, m.num_experts, m.moe_router_topk):
-        raise ConfigError(field, name, f"was tuned for hidden {s['hidden']}, {s['experts']} experts, top-{s['topk']}; "
-                          f"this model has {m.hidden_size}, {m.num_experts}, top-{m.moe_router_topk}",
-                          "tune this model's shapes with moe-dispatch-bench")
-    mine = [r for r in record["results"] if r["backend"] == _backend(cfg) and r["correct"]]
-    if not mine:
-        raise ConfigError(field, name, f"has no correct result for dispatcher {_backend(cfg)}",
-                          f"benchmark it (moe-dispatch-bench --backends {_backend(cfg)}), or pick that dispatcher")
-    return min(mine, key=lambda r: r["dispatch_ms"] + r["combine_ms"])["knobs"]
+SAFE = Tuned(moe_grouped_gemm_impl="te", permute_fusion=False, router_fusion=False, cross_entropy_loss_fusion=False,
+             overlap_moe_expert_parallel_comm=False, expandable_segments=False)
+"""Every knob's safe choice (what the schema defaulted to before issue 17)."""
 
 
-def apply_tuned(cfg: RunConfig, results_dir: Path = DISPATCH_RESULTS) -> RunConfig:
-    """A copy of cfg with the tuned knobs set (cfg itself when dispatcher.tuned is unset)."""
-    if not cfg.dispatcher.tuned:
-        return cfg
-    knobs = best_knobs(cfg, results_dir)
-    out = copy.deepcopy(cfg)
-    for knob, value in knobs.items():
-        if knob in AS_FIELD:
-            if getattr(cfg.dispatcher, AS_FIELD[knob]) is not None:
-                raise ConfigError(f"dispatcher.{AS_FIELD[knob]}", getattr(cfg.dispatcher, AS_FIELD[knob]),
-                                  f"dispatcher.tuned={cfg.dispatcher.tuned} sets it too ({value})",
-                                  "drop one of the two")
-            setattr(out.dispatcher, AS_FIELD[knob], value)
-        elif knob in AS_EXTRA:
-            if knob in cfg.megatron.extra:
-                raise ConfigError(f"megatron.extra.{knob}", cfg.megatron.extra[knob],
-                                  f"dispatcher.tuned={cfg.dispatcher.tuned} sets it too ({value})",
-                                  "drop one of the two")
-            out.megatron.extra[knob] = value
-        elif knob not in NOT_A_FLAG:
-            raise ConfigError("dispatcher.tuned", cfg.dispatcher.tuned, f"its best case sets {knob}, which this "
-                              "launcher does not know how to pass to Megatron", "re-run moe-dispatch-bench")
-    return out
+@dataclass(frozen=True)
+class Stack:
+    """What the knobs depend on beyond the config: resolved in launcher/plan/resolve.py before them."""
+
+    device: str
+    transformer_impl: str
+    world_size: int
+
+    @property
+    def te_gpu(self) -> bool:
+        return self.device == "cuda" and self.transformer_impl == "transformer_engine"
+
+
+def switch(field: str, value: Union[bool, str]) -> Optional[bool]:
+    """A Switch field as written: True/False, or None for auto; any other string is refused."""
+    if isinstance(value, bool):
+        return value
+    if value not in tuple(Switch):
+        raise ConfigError(field, value, "must be auto, true or false", f"set {field}=auto (the tuned default)")
+    return None if value == Switch.auto else value == Switch.true
+
+
+def _hopper(cfg: RunConfig) -> bool:
+    return cfg.hardware.compute_capability.split(".")[0] == "9"
+
+
+def grouped_gemm_impl(cfg: RunConfig, stack: Stack) -> tuple[str, Optional[str]]:
+    """torch's grouped_mm where recipes/experts.py supports the config (what check_torch_grouped_gemm refuses
+    is excluded here) on Hopper, where TE's GroupedLinear runs one GEMM per expert below cuBLASLt 13.4."""
+    m, field = cfg.model, "moe_grouped_gemm_impl"
+    if m.moe_grouped_gemm_impl != GroupedGemmImpl.auto:
+        return str(m.moe_grouped_gemm_impl), None
+    blockers = (
+        ("no Transformer Engine GPU run", not stack.te_gpu),
+        ("model.moe_grouped_gemm=false", not m.moe_grouped_gemm),
+        (f"precision {cfg.precision.name} (the torch experts are BF16 only)",
+         cfg.precision.params_dtype != "bf16" or cfg.precision.fp8_format is not None),
+        (f"parallel.etp={cfg.parallel.etp}", cfg.parallel.etp != 1),
+        ("expert biases (model.add_bias_linear)", m.add_bias_linear),
+        ("dispatcher.delay_wgrad_compute", cfg.dispatcher.delay_wgrad_compute),
+        (f"compute capability {cfg.hardware.compute_capability} (measured on Hopper only)", not _hopper(cfg)),
+    )
+    for reason, bad in blockers:
+        if bad:
+            return "te", f"{field}=auto -> te: {reason}"
+    return "torch", f"{field}=auto -> torch: one grouped_mm per projection; measured {TORCH_EXPERTS}"
+
+
+def te_fusion(cfg: RunConfig, stack: Stack, field: str) -> tuple[bool, Optional[str]]:
+    """dispatcher.permute_fusion / router_fusion: TE kernels, on wherever TE runs on a GPU."""
+    pinned = switch(f"dispatcher.{field}", getattr(cfg.dispatcher, field))
+    if pinned is not None:
+        return pinned, None
+    if not stack.te_gpu:
+        return False, f"{field}=auto -> false: the fused kernels come from Transformer Engine on a GPU"
+    return True, f"{field}=auto -> true: Transformer Engine on a GPU; measured {FUSIONS}"
+
+
+def cross_entropy_loss_fusion(cfg: RunConfig, stack: Stack) -> tuple[bool, Optional[str]]:
+    """Megatron's fused vocab-parallel cross entropy: on for GPU runs (TE's implementation only when TE runs,
+    model_parallel_config.py refuses it otherwise)."""
+    t, field = cfg.train, "cross_entropy_loss_fusion"
+    pinned = switch(f"train.{field}", t.cross_entropy_loss_fusion)
+    if pinned is not None:
+        return pinned, None
+    if stack.device != "cuda":
+        return False, f"{field}=auto -> false: CPU run (the fused kernel is a GPU path)"
+    if t.cross_entropy_fusion_impl == "te" and stack.transformer_impl != "transformer_engine":
+        return False, f"{field}=auto -> false: cross_entropy_fusion_impl=te without Transformer Engine"
+    return True, f"{field}=auto -> true: GPU run (Megatron's fused vocab-parallel loss); measured {FUSIONS}"
+
+
+def _microbatches(cfg: RunConfig, stack: Stack) -> int:
+    p, t = cfg.parallel, cfg.train
+    dp = max(stack.world_size // max(p.tp * p.pp * p.cp, 1), 1)  # a degree < 1 is refused by the rules later
+    return t.global_batch_size // max(t.micro_batch_size * dp, 1)
+
+
+def _overlap_blocker(cfg: RunConfig, stack: Stack) -> Optional[str]:
+    """Why the 1F1B EP A2A overlap is not turned on: its prerequisites (check_ep_overlap_layout and
+    check_ep_overlap_conflicts, TransformerConfig) and where it cannot pay."""
+    p, d, r, t = cfg.parallel, cfg.dispatcher, cfg.recompute, cfg.train
+    graphs_moe = t.cuda_graph_impl == "transformer_engine" and {"moe", "mlp"} & set(t.cuda_graph_modules)
+    blockers = (
+        ("no Transformer Engine GPU run", not stack.te_gpu),
+        (f"parallel.ep={p.ep} (no expert-parallel all-to-all)", p.ep < 2),
+        (f"dispatcher {d.type}", d.type not in ("alltoall", "flex")),
+        # transformer_config.py: ncclep without static shapes syncs with the host and loses the overlap
+        ("the ncclep backend", d.type == "flex" and d.flex_backend == "ncclep"),
+        ("pp > 1 without virtual pipeline stages", p.pp > 1 and (p.vpp or 1) < 2),
+        (f"recompute {r.granularity} ({', '.join(map(str, r.modules)) or 'whole layers'})",
+         r.granularity == "full" or "moe" in r.modules),
+        (f"params {cfg.precision.params_dtype}", cfg.precision.params_dtype not in ("bf16", "fp16")),
+        ("dispatcher.shared_expert_overlap", d.shared_expert_overlap),
+        ("more than one MTP layer", (cfg.model.mtp_num_layers or 0) > 1),
+        ("CUDA graphs of moe/mlp", bool(graphs_moe)),
+        # arguments.py: on Hopper and older TP/CP communication competes with the overlapped streams
+        (f"tp={p.tp} cp={p.cp} before Blackwell", (p.tp > 1 or p.cp > 1)
+         and int(cfg.hardware.compute_capability.split(".")[0]) < 10),
+        ("Megatron FSDP (not measured)", p.use_megatron_fsdp),
+        ("one micro batch per step (nothing to overlap with)", _microbatches(cfg, stack) < 2),
+    )
+    return next((reason for reason, bad in blockers if bad), None)
+
+
+def ep_overlap(cfg: RunConfig, stack: Stack) -> tuple[bool, Optional[str]]:
+    """dispatcher.overlap_moe_expert_parallel_comm: on where EP > 1 and its prerequisites hold."""
+    field = "overlap_moe_expert_parallel_comm"
+    pinned = switch(f"dispatcher.{field}", cfg.dispatcher.overlap_moe_expert_parallel_comm)
+    if pinned is not None:
+        return pinned, None
+    blocker = _overlap_blocker(cfg, stack)
+    if blocker:
+        return False, f"{field}=auto -> false: {blocker}"
+    return True, f"{field}=auto -> true: EP {cfg.parallel.ep}, prerequisites hold; measured {A2A_OVERLAP}"
+
+
+def expandable_segments(cfg: RunConfig, stack: Stack) -> tuple[bool, Optional[str]]:
+    """PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: on for GPU runs, off with TE CUDA graphs (Megatron
+    asserts against it there unless NCCL_GRAPH_REGISTER=0: arguments.py, cuda_graphs.py)."""
+    field = "expandable_segments"
+    pinned = switch(f"train.{field}", cfg.train.expandable_segments)
+    if pinned is not None:
+        return pinned, None
+    if stack.device != "cuda":
+        return False, f"{field}=auto -> false: CPU run"
+    if cfg.train.cuda_graph_impl == "transformer_engine":
+        return False, f"{field}=auto -> false: Megatron refuses it with TE CUDA graphs"
+    return True, f"{field}=auto -> true: GPU run; {ALLOCATOR}"
+
+
+def resolve_tuned(cfg: RunConfig, stack: Stack) -> tuple[Tuned, list[str]]:
+    """Every tuned knob's value, and the notes of those that were auto."""
+    impl, n1 = grouped_gemm_impl(cfg, stack)
+    permute, n2 = te_fusion(cfg, stack, "permute_fusion")
+    router, n3 = te_fusion(cfg, stack, "router_fusion")
+    ce, n4 = cross_entropy_loss_fusion(cfg, stack)
+    overlap, n5 = ep_overlap(cfg, stack)
+    alloc, n6 = expandable_segments(cfg, stack)
+    tuned = Tuned(moe_grouped_gemm_impl=impl, permute_fusion=permute, router_fusion=router,
+                  cross_entropy_loss_fusion=ce, overlap_moe_expert_parallel_comm=overlap, expandable_segments=alloc)
+    return tuned, [n for n in (n1, n2, n3, n4, n5, n6) if n]
+
+
+def _concrete(written, value):
+    """The written value where the user pinned one, else the tuned value."""
+    return value if str(written) == "auto" else written
+
+
+def tuned_config(cfg: RunConfig, tuned: Tuned) -> RunConfig:
+    """A copy of the config with every `auto` knob replaced by its tuned value: what the rules, the flag table,
+    run_env and the estimates read, so an `auto` never reaches them (the user's config is not changed).
+    Pinned values stay as written, so applying it twice, or to a config that has none, changes nothing."""
+    m, d, t = cfg.model, cfg.dispatcher, cfg.train
+    model = dataclasses.replace(m, moe_grouped_gemm_impl=GroupedGemmImpl(
+        _concrete(m.moe_grouped_gemm_impl, tuned.moe_grouped_gemm_impl)))
+    disp = dataclasses.replace(
+        d, permute_fusion=_bool(_concrete(d.permute_fusion, tuned.permute_fusion)),
+        router_fusion=_bool(_concrete(d.router_fusion, tuned.router_fusion)),
+        overlap_moe_expert_parallel_comm=_bool(_concrete(d.overlap_moe_expert_parallel_comm,
+                                                         tuned.overlap_moe_expert_parallel_comm)))
+    train = dataclasses.replace(
+        t, cross_entropy_loss_fusion=_bool(_concrete(t.cross_entropy_loss_fusion, tuned.cross_entropy_loss_fusion)),
+        expandable_segments=_bool(_concrete(t.expandable_segments, tuned.expandable_segments)))
+    return dataclasses.replace(cfg, model=model, dispatcher=disp, train=train)
+
+
+def _bool(value: Union[bool, str]) -> bool:
+    # a pinned "true"/"false" string (written through the Python API) becomes the bool the table reads
+    return value if isinstance(value, bool) else value == Switch.true

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -89,6 +90,38 @@ def run_logged(cmd: list[str], log: Path) -> tuple[int, float]:
             fh.write(line)
         rc = proc.wait()
     return rc, round(time.time() - t0, 1)
+
+
+# ---------------------------------------------------------------------------------------------- failures
+
+# moe-launch's own refusal, else the exception line a Python traceback ends with (torchrun prefixes ranks)
+_REFUSAL = re.compile(r"moe-launch: error: .*")
+_EXCEPTION = re.compile(r"(?:\[[^\]]*\]:?\s*)?((?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt|Exit)\b:? ?.*)")
+
+
+def one_line_reason(log: Path) -> str:
+    """Why a side failed, in one line, from its log: moe-launch's one-line refusal, else the last exception
+    line (the end of a traceback), else the last line; never the traceback itself."""
+    lines = [x.strip() for x in log.read_text(errors="replace").splitlines() if x.strip()] if log.exists() else []
+    for pattern in (_REFUSAL, _EXCEPTION):
+        hits = [m.group(m.lastindex or 0) for m in map(pattern.fullmatch, lines) if m]
+        if hits:
+            return hits[-1][:400]
+    return lines[-1][:400] if lines else f"no output ({log.name} is empty or missing)"
+
+
+def side_failures(b: dict, out: Path) -> list[str]:
+    """One line per side that did not finish ok: ours from its record (or its log), each peer from peer.json's
+    error (or its log)."""
+    lines = []
+    ours = b["ours"]
+    if ours["status"] not in ("ok", "not run"):
+        lines.append(f"moe-bench: ours failed: {ours.get('failure') or one_line_reason(out / 'ours.out')}")
+    for p in b["peers"]:
+        if p["status"] != "ok":
+            why = p.get("failure") or one_line_reason(out / p["run_dir"] / "train.log")
+            lines.append(f"moe-bench: peer MBS {p['micro_batch_size']} {p['status']}: {why}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- summaries
@@ -165,7 +198,11 @@ def peer_summary(run_dir: Path, flops_per_sequence: Optional[float], warmup: int
 
 def summarize(out: Path, warmup: int = DEFAULT_WARMUP, skip: Optional[tuple[int, int]] = None) -> dict:
     """bench.json from the run directory alone (rerunnable, like launcher.records.record); `skip` = the profiled
-    iterations, left out of both sides' steady state."""
+    iterations, left out of both sides' steady state. Without ours/plan.json (our side was refused before it
+    planned) it raises ConfigError with the refusal."""
+    if not (out / "ours" / "plan.json").exists():
+        raise ConfigError("ours", str(out / "ours"), f"our side has no plan.json: {one_line_reason(out / 'ours.out')}",
+                          "fix our side's config (the reason above) and run moe-bench again")
     plan = json.loads((out / "ours" / "plan.json").read_text())
     flops = (plan.get("megatron") or {}).get("flops_per_sequence")
     rec_path = out / "ours" / "record.json"
@@ -263,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     launch = [sys.executable, "-m", "launcher", *_ours_overrides(a.overrides, out, a.dry_run or a.no_ours, profile)]
     rc, wall = run_logged(launch, out / "ours.out")
     print(f"moe-bench: ours: {'dry run written' if a.dry_run or a.no_ours else 'finished'} rc={rc} ({wall}s)")
-    if rc != 0 and (a.dry_run or a.no_ours):
-        print((out / "ours.out").read_text()[-2000:], file=sys.stderr)
+    if rc != 0 and (a.dry_run or a.no_ours or not (out / "ours" / "plan.json").exists()):
+        # refused before it planned (a rule, a bad override): nothing to compare, the peer is not run
+        print(f"moe-bench: ours failed: {one_line_reason(out / 'ours.out')} (log: {out / 'ours.out'})", file=sys.stderr)
         return rc
     for m, spec in ([] if a.no_peer else specs.items()):
         run_dir = out / f"peer_mbs{m}"
@@ -280,12 +318,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_summary(out: Path, warmup: int, skip: Optional[tuple[int, int]]) -> int:
-    b = summarize(out, warmup, skip)
+    """bench.json and bench.md, then one line per failed side; non-zero when any side failed."""
+    try:
+        b = summarize(out, warmup, skip)
+    except ConfigError as e:
+        print(f"moe-bench: error: {e}", file=sys.stderr)
+        return 2
     (out / "bench.json").write_text(json.dumps(b, indent=1))
     text = render(b)
     (out / "bench.md").write_text(text)
     print(text)
-    return 0 if b["ours"]["status"] in ("ok", "not run") else 1
+    failures = side_failures(b, out)
+    for line in failures:
+        print(line, file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from launcher.plan.resolve import resolve
         from launcher.plan.rules import validate
 
-        from launcher.plan.tuned import apply_tuned
+        from launcher.plan.dispatch_tuned import apply_tuned
 
         _, cfg = compose(args)
         cfg = apply_tuned(cfg)  # dispatcher.tuned: check the knobs the run will get

@@ -34,18 +34,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         del args[i:i + 2]
     try:
         from launcher.config.compose import compose
-        from launcher.plan.resolve import resolve
+        from launcher.plan.plan import resolve_and_validate
+        from launcher.plan.tuned import tuned_config
         from launcher.plan.estimate_flops import estimate_flops
         from launcher.plan.estimate_memory import estimate_memory
         from launcher.plan.estimate_table import check_fits, estimate_record, render_table
         from launcher.plan.probe import detect
 
-        from launcher.plan.rules import validate
-
         _, cfg = compose(args)
         cfg.launch.dry_run = True  # the estimate starts nothing: the launcher's rules as for a dry run
-        res = resolve(cfg, detect())
-        validate(cfg, res)  # the launcher's own rules first: the estimate assumes a valid layout
+        # the launcher's own rules first (the estimate assumes a valid layout), tuned knobs as a launch resolves them
+        res = resolve_and_validate(cfg, detect())
+        cfg = tuned_config(cfg, res.tuned)
         est = estimate_memory(cfg, res)
         p = cfg.parallel
         title = (f"{cfg.model.name} on {res.world_size} x {res.device} ({cfg.hardware.name}): tp={p.tp} pp={p.pp} "

@@ -24,6 +24,7 @@ from typing import Optional
 
 from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
+from launcher.plan.tuned import tuned_config
 from launcher.plan.estimate_flops import estimate_flops
 from launcher.plan.estimate_memory import padded_vocab
 from launcher.plan.estimate_static import layer_positions, rank_params, stage_layouts
@@ -201,6 +202,7 @@ def _memo(memo: Optional[dict], key: tuple, compute):
 def predict(cfg: RunConfig, res: Resolved, cal: Optional[Calibration] = None,
             memo: Optional[dict] = None) -> Prediction:
     """Predicted step time and TFLOP/s/GPU (Megatron's model FLOPs, recompute not counted) of one layout."""
+    cfg = tuned_config(cfg, res.tuned)  # the overlap and fusions as the run will have them, not `auto`
     cal = cal or Calibration()
     p0 = cfg.parallel
     grid = (p0.tp, p0.cp, p0.pp, p0.vpp, p0.ep, p0.etp, res.pipeline_layout, cfg.train.global_batch_size,

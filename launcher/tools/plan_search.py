@@ -19,9 +19,11 @@ from launcher.errors import ConfigError
 from launcher.plan.estimate_memory import estimate_memory
 from launcher.plan.estimate_table import usable
 from launcher.plan.probe import MachineProbe
+from launcher.plan.plan import fit_tuned_memory
 from launcher.plan.resolve import Resolved, resolve
 from launcher.plan.rules import RULES
 from launcher.plan.rules.memory import check_memory_fits
+from launcher.plan.tuned import tuned_config
 from launcher.tools import plan_space as space
 from launcher.tools.plan_model import Calibration, Prediction, predict, recompute_fraction
 from launcher.plan.estimate_flops import estimate_flops
@@ -54,10 +56,12 @@ class Stats:
 
 
 def check_rules(cfg: RunConfig) -> Resolved:
-    """resolve + the launcher's rules but the memory one (ConfigError on the first violation)."""
-    res = resolve(cfg, TARGET)
+    """resolve + the launcher's rules but the memory one (ConfigError on the first violation), on the config
+    with its tuned knobs concrete; a tuned knob that would not fit falls back as moe-launch's does."""
+    res = fit_tuned_memory(cfg, resolve(cfg, TARGET))
+    tuned = tuned_config(cfg, res.tuned)
     for rule in RULES_NO_MEMORY:
-        rule(cfg, res)
+        rule(tuned, res)
     return res
 
 

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 from launcher.config.compose import CONF_DIR, compose, group_options
+from launcher.plan.plan import fit_tuned_memory
+from launcher.plan.tuned import tuned_config
 from launcher.plan.resolve import linear_attention_pattern, moe_layer_pattern, resolve
 from launcher.plan.params import PUBLISHED, count, human
 from launcher.records.outputs import PERF_RESULTS_SWITCH, SWITCH_HELP, refuse_committed
@@ -118,8 +120,9 @@ def _extras(cfg: RunConfig) -> str:
 
 
 def preset_row(name: str) -> list[str]:
-    cfg = preset_config(name)
-    res = resolve(cfg, LOGIN_NODE)
+    raw = preset_config(name)
+    res = fit_tuned_memory(raw, resolve(raw, LOGIN_NODE))
+    cfg = tuned_config(raw, res.tuned)  # the A2A overlap as a launch resolves it, not the word auto
     p, t, d = cfg.parallel, cfg.train, cfg.dispatcher
     layout = f"`{res.pipeline_layout}`".replace("|", "\\|") if res.pipeline_layout else "-"  # GFM table cell
     dispatcher = d.flex_backend or d.type

@@ -249,6 +249,7 @@ LAUNCHER_ONLY: dict[str, str] = {
                                    "MOE_GROUPED_GEMM_IMPL",
     "data.vocab_size": "the tokenizer's vocabulary, checked against the model's padded vocabulary before launch "
                        "(plan/rules/data.py); Megatron reads it from the tokenizer itself",
+    "train.expandable_segments": "the allocator setting, passed as PYTORCH_CUDA_ALLOC_CONF (launcher/plan/tuned.py)",
     "train.kernel_profile": "our own profiler window (recipes/profiling.py), passed as MOE_PROFILE_STEPS",
     "dispatcher.tuned": "a dispatcher benchmark's best knobs, folded into dispatcher.flex_num_sms and megatron.extra "
                         "before mapping (plan/tuned.py)",
@@ -306,6 +307,9 @@ def table_flags(cfg: RunConfig) -> list[str]:
     argv: list[str] = []
     for path, flag, kind in TABLE:
         value = _get(cfg, path)
+        if isinstance(value, str) and value == "auto" and kind != VALUE:
+            # a caller bug, not user input: plan.megatron_argv resolves the tuned knobs first (plan/tuned.py)
+            raise ValueError(f"{path}=auto reached the flag table unresolved: pass tuned_config(cfg, res.tuned)")
         if kind == VALUE and value is not None:
             argv += [flag, _fmt(value)]
         elif kind == TRUE and value:

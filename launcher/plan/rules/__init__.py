@@ -40,6 +40,7 @@ from launcher.plan.rules.parallel import (check_batch, check_context_parallel, c
 from launcher.plan.rules.train import (check_cpu_run, check_kernel_profile, check_loggers, check_lr_schedule,
                                        check_seq_vs_positions)
 from launcher.plan.rules.values import VALUE_RULES, check_profile_ranks
+from launcher.plan.tuned import tuned_config
 
 RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     *VALUE_RULES, check_positive_degrees, *CLUSTER_RULES, check_world_dense, check_world_expert,
@@ -58,6 +59,7 @@ RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
 
 
 def validate(cfg: RunConfig, res: Resolved) -> None:
-    """Run every rule; the first violation raises ConfigError."""
+    """Run every rule on the config with its tuned knobs concrete; the first violation raises ConfigError."""
+    cfg = tuned_config(cfg, res.tuned)
     for rule in RULES:
         rule(cfg, res)

@@ -3,6 +3,9 @@
 set -euo pipefail
 cd /work/moe-recipes
 export PYTHONUNBUFFERED="${PYTHONUNBUFFERED:-1}"  # the calling shell's value wins
+export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-32}"  # the calling shell's value wins
+export NVTE_FWD_LAYERNORM_SM_MARGIN="${NVTE_FWD_LAYERNORM_SM_MARGIN:-24}"  # the calling shell's value wins
+export NVTE_BWD_LAYERNORM_SM_MARGIN="${NVTE_BWD_LAYERNORM_SM_MARGIN:-24}"  # the calling shell's value wins
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"  # the calling shell's value wins
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"  # the calling shell's value wins
 export NVTE_ALLOW_NONDETERMINISTIC_ALGO="${NVTE_ALLOW_NONDETERMINISTIC_ALGO:-1}"  # the calling shell's value wins
@@ -50,6 +53,8 @@ exec python -m recipes.pretrain \
   --moe-token-dispatcher-type flex \
   --moe-flex-dispatcher-backend hybridep \
   --moe-permute-fusion \
+  --moe-router-fusion \
+  --overlap-moe-expert-parallel-comm \
   --split 99,1,0 \
   --tokenizer-type NullTokenizer \
   --num-workers 2 \
@@ -71,7 +76,9 @@ exec python -m recipes.pretrain \
   --eval-iters 0 \
   --eval-interval 1000 \
   --manual-gc \
+  --cross-entropy-loss-fusion \
   --manual-gc-interval 10 \
+  --cross-entropy-fusion-impl native \
   --group-query-attention \
   --num-query-groups 4 \
   --vocab-size 151936 \

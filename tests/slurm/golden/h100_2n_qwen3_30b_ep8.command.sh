@@ -3,6 +3,10 @@
 set -euo pipefail
 cd /work/moe-recipes
 export PYTHONUNBUFFERED="${PYTHONUNBUFFERED:-1}"  # the calling shell's value wins
+export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-32}"  # the calling shell's value wins
+export NVTE_FWD_LAYERNORM_SM_MARGIN="${NVTE_FWD_LAYERNORM_SM_MARGIN:-24}"  # the calling shell's value wins
+export NVTE_BWD_LAYERNORM_SM_MARGIN="${NVTE_BWD_LAYERNORM_SM_MARGIN:-24}"  # the calling shell's value wins
+export MOE_GROUPED_GEMM_IMPL="${MOE_GROUPED_GEMM_IMPL:-torch}"  # the calling shell's value wins
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"  # the calling shell's value wins
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"  # the calling shell's value wins
 export NVTE_ALLOW_NONDETERMINISTIC_ALGO="${NVTE_ALLOW_NONDETERMINISTIC_ALGO:-1}"  # the calling shell's value wins
@@ -48,6 +52,9 @@ exec python -m recipes.pretrain \
   --overlap-grad-reduce \
   --overlap-param-gather \
   --moe-token-dispatcher-type alltoall \
+  --moe-permute-fusion \
+  --moe-router-fusion \
+  --overlap-moe-expert-parallel-comm \
   --split 99,1,0 \
   --tokenizer-type NullTokenizer \
   --num-workers 2 \
@@ -69,7 +76,9 @@ exec python -m recipes.pretrain \
   --eval-iters 0 \
   --eval-interval 1000 \
   --manual-gc \
+  --cross-entropy-loss-fusion \
   --manual-gc-interval 10 \
+  --cross-entropy-fusion-impl native \
   --group-query-attention \
   --num-query-groups 4 \
   --vocab-size 151936 \

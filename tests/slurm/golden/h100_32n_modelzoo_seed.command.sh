@@ -4,6 +4,7 @@ set -euo pipefail
 cd /work/moe-recipes
 export PYTHONUNBUFFERED="${PYTHONUNBUFFERED:-1}"  # the calling shell's value wins
 export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-1}"  # the calling shell's value wins
+export MOE_GROUPED_GEMM_IMPL="${MOE_GROUPED_GEMM_IMPL:-torch}"  # the calling shell's value wins
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"  # the calling shell's value wins
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"  # the calling shell's value wins
 export NVTE_ALLOW_NONDETERMINISTIC_ALGO="${NVTE_ALLOW_NONDETERMINISTIC_ALGO:-1}"  # the calling shell's value wins
@@ -51,6 +52,7 @@ exec python -m recipes.pretrain \
   --moe-token-dispatcher-type flex \
   --moe-flex-dispatcher-backend deepep \
   --moe-permute-fusion \
+  --moe-router-fusion \
   --recompute-modules layernorm moe \
   --split 99,1,0 \
   --tokenizer-type NullTokenizer \
@@ -73,7 +75,9 @@ exec python -m recipes.pretrain \
   --eval-iters 0 \
   --eval-interval 1000 \
   --manual-gc \
+  --cross-entropy-loss-fusion \
   --manual-gc-interval 10 \
+  --cross-entropy-fusion-impl native \
   --group-query-attention \
   --num-query-groups 4 \
   --vocab-size 151936 \

@@ -13,6 +13,8 @@ are listed in EXCEPTIONS with the reason):
 - layout: tp, cp, pp, vpp, ep, etp degrees above 1, glued (tp2pp8vpp4ep32); in a long-context name cp is
   always written, cp1 included, because cp is what varies along that series.
 - precision: fp8_blockwise is written fp8 (ModelZoo's PR=fp8 is blockwise); others by option name.
+- a2a_overlap: the preset pins the EP all-to-all overlap on (where it leaves it to the auto rule of
+  launcher/plan/tuned.py, the name does not promise it).
 - routing: forced_balance always says so; dropless says so only where a forced-balance twin exists
   (a preset composing to the same config but for train.routing), so both halves of the pair are named.
 """
@@ -100,7 +102,7 @@ def _full_name(cfg: RunConfig) -> str:
     d = cfg.dispatcher
     parts = [cfg.model.name, _gpus(cfg), f"seq{cfg.train.seq_length // 1024}k" if long_context else "",
              _layout(cfg.parallel, long_context), "fsdp" if cfg.parallel.use_megatron_fsdp else "",
-             d.flex_backend or d.type, "a2a_overlap" if d.overlap_moe_expert_parallel_comm else "",
+             d.flex_backend or d.type, "a2a_overlap" if d.overlap_moe_expert_parallel_comm is True else "",
              "cudagraph" if cfg.train.cuda_graph_impl else "",
              PRECISION.get(cfg.precision.name, cfg.precision.name), *_routing(cfg)]
     return "_".join(p for p in parts if p)

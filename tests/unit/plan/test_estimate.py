@@ -17,6 +17,7 @@ from launcher.plan.estimate_memory import MiB, _inflight_chunks, estimate_memory
 from launcher.plan.estimate_static import layer_positions, padded_vocab, rank_params, stage_layouts
 from launcher.plan.estimate_table import check_fits, cheapest_fixes, render_table
 from launcher.tools import estimate as estimate_cli
+from launcher.plan.tuned import SAFE, tuned_config
 from launcher.tools import estimate_calibration as calib
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -25,7 +26,9 @@ KNOWN_MISSES = {name: limit for name, (_, limit) in calib.KNOWN_MISSES.items()}
 
 
 def _cfg(*overrides: str):
-    return compose(list(overrides))[1]
+    """The composed config with its tuned knobs as the safe choices of _res's default Resolved.tuned (the
+    arithmetic here is checked on the plain flags; launcher/plan/tuned.py has its own tests)."""
+    return tuned_config(compose(list(overrides))[1], SAFE)
 
 
 def _res(cfg, world: int, layout=None, device: str = "cuda", gaf: bool = False) -> Resolved:

@@ -2,6 +2,7 @@
 a record reads the same values either way."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -34,6 +35,8 @@ def test_launch_facts_equal_what_the_argv_says(overrides):
     ours = dict(plan.facts)
     for key in ("hardware",):  # not in the argv at all
         ours.pop(key), legacy.pop(key)
+    # the tuned knobs (launcher/plan/tuned.py) are partly environment (expert GEMMs, allocator): plan.json only
+    assert ours.pop("tuned") == dataclasses.asdict(plan.resolved.tuned) and "tuned" not in legacy
     ours["model"] = {k: v for k, v in ours["model"].items() if k != "name"}  # the config names the model
     legacy["model"] = {k: v for k, v in legacy["model"].items() if k != "name"}
     assert ours == legacy

@@ -241,3 +241,53 @@ def test_gated_delta_net_refuses_the_triton_fla_refuses(capability, triton, tile
             check_fla_triton(capability, triton, tilelang)
     else:
         check_fla_triton(capability, triton, tilelang)
+
+
+# ------------------------------------------------------------------------------------------- failures (issue 17)
+
+def test_our_side_refused_by_a_rule_is_one_line_and_non_zero(tmp_path, capsys):
+    """A rule refuses our side before it plans (no ours/plan.json): the refusal, one line, non-zero, no peer run."""
+    rc = bench.main(["--peer-mbs", "2", "--out", str(tmp_path), "train.train_iters=3", "dispatcher=deepep"])
+    err = capsys.readouterr().err
+    assert rc != 0 and not (tmp_path / "ours" / "plan.json").exists()
+    lines = [x for x in err.splitlines() if x.startswith("moe-bench: ours failed:")]
+    assert len(lines) == 1 and "moe-launch: error: dispatcher.type='flex'" in lines[0], err
+    assert "Traceback" not in err and not (tmp_path / "peer_mbs2").exists()
+    # rebuilding the summary of that directory says the same, in one line
+    assert bench.main(["--summarize", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "our side has no plan.json: moe-launch: error:" in err and "Traceback" not in err
+
+
+def _copy_bench(tmp_path: Path) -> Path:
+    import shutil
+
+    out = tmp_path / "bench"
+    shutil.copytree(BENCH / "peer_qwen3_30b_a3b_8l_1gpu_h200", out)
+    return out
+
+
+def test_a_failed_peer_is_its_one_line_reason_and_non_zero(tmp_path, capsys):
+    """perf_results' 8-layer peer sweep: MBS 8 ran out of memory (peer.json's error)."""
+    out = _copy_bench(tmp_path)
+    assert bench._write_summary(out, 3, None) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("moe-bench: peer MBS 8 failed: OutOfMemoryError: CUDA out of memory")
+
+
+def test_a_peer_that_died_without_its_record_is_read_from_its_log(tmp_path, capsys):
+    out = _copy_bench(tmp_path)
+    (out / "peer_mbs8" / "peer.json").unlink()
+    (out / "peer_mbs8" / "train.log").write_text(
+        "step 1\nTraceback (most recent call last):\n  File \"recipes/peer_hf.py\", line 3, in <module>\n"
+        "    import transformers\n[rank0]: ModuleNotFoundError: No module named 'transformers'\n")
+    assert bench._write_summary(out, 3, None) == 1
+    err = capsys.readouterr().err
+    assert err == "moe-bench: peer MBS 8 not run: ModuleNotFoundError: No module named 'transformers'\n"
+
+
+def test_one_line_reason_prefers_the_launchers_refusal(tmp_path):
+    log = tmp_path / "ours.out"
+    log.write_text("moe-launch: error: memory='9 GiB': predicted peak exceeds 8 GiB. Fix: recompute=full\n")
+    assert bench.one_line_reason(log).startswith("moe-launch: error: memory=")
+    assert bench.one_line_reason(tmp_path / "missing.log") == "no output (missing.log is empty or missing)"

@@ -1,5 +1,6 @@
-"""moe-dispatch-bench's login side (launcher/tools/dispatch_bench.py) and dispatcher.tuned (launcher/plan/tuned.py).
-The benchmark itself runs end to end on CPU in tests/e2e/test_dispatch_bench.py; on GPUs in tests/gpu."""
+"""moe-dispatch-bench's login side (launcher/tools/dispatch_bench.py) and dispatcher.tuned
+(launcher/plan/dispatch_tuned.py). The benchmark itself runs end to end on CPU in
+tests/e2e/test_dispatch_bench_cpu.py; on GPUs in tests/gpu."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import pytest
 from conftest import PROBE, make_cfg
 from launcher.errors import ConfigError
 from launcher.plan.plan import build_plan
-from launcher.plan.tuned import apply_tuned
+from launcher.plan.dispatch_tuned import apply_tuned
 from launcher.tools.dispatch_bench import GRID, shapes, spec_for, summarize
 
 QWEN = ["model=qwen3_30b_a3b", "train=pretrain", "train.micro_batch_size=4"]

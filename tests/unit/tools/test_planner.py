@@ -167,8 +167,7 @@ def test_printed_overrides_are_what_moe_launch_accepts():
     """Each top candidate, as printed, composes over the user's base and passes the launcher's rules: the
     bench preset turns the EP overlap on, so a candidate without it must say so (EP 1 would be refused)."""
     from launcher.config.compose import compose
-    from launcher.plan.resolve import resolve
-    from launcher.plan.rules import validate
+    from launcher.plan.plan import resolve_and_validate
     from conftest import PROBE
 
     over = planner.base_overrides(["preset=qwen3_30b_a3b_8l_2xh200_ep2_bench_bf16"], 4096, 32)
@@ -178,4 +177,4 @@ def test_printed_overrides_are_what_moe_launch_accepts():
     for r in results:
         _, got = compose([*over, *r.candidate.overrides(), *clus, "launch.dry_run=true",
                           "launch.megatron_validate=false"])
-        validate(got, resolve(got, PROBE))
+        resolve_and_validate(got, PROBE)  # what moe-launch runs: the rules, the tuned memory fallback
