@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from launcher.config.schema import RunConfig
+    from launcher.plan.checkpoint import ResumePoint
 
 from launcher.errors import ConfigError
 
@@ -36,12 +41,17 @@ def main(argv: list[str] | None = None) -> int:
         from launcher.plan.probe import detect
         from launcher.run.registry import executor_for, launch_plan
         from launcher.run.rundir import default_run_dir, write_run_dir
+        from launcher.run.rundir_lock import archive_attempt, lock_run_dir
 
         composed, cfg = compose(args)
         executor = executor_for(cfg)
-        plan = launch_plan(cfg, detect())
         run_dir = Path(cfg.launch.run_dir) if cfg.launch.run_dir else default_run_dir(cfg)
+        # a directory in use is refused before its checkpoints are read; a new one is made only for a valid plan
+        lock = lock_run_dir(run_dir) if run_dir.exists() else None
+        plan = launch_plan(cfg, detect(), run_dir=run_dir, resume=_resume_point(cfg, run_dir))
         entry_text = executor.render(cfg, plan, run_dir)  # sbatch.sh / container.sh: checked first
+        lock = lock or lock_run_dir(run_dir)  # held until moe-launch exits
+        archived = archive_attempt(run_dir)
         script = write_run_dir(run_dir, composed, plan, executor.workdir(cfg), args)
         script = executor.write_entry(run_dir, entry_text, script)
     except ConfigError as e:
@@ -60,8 +70,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"moe-launch: memory: predicted peak {est['peak_bytes'] / gib:.1f} GiB of {est['capacity_bytes'] / gib:.1f} "
           f"GiB per {'process' if res.device == 'cpu' else 'GPU'} (pipeline rank {est['worst_rank']}; estimate.json)")
     print(f"moe-launch: run directory {run_dir}")
+    if archived is not None:
+        print(f"moe-launch: the previous attempt's files are in {archived}")
+    for note in plan.checkpoint.notes:
+        print(f"moe-launch: {note}", file=sys.stderr if note.startswith("warning") else sys.stdout)
+    from launcher.plan.checkpoint import describe
+
+    print(f"moe-launch: {describe(plan.checkpoint)}")
     if cfg.launch.dry_run:
         print(script.read_text(), end="")
         print(f"moe-launch: dry run: nothing started; run it with: {executor.how_to_run(script)}")
         return 0
-    return executor.run(cfg, script)
+    try:
+        return executor.run(cfg, script)
+    finally:
+        lock.close()  # the kernel would drop it at exit anyway; closing says the run is over
+
+
+def _resume_point(cfg: "RunConfig", run_dir: Path) -> "Optional[ResumePoint]":
+    """The newest complete checkpoint in the directory this run saves to, when it should resume from it."""
+    from launcher.plan.checkpoint import save_dir
+    from launcher.run.resume import find_resume
+
+    ckpt = save_dir(cfg, run_dir)
+    return find_resume(Path(ckpt)) if ckpt and cfg.train.checkpoint.resume else None

@@ -27,6 +27,9 @@ def _use_prebuilt_dataset_helpers() -> None:
 
 
 def main(argv: list[str]) -> int:
+    from recipes import lifecycle
+
+    lifecycle.die_with_parent()  # torchrun killed -> this rank killed (recipes/lifecycle.py)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from recipes import cpu_compat
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from launcher.plan.checkpoint import Checkpointing, checkpoint_flags, distributed_timeout
 from launcher.plan.resolve import Resolved, moe_layer_freq
 from launcher.config.schema import RunConfig
 
@@ -139,9 +140,6 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("train.log_interval", "--log-interval", VALUE),
     ("train.eval_iters", "--eval-iters", VALUE),
     ("train.eval_interval", "--eval-interval", VALUE),
-    ("train.save", "--save", VALUE),
-    ("train.save_interval", "--save-interval", VALUE),
-    ("train.load", "--load", VALUE),
     ("train.manual_gc", "--manual-gc", TRUE),
     ("train.cross_entropy_loss_fusion", "--cross-entropy-loss-fusion", TRUE),
     ("train.manual_gc_interval", "--manual-gc-interval", VALUE),
@@ -221,7 +219,29 @@ LAUNCHER_ONLY: dict[str, str] = {
     "model.moe_grouped_gemm_impl": "which module computes the experts (recipes/experts.py), passed as "
                                    "MOE_GROUPED_GEMM_IMPL",
     "train.kernel_profile": "our own profiler window (recipes/profiling.py), passed as MOE_PROFILE_STEPS",
+    # these need the run directory and what it holds: launch_flags() below, through plan/checkpoint.py
+    "train.save": "--save (default <run_dir>/checkpoints) in launch_flags",
+    "train.save_interval": "--save-interval (default from train_iters) in launch_flags",
+    "train.load": "--load (or the run's own newest checkpoint) in launch_flags",
+    "train.checkpoint.enabled": "whether launch_flags saves at all",
+    "train.checkpoint.resume": "--load/--ckpt-step of the newest complete checkpoint in launch_flags",
+    "train.checkpoint.keep_last": "ours: the launcher prunes old checkpoints after the run (run/resume.py)",
+    "train.checkpoint.async_save": "--async-save --async-strategy mcore --use-persistent-ckpt-worker in launch_flags",
+    "train.checkpoint.exit_signal_handler": "--exit-signal-handler in launch_flags",
+    "train.distributed_timeout_minutes": "--distributed-timeout-minutes (auto: smoke or real run) in launch_flags",
 }
+
+
+# Flags of one launch into one run directory (launch_flags): checkpoints, resume, signals, timeouts.
+LAUNCH_FLAGS: tuple[str, ...] = ("--save", "--save-interval", "--load", "--ckpt-step", "--async-save",
+                                 "--async-strategy", "--use-persistent-ckpt-worker", "--exit-signal-handler",
+                                 "--distributed-timeout-minutes")
+
+
+def launch_flags(cfg: RunConfig, res: Resolved, ck: Checkpointing) -> list[str]:
+    """Flags that belong to a launch rather than to the model and layout (the golden argv have none): the
+    checkpointing decided for this run directory and the collective timeout."""
+    return checkpoint_flags(ck) + ["--distributed-timeout-minutes", str(distributed_timeout(cfg, res))]
 
 
 # Every flag a schema field can emit (TABLE, SPECIAL, DERIVED): megatron.extra/raw may not set these.
@@ -231,6 +251,7 @@ OWNED_FLAGS: tuple[str, ...] = tuple(flag for _, flag, _ in TABLE) + (
     "--transformer-impl", "--moe-grouped-gemm", "--sequence-parallel", "--pipeline-model-parallel-layout",
     "--num-virtual-stages-per-pipeline-rank", "--num-layers-per-virtual-pipeline-stage",
     "--no-gradient-accumulation-fusion", "--cross-entropy-fusion-impl",
+    *LAUNCH_FLAGS,
 )
 
 

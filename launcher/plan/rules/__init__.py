@@ -7,7 +7,7 @@ is allocated, with a message that names our field instead of Megatron's internal
 
   parallel.py   world size, grids, degrees vs what they split, pipeline layout, SP/CP, batch
   features.py   model features, recompute, dispatcher, router, precision, overlap, CUDA graphs, experts
-  train.py      sequence vs positions, LR schedule, profiling window, CPU runs
+  train.py      sequence vs positions, LR schedule, profiling window, CPU runs, checkpoints
   data.py       the data group
   cluster.py    executors, Slurm directives, containers, environment
   memory.py     the estimated peak memory against the device (last: it assumes a valid layout)
@@ -32,7 +32,8 @@ from launcher.plan.rules.parallel import (check_batch, check_context_parallel, c
                                           check_positive_degrees, check_query_groups_tp,
                                           check_sequence_parallel, check_vpp, check_world_dense,
                                           check_world_expert)
-from launcher.plan.rules.train import check_cpu_run, check_kernel_profile, check_lr_schedule, check_seq_vs_positions
+from launcher.plan.rules.train import (check_checkpoint, check_cpu_run, check_kernel_profile, check_lr_schedule,
+                                       check_seq_vs_positions)
 
 RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     check_positive_degrees, *CLUSTER_RULES, check_world_dense, check_world_expert, check_experts_divisible_by_ep,
@@ -42,7 +43,7 @@ RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     check_recompute,
     check_recompute_prerequisites, check_dispatcher, check_router, check_precision,
     check_fp8_hardware, check_optimizer_offload, check_overlap, check_ep_overlap_layout, check_ep_overlap_conflicts,
-    check_cuda_graphs, check_torch_grouped_gemm, check_kernel_profile, check_cpu_run, check_data,
+    check_cuda_graphs, check_torch_grouped_gemm, check_kernel_profile, check_cpu_run, check_checkpoint, check_data,
     check_gated_delta_net_mtp,
     check_memory_fits,
 )
