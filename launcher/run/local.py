@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -12,6 +13,7 @@ from launcher.run.base import Executor
 
 if TYPE_CHECKING:
     from launcher.config.schema import RunConfig
+    from launcher.run.stop import JobStopper
 
 
 class LocalExecutor(Executor):
@@ -52,12 +54,12 @@ def run_local(script: Path, grace_s: float = 120, secrets: Optional[dict[str, st
                                 text=True, bufsize=1, start_new_session=True, env=env)
         stopper = JobStopper(proc.pid, grace_s)
         previous = install(stopper)
+        threading.Thread(target=_watch, args=(proc, stopper), daemon=True).start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
                 fh.write(line)  # the full log first, untouched by the status line
                 progress.line(line)
-                stopper.scan(every_s=1.0)  # workers appear after torchrun starts them
             rc = proc.wait()
         finally:
             restore(previous)
@@ -69,6 +71,17 @@ def run_local(script: Path, grace_s: float = 120, secrets: Optional[dict[str, st
     write_run_record(run_dir)
     prune_checkpoints(run_dir)
     return rc
+
+
+def _watch(proc: subprocess.Popen, stopper: "JobStopper", every_s: float = 0.5, linger_s: float = 5.0) -> None:
+    """Learn the job's processes while torchrun lives (its workers are not in its process group); once it
+    has exited, give stragglers linger_s to flush their output, then kill them: a worker that outlived
+    torchrun would hold train.log's pipe open and keep the launcher waiting."""
+    while proc.poll() is None:
+        stopper.scan()
+        time.sleep(every_s)
+    time.sleep(linger_s)
+    stopper.kill()
 
 
 def prune_checkpoints(run_dir: Path) -> None:

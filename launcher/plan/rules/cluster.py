@@ -20,7 +20,7 @@ DIRECTIVE_CHARS = "letters, digits and . , : + = @ / % _ -"
 TIME_FORMAT = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)
 # directives the launcher writes itself; sbatch_extra may not set them a second time
 MANAGED = ("job-name", "nodes", "ntasks-per-node", "account", "partition", "time", "output", "exclusive",
-           "segment", "requeue", "open-mode", "signal", "ntasks", "N", "n", "J", "A", "p", "t", "o")
+           "segment", "ntasks", "N", "n", "J", "A", "p", "t", "o")
 
 
 def check_directive(field: str, value: str) -> None:

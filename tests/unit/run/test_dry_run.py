@@ -39,8 +39,9 @@ def test_dry_run_exits_zero(dry_run):
 
 def test_dry_run_writes_the_run_directory(dry_run):
     _, run_dir = dry_run
-    assert sorted(p.name for p in run_dir.iterdir()) == ["argv.txt", "command.sh", "config.yaml", "estimate.json",
-                                                         "plan.json"]
+    # .lock: the directory's lock (launcher/run/rundir_lock.py), taken by a dry run too
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "argv.txt", "command.sh", "config.yaml",
+                                                         "estimate.json", "plan.json"]
     assert not (run_dir / "train.log").exists() and not (run_dir / "exit.json").exists()
 
 
