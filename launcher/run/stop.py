@@ -1,12 +1,13 @@
-"""Stopping a local job: SIGTERM/SIGINT to moe-launch reach every worker, a bounded wait, then SIGKILL.
+"""Stopping a local job: SIGTERM/SIGINT to moe-launch reach every rank, a bounded wait, then SIGKILL.
 
 torchrun starts each worker in a session of its own (torch/distributed/elastic/multiprocessing/
 subprocess_handler: start_new_session=True), so no process-group signal reaches them; and torchrun itself
-answers SIGTERM by killing its workers after 30 s, too soon for a checkpoint save. So the workers are found
-as processes (psutil, the tree under command.sh, remembered as it grows so a worker that outlives torchrun
-is still known) and signalled themselves: Megatron's --exit-signal-handler finishes the iteration, saves
-and exits (code 4; torchrun then reports the job failed). After cluster.stop_grace_s, or on a second
-signal, everything still alive is killed. When the job ends for any reason, nothing it started is left.
+answers SIGTERM by killing its workers after 30 s, too soon for a checkpoint save. So the job's processes
+are found with psutil (the tree under command.sh, remembered as it grows, so a worker that outlives
+torchrun is still known) and torchrun's children, the ranks, are signalled themselves: Megatron's
+--exit-signal-handler finishes the iteration, saves and exits (code 4; torchrun then reports the job
+failed). After cluster.stop_grace_s, or on a second signal, everything still alive is killed. When the job
+ends for any reason, nothing it started is left.
 """
 from __future__ import annotations
 
@@ -53,17 +54,20 @@ class JobStopper:
         return [p for p in self.known.values() if _running(p)]
 
     def workers(self) -> list[psutil.Process]:
-        """The processes that train: not the root shell and not torchrun (which kills its workers 30 s after
-        its own SIGTERM)."""
-        out = []
+        """The ranks: torchrun's direct children. Not torchrun (it kills its workers 30 s after its own
+        SIGTERM) and not the ranks' own children (data-loader workers die on SIGTERM, and the rank then fails
+        instead of saving). Without a torchrun (a container's client), the root, which passes it on."""
+        ranks: list[psutil.Process] = []
         for p in self.alive():
             try:
-                cmd = " ".join(p.cmdline())
+                if any(m in " ".join(p.cmdline()) for m in LAUNCHER_MODULES):
+                    ranks += p.children()
             except psutil.Error:
                 continue
-            if p.pid != self.root_pid and not any(m in cmd for m in LAUNCHER_MODULES):
-                out.append(p)
-        return out
+        root = self.known.get(self.root_pid)
+        if ranks or root is None or not _running(root):
+            return ranks
+        return [root]
 
     def request(self, signum: int, frame=None) -> None:
         """A signal handler: the first stop signal is forwarded (as SIGTERM, the signal Megatron saves on), a
@@ -71,14 +75,14 @@ class JobStopper:
         name = signal.Signals(signum).name
         if self.signal is not None:
             print(f"moe-launch: {name} again: killing the job", file=self.out, flush=True)
-            self.kill()
+            self.kill(forced=True)
             return
         self.signal = name
         self.scan()
         workers = self.workers()
         print(f"moe-launch: {name}: asking {len(workers)} worker(s) to save and stop; killing them in "
               f"{self.grace_s:.0f} s (cluster.stop_grace_s) or on a second signal", file=self.out, flush=True)
-        for p in workers or self.alive():
+        for p in workers:
             _send(p, signal.SIGTERM)
         self._timer = threading.Timer(self.grace_s, self._grace_over)
         self._timer.daemon = True
@@ -88,13 +92,14 @@ class JobStopper:
         if self.alive():
             print(f"moe-launch: the job did not stop within {self.grace_s:.0f} s: killing it", file=self.out,
                   flush=True)
-            self.kill()
+            self.kill(forced=True)
 
-    def kill(self) -> None:
-        """SIGKILL to every process of the job that is still alive."""
+    def kill(self, forced: bool = False) -> None:
+        """SIGKILL to every process of the job that is still alive; `forced`: the workers did not stop in time
+        (recorded as exit.json's killed_after_grace), not just leftovers after the job ended."""
         self.scan()
         victims = self.alive()
-        if victims and self.signal is not None:
+        if forced and any(p in victims for p in self.workers()):
             self.killed = True
         for p in victims:
             _send(p, signal.SIGKILL)

@@ -10,7 +10,8 @@ from launcher.errors import ConfigError
 from launcher.run import slurm
 from launcher.run.registry import launch_plan
 
-BASE = ["cluster=slurm", "cluster.nodes=1", "cluster.device=cpu", "cluster.nproc_cpu=2", "launch.megatron_validate=false"]
+BASE = ["cluster=slurm", "cluster.nodes=1", "cluster.device=cpu", "cluster.nproc_cpu=2",
+        "launch.megatron_validate=false"]
 
 
 def _sbatch(overrides: list[str]) -> str:

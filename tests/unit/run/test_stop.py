@@ -21,6 +21,10 @@ WORKER = textwrap.dedent("""
     mode = sys.argv[1]
     open(sys.argv[2], "w").write(str(os.getpid()))
     if mode == "trap":
+        # a rank's own child (a data-loader worker) must not get the SIGTERM: it would die and fail the rank
+        import subprocess
+        subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, lambda *a: "
+                          "print('loader: got SIGTERM', flush=True)); time.sleep(120)"])
         def stop(signum, frame):
             print("worker: saved after SIGTERM", flush=True)
             sys.exit(4)
@@ -87,7 +91,8 @@ def test_a_stop_signal_reaches_the_worker_which_saves_and_the_run_is_recorded(tm
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1, out
-    assert "worker: saved after SIGTERM" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "worker: saved after SIGTERM" in log and "loader: got SIGTERM" not in log
     info = json.loads((run_dir / "exit.json").read_text())
     assert info["signal"] == sig.name and info["killed_after_grace"] is False and info["returncode"] == 1
     assert _worker_gone(run_dir)
