@@ -100,10 +100,12 @@ def compute_capability(cfg: RunConfig) -> tuple[int, int]:
 def build_plan(cfg: RunConfig, probe: MachineProbe, run_dir: Optional[Path] = None,
                resume: Optional[ResumePoint] = None) -> LaunchPlan:
     """Resolve, validate with our rules, map, then validate with Megatron's own checks. With run_dir (what
-    moe-launch passes) the run saves there and resumes from `resume`; without, the argv is the layout's alone."""
+    moe-launch passes) the run saves there and resumes from `resume`; without, the argv is the layout's alone
+    unless train.save or train.load name a directory."""
     res = resolve(cfg, probe)
     validate(cfg, res)
-    ck = checkpointing(cfg, res, run_dir, resume) if run_dir is not None else None
+    explicit = cfg.train.save is not None or cfg.train.load is not None
+    ck = checkpointing(cfg, res, run_dir, resume) if run_dir is not None or explicit else None
     argv = megatron_argv(cfg, res, ck)
     env = run_env(cfg, res)
     derived: dict = {}

@@ -116,3 +116,8 @@ def test_megatron_keeps_async_save_on_with_the_persistent_worker():
     plan = _plan(["cluster.gpus_per_node=2", "model.transformer_impl=local", "train.train_iters=5000"], probe=GPU)
     assert "--async-save" in plan.argv and "--use-persistent-ckpt-worker" in plan.argv
     assert _flag(plan.argv, "--distributed-timeout-minutes") == "30"
+
+
+def test_explicit_directories_count_without_a_run_directory():
+    argv = _plan(["train.save=/shared/ckpt"], run_dir=None).argv
+    assert _flag(argv, "--save") == "/shared/ckpt" == _flag(argv, "--load")
