@@ -203,14 +203,16 @@ def _own_argv(run_dir: Path) -> list[str]:
 
 def _start_and_wait_for(run_dir: Path, iteration: int) -> subprocess.Popen:
     """moe-launch in the background until train.log (written line by line) shows `iteration`."""
-    proc = subprocess.Popen(_own_argv(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = open(run_dir.parent / f"{run_dir.name}.launcher.out", "w")  # a file: an unread pipe would block it
+    proc = subprocess.Popen(_own_argv(run_dir), stdout=out, stderr=subprocess.STDOUT, text=True)
+    proc.out_path = Path(out.name)  # type: ignore[attr-defined]
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         log = run_dir / "train.log"
         if log.exists() and any((it := parse_iteration_line(line)) and it["iteration"] >= iteration
                                 for line in log.read_text().splitlines()):
             return proc
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert proc.poll() is None, proc.out_path.read_text()[-3000:]
         time.sleep(0.2)
     raise AssertionError(f"iteration {iteration} never logged")
 
@@ -234,7 +236,8 @@ def test_sigterm_to_moe_launch_saves_records_preempted_and_the_relaunch_resumes(
     run_dir = tmp_path / "run"
     proc = _start_and_wait_for(run_dir, 15)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=600)
+    proc.wait(timeout=600)
+    out = proc.out_path.read_text()
     exit_info = json.loads((run_dir / "exit.json").read_text())
     assert exit_info["signal"] == "SIGTERM" and not exit_info["killed_after_grace"], out[-3000:]
     record = json.loads((run_dir / "record.json").read_text())
@@ -252,7 +255,8 @@ def test_sigkill_of_the_job_leaves_no_worker_and_the_relaunch_resumes(reference,
     job = [c for c in psutil.Process(proc.pid).children() if "torch.distributed.run" in " ".join(c.cmdline())]
     assert job, "torchrun not found under moe-launch"
     os.killpg(job[0].pid, signal.SIGKILL)  # the job's process group (command.sh exec'd torchrun), as a scheduler
-    out, _ = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    out = proc.out_path.read_text()
     assert json.loads((run_dir / "exit.json").read_text())["returncode"] != 0, out[-3000:]
     _no_worker_left(run_dir)  # the workers died with torchrun (recipes/lifecycle.py)
     _relaunch_resumes(run_dir, uninterrupted, 11)
