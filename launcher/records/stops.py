@@ -6,17 +6,19 @@ lines alone cannot tell (launcher/records/failures.py classifies those).
                "exiting program after receiving SIGTERM" (it saved and exited with code 4)
   rank_died    a rank ended by a signal or a nonzero exit with no error in the log (torchrun's root-cause
                block, its structured summary of the first failed worker, names the rank)
+  killed       torchrun itself was killed from outside (exit.json's return code is minus the signal)
 
 exit.json's "signal" is the signal moe-launch received (launcher/run/stop.py). Text only.
 """
 from __future__ import annotations
 
 import re
+import signal
 from typing import Optional
 
 from launcher.records.failures import FailureInfo, root_cause
 
-STOP_CLASSES = ("interrupted", "preempted", "rank_died")
+STOP_CLASSES = ("interrupted", "preempted", "rank_died", "killed")
 MEGATRON_SIGTERM = re.compile(r"exiting program after receiving SIGTERM")
 _ROOT_SIGNAL = re.compile(r"Signal (\d+) \((SIG\w+)\)")
 
@@ -37,8 +39,22 @@ def classify_stop(text: str, exit_info: Optional[dict], base: Optional[FailureIn
         what = "; Megatron saved a checkpoint and exited" if saved else ""
         return _stopped("preempted", f"stopped by {by}{what}{killed}", sig, saved, base)
     if base is None or base.cls == "unknown":
-        return _rank_died(lines, base) or base
+        return _rank_died(lines, base) or _killed(exit_info.get("returncode"), base) or base
     return base
+
+
+def _killed(returncode: Optional[int], base: Optional[FailureInfo]) -> Optional[FailureInfo]:
+    """torchrun itself ended by a signal from outside (negative return code: no root-cause block is left)."""
+    if returncode is None or returncode >= 0:
+        return None
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return FailureInfo(cls="killed", kind="signal", iteration=base.iteration if base else None,
+                       summary=f"the job was killed by {name} from outside moe-launch (a scheduler, the host's "
+                               "OOM killer or a user); its ranks died with it",
+                       evidence=[f"exit.json returncode {returncode}"])
 
 
 def _stopped(cls: str, summary: str, sig: Optional[str], saved: Optional[str],

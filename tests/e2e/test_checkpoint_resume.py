@@ -257,6 +257,7 @@ def test_sigkill_of_the_job_leaves_no_worker_and_the_relaunch_resumes(reference,
     os.killpg(job[0].pid, signal.SIGKILL)  # the job's process group (command.sh exec'd torchrun), as a scheduler
     proc.wait(timeout=120)
     out = proc.out_path.read_text()
-    assert json.loads((run_dir / "exit.json").read_text())["returncode"] != 0, out[-3000:]
+    assert json.loads((run_dir / "exit.json").read_text())["returncode"] == -9, out[-3000:]
+    assert json.loads((run_dir / "record.json").read_text())["failure"]["class"] == "killed"
     _no_worker_left(run_dir)  # the workers died with torchrun (recipes/lifecycle.py)
     _relaunch_resumes(run_dir, uninterrupted, 11)

@@ -44,3 +44,8 @@ def test_a_known_failure_keeps_its_class_and_success_stays_success():
     oom = "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
     assert _cls(oom, {"returncode": 1}).cls == "oom"
     assert _cls(SAVED, {"returncode": 0}) is None
+
+
+def test_a_job_killed_from_outside_is_killed():
+    info = _cls("iteration 15/20\n", {"returncode": -9})
+    assert info.cls == "killed" and "SIGKILL" in info.summary
