@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from launcher.config.schema import RunConfig
+    from launcher.plan.checkpoint import ResumePoint
 
 from launcher.errors import ConfigError
 
@@ -31,13 +36,12 @@ def _size(n: float) -> str:
     return f"{n / gib:.1f} GiB" if n >= gib / 10 else f"{n / 2 ** 20:.0f} MiB"  # the tiny model is ~100 MiB
 
 
-def _saves(cfg, run_dir: Path) -> str:
-    """What the run leaves behind and where (checkpoints as the config says: train.save/save_interval)."""
-    t = cfg.train
-    ckpt = (f"checkpoints to {t.save}" + (f" every {t.save_interval} iterations" if t.save_interval else "")
-            if t.save else "no checkpoints (train.save unset)")
-    resume = f", resumes from {t.load}" if t.load else ""
-    return f"  saves:    train.log (all output), record.json/.md in the run directory; {ckpt}{resume}"
+def _saves(plan) -> str:
+    """What the run leaves behind and where: logs and records, and the checkpoints the plan writes."""
+    from launcher.plan.checkpoint import describe
+
+    return (f"  saves:    train.log (all output), record.json/.md in the run directory; "
+            f"{describe(plan.checkpoint) if plan.checkpoint else 'no checkpoints'}")
 
 
 def plan_lines(cfg, plan, run_dir: Path) -> list[str]:
@@ -55,7 +59,7 @@ def plan_lines(cfg, plan, run_dir: Path) -> list[str]:
     est = plan.estimate
     lines.append(f"  memory:   predicted peak {_size(est['peak_bytes'])} of {_size(est['capacity_bytes'])} per "
                  f"{'process' if res.device == 'cpu' else 'GPU'} (pipeline rank {est['worst_rank']}; estimate.json)")
-    lines.append(_saves(cfg, run_dir))
+    lines.append(_saves(plan))
     if res.notes and cfg.launch.verbose:
         lines += [f"  resolved: {note}" for note in res.notes]
     elif res.notes:
@@ -74,13 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         from launcher.plan.probe import detect
         from launcher.run.registry import executor_for, launch_plan
         from launcher.run.rundir import check_run_dir, default_run_dir, write_run_dir
+        from launcher.run.rundir_lock import archive_attempt, lock_run_dir
 
         composed, cfg = compose(args)
         executor = executor_for(cfg)
         run_dir = Path(cfg.launch.run_dir) if cfg.launch.run_dir else default_run_dir(cfg)
         check_run_dir(run_dir)  # before the plan: Megatron's validator takes half a minute
-        plan = launch_plan(cfg, detect())
+        # a directory in use is refused before its checkpoints are read; a new one is made only for a valid plan
+        lock = lock_run_dir(run_dir) if run_dir.exists() else None
+        plan = launch_plan(cfg, detect(), run_dir=run_dir, resume=_resume_point(cfg, run_dir))
         entry_text = executor.render(cfg, plan, run_dir)  # sbatch.sh / container.sh: checked first
+        lock = lock or lock_run_dir(run_dir)  # held until moe-launch exits
+        archived = archive_attempt(run_dir)
         script = write_run_dir(run_dir, composed, plan, executor.workdir(cfg), args)
         script = executor.write_entry(run_dir, entry_text, script)
     except ConfigError as e:
@@ -88,8 +97,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for line in plan_lines(cfg, plan, run_dir):
         print(line)
+    if archived is not None:
+        print(f"moe-launch: the previous attempt's files are in {archived}")
+    for note in plan.checkpoint.notes:
+        print(f"moe-launch: {note}", file=sys.stderr if note.startswith("warning") else sys.stdout)
     if cfg.launch.dry_run:
         print(script.read_text(), end="")
         print(f"moe-launch: dry run: nothing started; run it with: {executor.how_to_run(script)}")
         return 0
-    return executor.run(cfg, script)
+    try:
+        return executor.run(cfg, script)
+    finally:
+        lock.close()  # the kernel would drop it at exit anyway; closing says the run is over
+
+
+def _resume_point(cfg: "RunConfig", run_dir: Path) -> "Optional[ResumePoint]":
+    """The newest complete checkpoint in the directory this run saves to, when it should resume from it."""
+    from launcher.plan.checkpoint import save_dir
+    from launcher.run.resume import find_resume
+
+    ckpt = save_dir(cfg, run_dir)
+    return find_resume(Path(ckpt)) if ckpt and cfg.train.checkpoint.resume else None

@@ -50,6 +50,9 @@ def _logging_dirs(args) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from recipes import lifecycle
+
+    lifecycle.die_with_parent()  # torchrun killed -> this rank killed (recipes/lifecycle.py)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from recipes import cpu_compat
 

@@ -24,9 +24,16 @@ class ClusterConfig:
     """cuda, cpu, or auto (local: cuda when nvidia-smi lists a GPU; slurm: cuda)."""
     nproc_cpu: int = 1
     """Processes for CPU (gloo) runs when no GPU is present."""
-    master_port: int = 29500
+    master_port: Optional[int] = None
+    """Rendezvous port; None = a free port on this machine (local, container), 29500 on Slurm."""
     env: dict[str, str] = field(default_factory=dict)
-    """Extra process environment for every rank (a value set in the calling shell wins)."""
+    """Extra process environment for every rank (a value set in the calling shell wins). A name that looks like
+    a credential (launcher/plan/secrets.py) is never written: command.sh passes it on from the launching shell."""
+    secret_names: list[str] = field(default_factory=list)
+    """More cluster.env names (fnmatch patterns) treated as credentials, besides *_KEY, *_TOKEN, *_SECRET,
+    *PASSWORD*."""
+    stop_grace_s: int = 120
+    """After SIGTERM/SIGINT, how long the workers get to save and exit before they are killed."""
     python: Optional[str] = None
     """Interpreter each rank runs; None = this one (sys.executable), or `python` inside a container."""
     launch_prefix: list[str] = field(default_factory=list)
@@ -70,6 +77,12 @@ class SlurmClusterConfig(ClusterConfig, _ImageConfig):
     """After sbatch: wait for the job, print its state changes; exit 0 only when it COMPLETED."""
     follow_timeout_s: int = 86400
     """Longest wait when following (the job keeps running after moe-launch stops waiting)."""
+    requeue: bool = False
+    """#SBATCH --requeue (with --open-mode=append, so train.log keeps every run of the job): a preempted or
+    requeued job runs again and resumes from its checkpoint; PREEMPTED is then not final for cluster.follow."""
+    signal: Optional[str] = None
+    """#SBATCH --signal, e.g. TERM@300: SIGTERM to every task 300 s before the time limit, so Megatron
+    (--exit-signal-handler) saves and exits in time; null = none."""
 
 
 @dataclass

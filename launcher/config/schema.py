@@ -247,6 +247,24 @@ class DataConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """How a run saves and resumes (the directory and interval are train.save, train.save_interval)."""
+
+    enabled: bool = True
+    """Save checkpoints and resume from them; false = neither (train.save/load must then be unset)."""
+    resume: bool = True
+    """Relaunching into a directory that holds a complete checkpoint continues from the newest one."""
+    keep_last: Optional[int] = 3
+    """Complete checkpoints kept after a run ends (older iter_* directories are deleted by the launcher;
+    Megatron 0.19.2 only has save_retain_interval); None = keep all."""
+    async_save: Optional[bool] = None
+    """Write checkpoints in the background (torch_dist, --async-strategy mcore, persistent worker); None = on
+    GPUs, off on CPU (async save hangs on gloo)."""
+    exit_signal_handler: bool = True
+    """SIGTERM makes Megatron finish the iteration, save and exit (--exit-signal-handler)."""
+
+
+@dataclass
 class TrainConfig:
     """Batch sizes, steps, optimizer and LR schedule."""
 
@@ -274,8 +292,16 @@ class TrainConfig:
     eval_iters: int = 0
     eval_interval: int = 1000
     save: Optional[str] = None
+    """Checkpoint directory; None = <run_dir>/checkpoints for every run (train.checkpoint.enabled=false: none).
+    A run resumes from the newest complete checkpoint found here (launcher/plan/checkpoint.py)."""
     save_interval: Optional[int] = None
+    """Iterations between checkpoints (Megatron also saves at the end); None = min(1000, max(100, train_iters/10))."""
     load: Optional[str] = None
+    """Start from another run's checkpoint directory; None = resume from train.save when it holds one."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed_timeout_minutes: Optional[int] = None
+    """Collective timeout (a hung or dead rank ends the job after it); None = 5 on CPU or for runs of at most
+    100 iterations (smoke), 30 otherwise (a real run's checkpoint save must fit inside it)."""
     manual_gc: bool = True
     manual_gc_interval: int = 10
     profile: bool = False

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
 from launcher.plan.estimate_table import estimate_record
 from launcher.plan.facts import launch_facts
-from launcher.plan.megatron.table import OWNED_FLAGS, resolved_flags, table_flags
+from launcher.plan.checkpoint import Checkpointing, ResumePoint, checkpointing
+from launcher.plan.megatron.table import OWNED_FLAGS, launch_flags, resolved_flags, table_flags
 from launcher.plan.probe import MachineProbe
 from launcher.plan.resolve import Resolved, resolve
+from launcher.plan.secrets import PLACEHOLDER, is_secret, secret_env
 from launcher.plan.rules import validate
 from launcher.plan.dispatch_tuned import apply_tuned
 from launcher.plan.tuned import tuned_config
@@ -41,17 +44,22 @@ class LaunchPlan:
     """The process launcher in front of the entry (torchrun), bound by the executor (launcher.run)."""
     rank_env: dict[str, str] = field(default_factory=dict)
     """Per-rank variables read from the process launcher's variables (Slurm: RANK <- SLURM_PROCID)."""
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
+    """Credential values of cluster.env: handed to the launch's environment, never written (not in plan.json)."""
+    checkpoint: Checkpointing = field(default_factory=Checkpointing)
+    """Where the run saves, how often, what it resumes from (launcher/plan/checkpoint.py)."""
 
     @property
     def command(self) -> list[str]:
         return [*self.launcher, "-m", ENTRY_MODULE, *self.argv]
 
 
-def megatron_argv(cfg: RunConfig, res: Resolved) -> list[str]:
+def megatron_argv(cfg: RunConfig, res: Resolved, ck: Optional[Checkpointing] = None) -> list[str]:
     """Table flags, per-launch flags, then the escape hatch (checked against Megatron's parser). The table reads
-    the tuned knobs as resolved, never the word auto."""
+    the tuned knobs as resolved, never the word auto. With `ck` (a launch into a run directory) the checkpoint,
+    resume and timeout flags come before the escape hatch."""
     cfg = tuned_config(cfg, res.tuned)
-    argv = table_flags(cfg) + resolved_flags(cfg, res)
+    argv = table_flags(cfg) + resolved_flags(cfg, res) + (launch_flags(cfg, res, ck) if ck is not None else [])
     extra, raw = dict(cfg.megatron.extra), list(cfg.megatron.raw)
     if extra or raw:
         from launcher.plan.megatron.parser import check_no_duplicates, check_raw, dests, extra_dests, extra_to_argv
@@ -85,7 +93,9 @@ def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
         env["MOE_PROFILE_STEPS"] = cfg.train.kernel_profile  # read by recipes/profiling.py on every rank
     if res.device == "cpu":
         env["OMP_NUM_THREADS"] = "1" if res.nproc_per_node > 1 else "2"  # 2-core CI machines
-    env.update({k: str(v) for k, v in cfg.cluster.env.items()})
+    # credentials are named, never written (launcher/plan/secrets.py); LaunchPlan.secret_env carries the values
+    env.update({k: PLACEHOLDER if is_secret(k, cfg.cluster.secret_names) else str(v)
+                for k, v in cfg.cluster.env.items()})
     return env
 
 
@@ -142,23 +152,33 @@ def resolve_and_validate(cfg: RunConfig, probe: MachineProbe) -> Resolved:
     return res
 
 
-def build_plan(cfg: RunConfig, probe: MachineProbe) -> LaunchPlan:
+def build_plan(cfg: RunConfig, probe: MachineProbe, run_dir: Optional[Path] = None,
+               resume: Optional[ResumePoint] = None) -> LaunchPlan:
     """Resolve, validate with our rules, map, then validate with Megatron's own checks. Everything after
-    resolve reads the config with its tuned knobs concrete (launcher/plan/tuned.py)."""
+    resolve reads the config with its tuned knobs concrete (launcher/plan/tuned.py). With run_dir (what
+    moe-launch passes) the run saves there and resumes from `resume`; without, the argv is the layout's alone
+    unless train.save or train.load name a directory."""
     cfg = apply_tuned(cfg)  # dispatcher.tuned: a dispatcher benchmark's best knobs become fields and flags first
     res = resolve_and_validate(cfg, probe)
     cfg = tuned_config(cfg, res.tuned)
-    argv = megatron_argv(cfg, res)
+    explicit = cfg.train.save is not None or cfg.train.load is not None
+    ck = checkpointing(cfg, res, run_dir, resume) if run_dir is not None or explicit else None
+    argv = megatron_argv(cfg, res, ck)
     env = run_env(cfg, res)
     derived: dict = {}
     if cfg.launch.megatron_validate:
         from launcher.plan.megatron.validator import megatron_validate
 
-        derived = megatron_validate(argv, res.world_size, env, compute_capability(cfg))
+        dirs = {str(run_dir), str(run_dir.resolve())} if run_dir is not None else set()
+        key_argv = [next((a.replace(d, "<run_dir>") for d in sorted(dirs, key=len, reverse=True) if d in a), a)
+                    for a in argv]
+        derived = megatron_validate(argv, res.world_size, env, compute_capability(cfg), key_argv)
     return LaunchPlan(argv=argv, env=env, resolved=res, megatron=derived, facts=launch_facts(cfg, res, derived),
-                      estimate=estimate_record(cfg, res))
+                      estimate=estimate_record(cfg, res), checkpoint=ck or Checkpointing(),
+                      secret_env=secret_env(cfg.cluster.env, cfg.cluster.secret_names))
 
 
 def plan_record(plan: LaunchPlan) -> dict:
     return {"argv": plan.argv, "env": plan.env, "command": plan.command,
+            "checkpoint": dataclasses.asdict(plan.checkpoint),
             "resolved": dataclasses.asdict(plan.resolved), "megatron": plan.megatron, "facts": plan.facts}

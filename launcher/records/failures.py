@@ -8,7 +8,9 @@ Classes (FailureInfo.cls):
   oom              GPU out of memory; `where` says rank, GPU, iteration, phase and the innermost frame
   nan              NaN/Inf in loss or gradients (Megatron's rerun state machine or its NaN check)
   timeout          a collective or dispatcher timed out (NCCL watchdog, gloo, DeepEP/HybridEP, rendezvous)
-  unknown          the run failed and none of the above is in the log (e.g. a rank killed by a signal)
+  unknown          the run failed and none of the above is in the log
+  interrupted, preempted, rank_died   stopped by a signal, or a rank that died without an error in the log:
+                   launcher/records/stops.py (from exit.json and torchrun's root-cause block)
 
 One more class is decided from the run directory, not the log (records/record.py silent_logger):
   logger_wrote_nothing  the run finished, but a logger it asked for (train.tensorboard_dir, wandb_project)

@@ -66,7 +66,18 @@ class Executor:
 
 
 def torchrun(cfg: "RunConfig", res: "Resolved", python: Optional[str] = None) -> list[str]:
-    """torchrun through this interpreter (python -m torch.distributed.run), one node."""
+    """torchrun through this interpreter (python -m torch.distributed.run), one node. torchrun checks its
+    workers every 0.1 s (its --monitor-interval default) and stops the others when one dies."""
     return [python or sys.executable, "-m", "torch.distributed.run", "--nnodes", str(cfg.cluster.nodes),
             "--nproc-per-node", str(res.nproc_per_node), "--master-addr", "127.0.0.1",
-            "--master-port", str(cfg.cluster.master_port)]
+            "--master-port", str(cfg.cluster.master_port or free_port())]
+
+
+def free_port() -> int:
+    """A rendezvous port nobody on this machine listens on now (the kernel's pick), so two jobs on one host
+    do not collide on 29500. torchrun binds it a moment later; the window is small."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

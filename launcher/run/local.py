@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -13,6 +13,7 @@ from launcher.run.base import Executor
 
 if TYPE_CHECKING:
     from launcher.config.schema import RunConfig
+    from launcher.run.stop import JobStopper
 
 
 class LocalExecutor(Executor):
@@ -20,8 +21,11 @@ class LocalExecutor(Executor):
     train.log."""
 
     def run(self, cfg: "RunConfig", entry: Path) -> int:
+        from launcher.plan.secrets import secret_env
+
         verbose = True if cfg.launch.verbose else None  # None: MOE_VERBOSE decides (launcher/run/progress.py)
-        rc = run_local(entry, verbose)
+        rc = run_local(entry, verbose, grace_s=cfg.cluster.stop_grace_s,
+                       secrets=secret_env(cfg.cluster.env, cfg.cluster.secret_names))
         if rc:
             from launcher.run.progress import shows_raw_lines
 
@@ -39,38 +43,74 @@ def show_log_tail(log: Path, quiet: bool, lines: int = 20) -> None:
     print(f"moe-launch: the last {len(tail)} lines of {log}:", *("  " + x for x in tail), sep="\n", file=sys.stderr)
 
 
-def run_local(script: Path, verbose: Optional[bool] = None) -> int:
+def run_local(script: Path, verbose: Optional[bool] = None, grace_s: float = 120,
+              secrets: Optional[dict[str, str]] = None) -> int:
     """Run the script, stream its output to the terminal and to train.log; return its exit code.
-    A live status line follows the iterations (launcher/run/progress.py); when the run ends, success or
-    failure, the run record (record.json, record.md) is written from the run directory."""
+    A live status line follows the iterations (launcher/run/progress.py). SIGTERM, SIGINT or SIGHUP to
+    moe-launch are forwarded to the workers with a bounded wait (launcher/run/stop.py). When the run ends,
+    success, failure or signal, exit.json and the run record (record.json, record.md) are written, old
+    checkpoints are pruned, and no process of the job is left."""
     import os
 
     from launcher.run.progress import progress_for_run
+    from launcher.run.stop import JobStopper, install, restore
 
     run_dir = script.parent
     log = run_dir / "train.log"
     t0 = time.time()
     progress = progress_for_run(run_dir, verbose)  # the console: status line (+ raw lines when verbose)
-    # rank 0 writes versions.json here (recipes/runinfo.py); set by us, so a stale export cannot redirect it
-    env = {**os.environ, "MOE_RUN_DIR": str(run_dir.resolve())}
-    with open(log, "w") as fh:
+    # credentials come from the launching shell when it has them, else from cluster.env (never written);
+    # rank 0 writes versions.json in MOE_RUN_DIR (recipes/runinfo.py): set by us, so a stale export cannot move it
+    env = {**(secrets or {}), **os.environ, "MOE_RUN_DIR": str(run_dir.resolve())}
+    rc, stopper = 1, None
+    with open(log, "w", buffering=1) as fh:  # line-buffered: train.log never lags the screen
         proc = subprocess.Popen(["bash", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1, start_new_session=True, env=env)
+        stopper = JobStopper(proc.pid, grace_s)
+        previous = install(stopper)
+        threading.Thread(target=_watch, args=(proc, stopper), daemon=True).start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
                 fh.write(line)  # the full log first, untouched by the status line
                 progress.line(line)
             rc = proc.wait()
-        except KeyboardInterrupt:
-            # stop the whole torchrun process group, not just bash
-            os.killpg(proc.pid, signal.SIGTERM)
-            rc = proc.wait()
         finally:
+            restore(previous)
+            stopper.finish()
             progress.close()
-    (run_dir / "exit.json").write_text(json.dumps({"returncode": rc, "wall_s": round(time.time() - t0, 1)}) + "\n")
+    stop = {"signal": stopper.signal, "killed_after_grace": stopper.killed} if stopper.signal else {}
+    exit_info = {"returncode": rc, "wall_s": round(time.time() - t0, 1), **stop}
+    (run_dir / "exit.json").write_text(json.dumps(exit_info) + "\n")
     write_run_record(run_dir)
+    prune_checkpoints(run_dir)
     return rc
+
+
+def _watch(proc: subprocess.Popen, stopper: "JobStopper", every_s: float = 0.5, linger_s: float = 5.0) -> None:
+    """Learn the job's processes while torchrun lives (its workers are not in its process group); once it
+    has exited, give stragglers linger_s to flush their output, then kill them: a worker that outlived
+    torchrun would hold train.log's pipe open and keep the launcher waiting."""
+    while proc.poll() is None:
+        stopper.scan()
+        time.sleep(every_s)
+    time.sleep(linger_s)
+    stopper.kill()
+
+
+def prune_checkpoints(run_dir: Path) -> None:
+    """Keep the newest train.checkpoint.keep_last complete checkpoints (plan.json's "checkpoint")."""
+    from launcher.run.resume import prune
+
+    try:
+        ck = json.loads((run_dir / "plan.json").read_text()).get("checkpoint") or {}
+    except (OSError, ValueError):
+        return
+    if ck.get("save") and ck.get("keep_last"):
+        gone = prune(Path(ck["save"]), int(ck["keep_last"]))
+        if gone:
+            print(f"moe-launch: removed {len(gone)} old checkpoint(s), kept the newest {ck['keep_last']} "
+                  "(train.checkpoint.keep_last)")
 
 
 def write_run_record(run_dir: Path) -> None:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Optional
 
 from launcher.config.choices import ExecutorKind
 from launcher.config.schema import RunConfig
+from launcher.plan.checkpoint import ResumePoint
 from launcher.plan.plan import LaunchPlan, build_plan
 from launcher.plan.probe import MachineProbe
 from launcher.run.base import Executor
@@ -27,6 +29,7 @@ def bind(cfg: RunConfig, plan: LaunchPlan, python: Optional[str] = None) -> Laun
     return dataclasses.replace(plan, launcher=launcher, rank_env=rank_env)
 
 
-def launch_plan(cfg: RunConfig, probe: MachineProbe, python: Optional[str] = None) -> LaunchPlan:
+def launch_plan(cfg: RunConfig, probe: MachineProbe, python: Optional[str] = None, run_dir: Optional[Path] = None,
+                resume: Optional[ResumePoint] = None) -> LaunchPlan:
     """build_plan (resolve, our rules, the flag table, Megatron's validator), bound to the executor."""
-    return bind(cfg, build_plan(cfg, probe), python)
+    return bind(cfg, build_plan(cfg, probe, run_dir, resume), python)

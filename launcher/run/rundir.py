@@ -7,7 +7,10 @@
   estimate.json estimated memory per pipeline rank and FLOPs per step (launcher/plan/estimate_table.py)
   command.sh    the exact script a real run executes
   train.log     (real runs) every rank's output
-  exit.json     (real runs) return code and wall time
+  exit.json     (real runs) return code, wall time, and the signal that stopped it
+  checkpoints/  (real runs) Megatron's checkpoints, unless train.save points elsewhere
+  attempts/<n>/ every earlier attempt's files, moved there by a relaunch (launcher/run/rundir_lock.py)
+  .lock         held by the moe-launch that uses the directory
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from launcher.plan.plan import LaunchPlan, plan_record
+from launcher.plan.secrets import PLACEHOLDER, redact_overrides
 from launcher.run.command import render_script
 from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
@@ -48,11 +52,12 @@ def write_run_dir(run_dir: Path, composed: DictConfig, plan: LaunchPlan, workdir
                   overrides: list[str] | None = None) -> Path:
     """Write the run directory; returns the path of command.sh."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(composed))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(_redacted(composed, plan.secret_env)))
     from launcher.records.provenance import code_version
 
     code = code_version(Path(__file__).resolve().parents[2])  # this project's commit (record.py reads it)
-    record = {"moe_launch": ["moe-launch", *(overrides or [])], "code": code, **plan_record(plan)}
+    shown = redact_overrides(list(overrides or []), plan.secret_env)
+    record = {"moe_launch": ["moe-launch", *shown], "code": code, **plan_record(plan)}
     (run_dir / "plan.json").write_text(json.dumps(record, indent=2) + "\n")
     (run_dir / "argv.txt").write_text("\n".join(plan.argv) + "\n")
     (run_dir / "estimate.json").write_text(json.dumps(plan.estimate, indent=1) + "\n")
@@ -60,3 +65,13 @@ def write_run_dir(run_dir: Path, composed: DictConfig, plan: LaunchPlan, workdir
     script.write_text(render_script(plan, workdir))
     script.chmod(0o755)
     return script
+
+
+def _redacted(composed: DictConfig, secrets: dict[str, str]) -> DictConfig:
+    """The composed config with every credential of cluster.env shown as launcher.plan.secrets.PLACEHOLDER."""
+    if not secrets:
+        return composed
+    copy = OmegaConf.create(OmegaConf.to_container(composed, resolve=False))
+    for name in secrets:
+        copy.cluster.env[name] = PLACEHOLDER
+    return copy

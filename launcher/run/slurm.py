@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from launcher.plan.plan import LaunchPlan
     from launcher.plan.resolve import Resolved
 
+SLURM_PORT = 29500  # cluster.master_port=null: every allocation is its own, so the usual port is free
 # torch.distributed's env:// rendezvous and Megatron read these; srun sets one task per GPU
 SLURM_RANK_ENV = {"RANK": "SLURM_PROCID", "WORLD_SIZE": "SLURM_NTASKS", "LOCAL_RANK": "SLURM_LOCALID",
                   "LOCAL_WORLD_SIZE": "SLURM_NTASKS_PER_NODE"}
@@ -118,6 +119,10 @@ def directives(cfg: "RunConfig", plan: "LaunchPlan", run_dir: Path) -> tuple[lis
     seg, why = segment_nodes(cfg, tasks)
     if seg is not None:
         items.append(("cluster.segment", "segment", str(seg)))
+    if c.requeue:
+        items += [("cluster.requeue", "requeue", None), ("cluster.requeue", "open-mode", "append")]
+    if c.signal is not None:
+        items.append(("cluster.signal", "signal", c.signal))
     for extra in c.sbatch_extra:
         key, eq, value = extra.lstrip("-").partition("=")
         items.append(("cluster.sbatch_extra", key, value if eq else None))
@@ -155,7 +160,7 @@ def render_sbatch(cfg: "RunConfig", plan: "LaunchPlan", run_dir: Path, workdir: 
         "# rendezvous: rank 0 (SLURM_PROCID 0) is the first task on the allocation's first host",
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
         "export MASTER_ADDR",
-        f"export MASTER_PORT={int(cfg.cluster.master_port)}",
+        f"export MASTER_PORT={int(cfg.cluster.master_port or SLURM_PORT)}",
         f"export MOE_RUN_DIR={shlex.quote(str(run_dir))}  # rank 0 records its versions there",
         'echo "moe-launch: Slurm job $SLURM_JOB_ID, $SLURM_JOB_NUM_NODES node(s) x $SLURM_NTASKS_PER_NODE tasks,'
         ' rendezvous $MASTER_ADDR:$MASTER_PORT"',
@@ -166,6 +171,7 @@ def render_sbatch(cfg: "RunConfig", plan: "LaunchPlan", run_dir: Path, workdir: 
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE", "REVOKED")
+REQUEUED_BY_SLURM = ("PREEMPTED", "NODE_FAIL")  # with --requeue Slurm runs the job again after these
 COMMAND_TIMEOUT_S = 60  # one sbatch/scontrol/sacct call; a controller slower than this is down
 
 
@@ -209,14 +215,17 @@ def job_state(job_id: str) -> tuple[str, Optional[str]]:
     return "UNKNOWN", None
 
 
-def follow(job_id: str, timeout_s: float, poll_s: float = 2.0, out=sys.stdout) -> tuple[str, Optional[str]]:
-    """Poll until the job reaches a terminal state or timeout_s passes; print each state change."""
+def follow(job_id: str, timeout_s: float, poll_s: float = 2.0, out=sys.stdout,
+           requeue: bool = False) -> tuple[str, Optional[str]]:
+    """Poll until the job reaches a terminal state or timeout_s passes; print each state change. With
+    requeue a PREEMPTED job is waited for: Slurm queues it again and it resumes from its checkpoint."""
     deadline = time.monotonic() + timeout_s
     last = None
     state, code = "UNKNOWN", None
+    final = tuple(s for s in TERMINAL if not (requeue and s in REQUEUED_BY_SLURM))
     while time.monotonic() < deadline:
         state, code = job_state(job_id)
-        if state.split()[0] in TERMINAL:
+        if state.split()[0] in final:
             return state, code
         if state != last:
             print(f"moe-launch: job {job_id} {state}", file=out, flush=True)
@@ -243,7 +252,8 @@ def submit_and_report(cfg: "RunConfig", script: Path) -> int:
         print(f"moe-launch: state: scontrol show job {job_id} (or squeue -j {job_id})")
         return 0
     try:
-        state, code = follow(job_id, cfg.cluster.follow_timeout_s)
+        requeue = cfg.cluster.requeue or any(x.lstrip("-") == "requeue" for x in cfg.cluster.sbatch_extra)
+        state, code = follow(job_id, cfg.cluster.follow_timeout_s, requeue=requeue)
     except SlurmError as e:
         print(f"moe-launch: error: {e}", file=sys.stderr)
         return 1

@@ -56,7 +56,9 @@ def _ours_overrides(overrides: list[str], out: Path, dry_run: bool, profile) -> 
         extra.append("launch.dry_run=true")
     if profile:
         extra.append(f"train.kernel_profile={profile[0]}:{profile[1]}")
-    return [*overrides, *extra]
+    # a measurement, not a run to keep: no checkpoints unless the overrides ask for them
+    keep = any(o.split("=", 1)[0].lstrip("+~").startswith(("train.checkpoint", "train.save")) for o in overrides)
+    return [*([] if keep else ["train.checkpoint.enabled=false"]), *overrides, *extra]
 
 
 def peer_command(spec_path: Path, run_dir: Path, gpus: int, python: str = sys.executable) -> list[str]:

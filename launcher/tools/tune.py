@@ -110,6 +110,8 @@ class Tuner:
         done = next((a for a in self.log if a["name"] == name and a.get("done")), None)
         if done is None:  # resume: an attempt already measured is not run again
             overrides = merge(self.kept, change, self.cli, ["launch.megatron_validate=false"])
+            if not any(key_of(o).startswith(("train.checkpoint", "train.save")) for o in overrides):
+                overrides.insert(0, "train.checkpoint.enabled=false")  # a measurement, not a run to keep
             run_dir = self.out / name
             rc = self.launch(overrides, run_dir)
             done = {"name": name, "step": step, "option": option, "change": change, "overrides": overrides,

@@ -14,6 +14,8 @@ bit for bit (as printed).
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import signal
@@ -120,8 +122,8 @@ def test_other_implementations_bucket_optimizer_state_is_refused_before_training
 # TEGroupedMLP with the torch linears into the local spec. The optimizer state is saved per parameter
 # (fully_reshardable), so that Megatron's own experts can resume it too (recipes/checkpoint.py).
 
-EP2 = ("parallel=ep2", "cluster.nproc_cpu=2",
-       "megatron.extra={exit_signal_handler: true, dist_ckpt_optim_fully_reshardable: true}")
+EP2 = ("parallel=ep2", "cluster.nproc_cpu=2",  # --exit-signal-handler is on by default (train.checkpoint)
+       "megatron.extra={dist_ckpt_optim_fully_reshardable: true}")
 EP2_TORCH = (*EP2, "model.moe_grouped_gemm_impl=torch")
 
 
@@ -189,3 +191,73 @@ def test_torch_experts_checkpoint_resumes_in_megatrons_own_experts(ep2_torch_ref
     assert (first["loss"], first["grad_norm"]) == (want["loss"], want["grad_norm"])
     for n in range(13, ITERS + 1):
         assert resumed[n]["loss"] == pytest.approx(uninterrupted[n]["loss"], rel=2e-3), n
+
+
+# ------------------------------------------- moe-launch itself: default checkpoints, signals, relaunch resumes
+# No train.save/train.load: the run saves into <run_dir>/checkpoints and a relaunch of the same command
+# resumes from there by itself (launcher/plan/checkpoint.py), keeping the first attempt in attempts/1.
+
+def _own_argv(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "launcher", *TINY, f"launch.run_dir={run_dir}"]
+
+
+def _start_and_wait_for(run_dir: Path, iteration: int) -> subprocess.Popen:
+    """moe-launch in the background until train.log (written line by line) shows `iteration`."""
+    out = open(run_dir.parent / f"{run_dir.name}.launcher.out", "w")  # a file: an unread pipe would block it
+    proc = subprocess.Popen(_own_argv(run_dir), stdout=out, stderr=subprocess.STDOUT, text=True)
+    proc.out_path = Path(out.name)  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        log = run_dir / "train.log"
+        if log.exists() and any((it := parse_iteration_line(line)) and it["iteration"] >= iteration
+                                for line in log.read_text().splitlines()):
+            return proc
+        assert proc.poll() is None, proc.out_path.read_text()[-3000:]
+        time.sleep(0.2)
+    raise AssertionError(f"iteration {iteration} never logged")
+
+
+def _no_worker_left(run_dir: Path) -> None:
+    left = [p for p in psutil.process_iter(["cmdline"])
+            if "recipes.pretrain" in " ".join(p.info["cmdline"] or []) and str(run_dir) in " ".join(p.info["cmdline"])]
+    assert not left, left
+
+
+def _relaunch_resumes(run_dir: Path, uninterrupted: dict, first: int) -> None:
+    proc = subprocess.run(_own_argv(run_dir), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert f"resuming from {run_dir / 'checkpoints'} iteration {first - 1}" in proc.stdout, proc.stdout[-2000:]
+    assert (run_dir / "attempts" / "1" / "train.log").is_file() and (run_dir / "attempts" / "1" / "exit.json").is_file()
+    _assert_resumed_exactly(uninterrupted, _iterations(run_dir), first)
+
+
+def test_sigterm_to_moe_launch_saves_records_preempted_and_the_relaunch_resumes(reference, tmp_path):
+    _, uninterrupted = reference
+    run_dir = tmp_path / "run"
+    proc = _start_and_wait_for(run_dir, 15)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=600)
+    out = proc.out_path.read_text()
+    exit_info = json.loads((run_dir / "exit.json").read_text())
+    assert exit_info["signal"] == "SIGTERM" and not exit_info["killed_after_grace"], out[-3000:]
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["failure"]["class"] == "preempted", record["failure"]
+    last = int((run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text())
+    assert 15 <= last < ITERS and (run_dir / "checkpoints" / f"iter_{last:07d}" / "metadata.json").is_file()
+    _no_worker_left(run_dir)
+    _relaunch_resumes(run_dir, uninterrupted, last + 1)
+
+
+def test_sigkill_of_the_job_leaves_no_worker_and_the_relaunch_resumes(reference, tmp_path):
+    _, uninterrupted = reference
+    run_dir = tmp_path / "run"
+    proc = _start_and_wait_for(run_dir, 15)
+    job = [c for c in psutil.Process(proc.pid).children() if "torch.distributed.run" in " ".join(c.cmdline())]
+    assert job, "torchrun not found under moe-launch"
+    os.killpg(job[0].pid, signal.SIGKILL)  # the job's process group (command.sh exec'd torchrun), as a scheduler
+    proc.wait(timeout=120)
+    out = proc.out_path.read_text()
+    assert json.loads((run_dir / "exit.json").read_text())["returncode"] == -9, out[-3000:]
+    assert json.loads((run_dir / "record.json").read_text())["failure"]["class"] == "killed"
+    _no_worker_left(run_dir)  # the workers died with torchrun (recipes/lifecycle.py)
+    _relaunch_resumes(run_dir, uninterrupted, 11)

@@ -135,3 +135,43 @@ def test_a_failing_job_is_reported_failed(cluster, tmp_path):
     rec = json.loads((run_dir / "exit.json").read_text())
     assert rec["state"] == "FAILED" and rec["returncode"] == 1
     assert "COMPLETED" not in real.stdout
+
+
+def test_a_requeued_job_resumes_from_its_checkpoint_and_completes(cluster, tmp_path):
+    """cluster.requeue=true: `scontrol requeue` after the checkpoint of iteration 10 stops the job and queues
+    it again; the same sbatch.sh runs, Megatron loads <run_dir>/checkpoints (the argv always has --load
+    there), train.log keeps both runs (--open-mode=append) and the job ends COMPLETED."""
+    import time
+
+    from launcher.run.slurm import job_state
+
+    run_dir, iters = tmp_path / "requeue", 30
+    sub = _launch("cluster=slurm", "cluster.device=cpu", "cluster.nproc_cpu=2", "cluster.exclusive=false",
+                  "cluster.requeue=true", f"train.train_iters={iters}", "train.save_interval=10",
+                  "train.seq_length=128", "data.num_workers=0", f"launch.run_dir={run_dir}")
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    job_id = json.loads((run_dir / "job.json").read_text())["job_id"]
+    tracker = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
+    deadline = time.monotonic() + 600
+    while not (tracker.exists() and tracker.read_text().strip() == "10"):
+        assert time.monotonic() < deadline, (run_dir / "train.log").read_text()[-3000:]
+        time.sleep(1)
+    req = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+    assert req.returncode == 0, req.stderr
+    state = "PENDING"
+    while state.split()[0] not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+        assert time.monotonic() < deadline + 600, state
+        time.sleep(2)
+        state, _ = job_state(job_id)
+    text = (run_dir / "train.log").read_text()
+    assert state == "COMPLETED", text[-3000:]
+    assert "loading distributed checkpoint from" in text and f"done, iteration {iters}/{iters}" in text
+    second = text.rsplit("moe-launch: Slurm job", 1)[1]  # the requeued run's part of the appended log
+    first_logged = min(it["iteration"] for it in parse_file_text(second))
+    assert first_logged >= 11, first_logged  # it continued from a checkpoint, not from iteration 1
+
+
+def parse_file_text(text: str) -> list[dict]:
+    from launcher.records.logparse import parse_iteration_line
+
+    return [it for it in map(parse_iteration_line, text.splitlines()) if it]

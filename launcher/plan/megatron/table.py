@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional
 
+from launcher.plan.checkpoint import Checkpointing, checkpoint_flags, distributed_timeout
 from launcher.plan.resolve import Resolved, moe_layer_freq
 from launcher.config.schema import RunConfig
 
@@ -139,9 +140,6 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("train.log_interval", "--log-interval", VALUE),
     ("train.eval_iters", "--eval-iters", VALUE),
     ("train.eval_interval", "--eval-interval", VALUE),
-    ("train.save", "--save", VALUE),
-    ("train.save_interval", "--save-interval", VALUE),
-    ("train.load", "--load", VALUE),
     ("train.manual_gc", "--manual-gc", TRUE),
     ("train.cross_entropy_loss_fusion", "--cross-entropy-loss-fusion", TRUE),
     ("train.manual_gc_interval", "--manual-gc-interval", VALUE),
@@ -252,8 +250,30 @@ LAUNCHER_ONLY: dict[str, str] = {
     "train.expandable_segments": "the allocator setting, passed as PYTORCH_CUDA_ALLOC_CONF (launcher/plan/tuned.py)",
     "train.kernel_profile": "our own profiler window (recipes/profiling.py), passed as MOE_PROFILE_STEPS",
     "dispatcher.tuned": "a dispatcher benchmark's best knobs, folded into dispatcher.flex_num_sms and megatron.extra "
-                        "before mapping (plan/tuned.py)",
+                        "before mapping (plan/dispatch_tuned.py)",
+    # these need the run directory and what it holds: launch_flags() below, through plan/checkpoint.py
+    "train.save": "--save (default <run_dir>/checkpoints) in launch_flags",
+    "train.save_interval": "--save-interval (default from train_iters) in launch_flags",
+    "train.load": "--load (or the run's own newest checkpoint) in launch_flags",
+    "train.checkpoint.enabled": "whether launch_flags saves at all",
+    "train.checkpoint.resume": "--load/--ckpt-step of the newest complete checkpoint in launch_flags",
+    "train.checkpoint.keep_last": "ours: the launcher prunes old checkpoints after the run (run/resume.py)",
+    "train.checkpoint.async_save": "--async-save --async-strategy mcore --use-persistent-ckpt-worker in launch_flags",
+    "train.checkpoint.exit_signal_handler": "--exit-signal-handler in launch_flags",
+    "train.distributed_timeout_minutes": "--distributed-timeout-minutes (auto: smoke or real run) in launch_flags",
 }
+
+
+# Flags of one launch into one run directory (launch_flags): checkpoints, resume, signals, timeouts.
+LAUNCH_FLAGS: tuple[str, ...] = ("--save", "--save-interval", "--load", "--ckpt-step", "--async-save",
+                                 "--async-strategy", "--use-persistent-ckpt-worker", "--exit-signal-handler",
+                                 "--distributed-timeout-minutes")
+
+
+def launch_flags(cfg: RunConfig, res: Resolved, ck: Checkpointing) -> list[str]:
+    """Flags that belong to a launch rather than to the model and layout (the golden argv have none): the
+    checkpointing decided for this run directory and the collective timeout."""
+    return checkpoint_flags(ck) + ["--distributed-timeout-minutes", str(distributed_timeout(cfg, res))]
 
 
 # Every flag a schema field can emit (TABLE, SPECIAL, DERIVED): megatron.extra/raw may not set these.
@@ -273,7 +293,7 @@ FLAG_FIELDS: dict[str, str] = {
 }
 
 # Every flag a schema field can emit (TABLE, SPECIAL, DERIVED): megatron.extra/raw may not set these.
-OWNED_FLAGS: tuple[str, ...] = tuple(flag for _, flag, _ in TABLE) + tuple(FLAG_FIELDS)
+OWNED_FLAGS: tuple[str, ...] = tuple(flag for _, flag, _ in TABLE) + tuple(FLAG_FIELDS) + tuple(LAUNCH_FLAGS)
 
 
 def field_of_flag(flag: str) -> Optional[str]:

@@ -19,7 +19,7 @@ import contextlib
 import io
 import os
 import warnings
-from typing import Iterator
+from typing import Iterator, Optional
 
 from launcher.errors import ConfigError
 
@@ -132,12 +132,14 @@ def flops_per_sequence(args) -> float:
 
 
 def megatron_validate(argv: list[str], world_size: int, env: dict[str, str],
-                      capability: tuple[int, int] = HOPPER) -> dict:
+                      capability: tuple[int, int] = HOPPER, key_argv: Optional[list[str]] = None) -> dict:
     """Megatron's verdict on this argv: from the memo when the same argv, world size, environment, GPU and
-    versions passed before (validate_cache.py: no Megatron import), else by running its checks."""
+    versions passed before (validate_cache.py: no Megatron import), else by running its checks. key_argv: the
+    argv with this launch's own paths (the run directory) written generically, so a new run directory with the
+    same layout reuses the verdict; validate_args reads no file behind those paths."""
     from launcher.plan.megatron import validate_cache
 
-    key = validate_cache.cache_key(argv, world_size, env, capability)
+    key = validate_cache.cache_key(key_argv or argv, world_size, env, capability)
     derived = validate_cache.read(key)
     if derived is None:
         derived = _megatron_validate(argv, world_size, env, capability)

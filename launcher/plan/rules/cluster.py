@@ -149,6 +149,27 @@ def check_executor(cfg: RunConfig, res: Resolved) -> None:
                           "a multi-node layout")
 
 
+# sbatch --signal=[{R|B}:]<sig_num>[@sig_time]: a signal name or number, then seconds before the time limit
+SLURM_SIGNAL = re.compile(r"((R|B|RB|BR):)?(SIG)?([A-Z0-9]+)(@\d+)?")
+
+
+def check_slurm_signal(cfg: RunConfig, res: Resolved) -> None:
+    sig = getattr(cfg.cluster, "signal", None)
+    if sig is not None and not SLURM_SIGNAL.fullmatch(sig):
+        raise ConfigError("cluster.signal", sig, "is not sbatch's --signal=[{R|B}:]SIG[@SECONDS]",
+                          "e.g. cluster.signal=TERM@300 (SIGTERM to every task 5 minutes before the time limit)")
+
+
+def check_stop_and_port(cfg: RunConfig, res: Resolved) -> None:
+    c = cfg.cluster
+    if c.stop_grace_s < 0:
+        raise ConfigError("cluster.stop_grace_s", c.stop_grace_s, "must be >= 0 seconds",
+                          "set how long workers may take to save after SIGTERM, e.g. 120")
+    if c.master_port is not None and not 1024 <= c.master_port <= 65535:
+        raise ConfigError("cluster.master_port", c.master_port, "must be a port from 1024 to 65535",
+                          "pick another, or null for a free one")
+
+
 CLUSTER_RULES = (check_executor, check_env_names, check_one_line_values, check_container_image, check_follow_timeout,
-                 check_slurm_directives,
+                 check_slurm_directives, check_slurm_signal, check_stop_and_port,
                  check_slurm_time, check_sbatch_extra, check_segment, check_container_mounts)

@@ -73,3 +73,28 @@ def check_loggers(cfg: RunConfig, res: Resolved) -> None:
         if value and not _installed(module):
             raise ConfigError(field, value, f"needs the {module} package, which is not installed here",
                               f"pip install -e '.[logging]' (or unset {field})")
+
+
+def check_checkpoint(cfg: RunConfig, res: Resolved) -> None:
+    """Every combination of train.save, save_interval and checkpoint.* that Megatron would meet with a bare
+    AssertionError (save without a positive interval) or a hang (async save on gloo) stops here."""
+    t, ck = cfg.train, cfg.train.checkpoint
+    if t.save_interval is not None and t.save_interval <= 0:
+        raise ConfigError("train.save_interval", t.save_interval, "must be a positive number of iterations",
+                          "set it to e.g. 1000, or null for the default (a tenth of the run, 100 to 1000)")
+    if not ck.enabled and (t.save is not None or t.save_interval is not None):
+        field = "train.save" if t.save is not None else "train.save_interval"
+        raise ConfigError(field, getattr(t, field.split(".")[1]), "sets checkpoints while "
+                          "train.checkpoint.enabled=false", f"drop {field} or set train.checkpoint.enabled=true")
+    if ck.keep_last is not None and ck.keep_last < 1:
+        raise ConfigError("train.checkpoint.keep_last", ck.keep_last, "must keep at least one checkpoint",
+                          "set it to 1 or more, or null to keep all")
+    if ck.async_save and res.device == "cpu":
+        raise ConfigError("train.checkpoint.async_save", True, "async save hangs on CPU (gloo) runs",
+                          "set train.checkpoint.async_save=null (off on CPU)")
+    if ck.async_save and cfg.parallel.use_megatron_fsdp:
+        raise ConfigError("train.checkpoint.async_save", True, "needs the torch_dist format; Megatron FSDP "
+                          "saves fsdp_dtensor", "set train.checkpoint.async_save=null")
+    if t.distributed_timeout_minutes is not None and t.distributed_timeout_minutes < 1:
+        raise ConfigError("train.distributed_timeout_minutes", t.distributed_timeout_minutes,
+                          "must be at least 1 minute", "set it to 1 or more, or null (5 smoke/CPU, 30 real runs)")

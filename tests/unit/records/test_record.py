@@ -104,10 +104,13 @@ def test_fp8_runs_use_the_fp8_peak(tmp_path):
 
 @pytest.mark.parametrize("name,log,cls", [("cpu_timeout", "timeout_cpu_gloo_stopped_rank_ep2.log", "timeout"),
                                           ("cpu_nan", "nan_cpu_lr1e4_tiny.log", "nan"),
-                                          ("cpu_killed", "unknown_cpu_sigkill_rank1_ep2.log", "unknown")])
+                                          # torchrun's root cause names the rank a SIGKILL ended
+                                          ("cpu_killed", "unknown_cpu_sigkill_rank1_ep2.log", "rank_died")])
 def test_failed_cpu_runs(tmp_path, name, log, cls):
     r = write_record(_failed_run(name, log, tmp_path))
     assert r["status"] == "failed" and r["returncode"] == 1 and r["failure"]["class"] == cls
+    if cls == "rank_died":
+        assert r["failure"]["rank"] == 1 and "rank 1 killed by SIGKILL" in r["failure"]["summary"]
     assert r["system"]["device"] == "cpu" and r["mfu_basis"] == "none: CPU run"
     assert r["config"]["model"]["name"] == "tiny_moe"        # config.yaml is read
     md = (tmp_path / name / "record.md").read_text()

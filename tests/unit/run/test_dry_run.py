@@ -38,20 +38,22 @@ def test_dry_run_exits_zero(dry_run):
     plan = proc.stdout.split(f"moe-launch: run directory {run_dir}")[0].splitlines()
     assert len(plan) <= 7 and [x.split(":")[0].strip() for x in plan[1:]] == \
         ["layout", "training", "memory", "saves", "resolved"][:len(plan) - 1]   # the plan in a few lines
-    assert "no checkpoints (train.save unset)" in proc.stdout and "MiB of" in proc.stdout
+    # a real run saves by default (launcher/plan/checkpoint.py): the dry run says where and how often
+    assert f"checkpoints: {run_dir / 'checkpoints'} every" in proc.stdout and "MiB of" in proc.stdout
 
 
 def test_dry_run_names_the_checkpoints(tmp_path):
     proc = _run(["model=tiny_moe", "launch.dry_run=true", f"launch.run_dir={tmp_path / 'r'}",
                  f"train.save={tmp_path / 'ck'}", "train.save_interval=10", "launch.megatron_validate=false"])
     assert proc.returncode == 0, proc.stderr
-    assert f"checkpoints to {tmp_path / 'ck'} every 10 iterations" in proc.stdout
+    assert f"checkpoints: {tmp_path / 'ck'} every 10 iterations" in proc.stdout
 
 
 def test_dry_run_writes_the_run_directory(dry_run):
     _, run_dir = dry_run
-    assert sorted(p.name for p in run_dir.iterdir()) == ["argv.txt", "command.sh", "config.yaml", "estimate.json",
-                                                         "plan.json"]
+    # .lock: the directory's lock (launcher/run/rundir_lock.py), taken by a dry run too
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "argv.txt", "command.sh", "config.yaml",
+                                                         "estimate.json", "plan.json"]
     assert not (run_dir / "train.log").exists() and not (run_dir / "exit.json").exists()
 
 

@@ -177,8 +177,8 @@ def test_dry_run_prints_exactly_the_file_it_would_submit(tmp_path):
     assert sbatch in proc.stdout and proc.stdout.count("#!/usr/bin/env bash") == 1
     assert proc.stdout.rstrip().endswith(f"run it with: sbatch {run_dir / 'sbatch.sh'}")
     assert f"bash {run_dir / 'command.sh'}" in sbatch and os.access(run_dir / "sbatch.sh", os.X_OK)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["argv.txt", "command.sh", "config.yaml", "estimate.json",
-                                                          "plan.json", "sbatch.sh"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "argv.txt", "command.sh", "config.yaml",
+                                                          "estimate.json", "plan.json", "sbatch.sh"]
 
 
 def test_tasks_per_node_follow_hardware_unless_overridden():

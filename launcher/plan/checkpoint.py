@@ -1,0 +1,131 @@
+"""Checkpoints and resume as Megatron flags: where a run saves, how often, whether in the background, and
+which checkpoint it starts from. No side effects: the run directory's checkpoints were already read
+(launcher/run/resume.py) and arrive here as a ResumePoint.
+
+  save      train.save, else <run_dir>/checkpoints (every run saves unless train.checkpoint.enabled=false)
+  interval  train.save_interval, else min(1000, max(100, train_iters // 10)); Megatron also saves at the end
+  load      the save directory when it holds a complete checkpoint (a relaunch continues), else train.load
+            (another run's checkpoints); in the save directory a newer
+            but incomplete checkpoint there is skipped with --ckpt-step (Megatron would read the tracker file)
+  async     GPUs only: --async-save --async-strategy mcore --use-persistent-ckpt-worker (validate_args turns
+            --async-save off without the persistent worker; the nvrx strategy needs nvidia-resiliency-ext)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from launcher.config.schema import RunConfig
+from launcher.plan.resolve import Resolved
+
+CHECKPOINT_SUBDIR = "checkpoints"
+SMOKE_ITERS = 100  # at most this many iterations: a smoke run (short collective timeout)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The newest complete checkpoint of a directory, as launcher/run/resume.py found it."""
+
+    directory: str
+    iteration: int
+    tracker: Optional[int]
+    """What latest_checkpointed_iteration.txt says (None: missing or unreadable)."""
+    skipped: tuple[str, ...] = ()
+    """Newer iter_* directories that are incomplete (a save that was killed)."""
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """What the run does with checkpoints (plan.json's "checkpoint")."""
+
+    save: Optional[str] = None
+    interval: Optional[int] = None
+    load: Optional[str] = None
+    ckpt_step: Optional[int] = None
+    async_save: bool = False
+    keep_last: Optional[int] = None
+    exit_signal_handler: bool = False
+    resumed_from: Optional[int] = None
+    """Iteration of the checkpoint this run resumes from (None: fresh start or train.load)."""
+    notes: tuple[str, ...] = ()
+
+
+def default_interval(train_iters: int) -> int:
+    """A tenth of the run, at least 100 iterations (saves cost seconds to minutes) and at most 1000 (at a
+    few seconds per step a preemption then loses under an hour)."""
+    return min(1000, max(SMOKE_ITERS, train_iters // 10))
+
+
+def save_dir(cfg: RunConfig, run_dir: Optional[Path]) -> Optional[str]:
+    """The directory this run saves to; None when it saves nothing."""
+    if not cfg.train.checkpoint.enabled:
+        return None
+    if cfg.train.save:
+        return cfg.train.save
+    return str((run_dir / CHECKPOINT_SUBDIR).absolute()) if run_dir is not None else None
+
+
+def distributed_timeout(cfg: RunConfig, res: Resolved) -> int:
+    """Minutes before a collective gives up: short where a hang should end a smoke run quickly, long enough
+    for a real run's synchronous checkpoint save (all ranks wait on the slowest writer)."""
+    if cfg.train.distributed_timeout_minutes is not None:
+        return cfg.train.distributed_timeout_minutes
+    return 5 if res.device == "cpu" or cfg.train.train_iters <= SMOKE_ITERS else 30
+
+
+def checkpointing(cfg: RunConfig, res: Resolved, run_dir: Optional[Path] = None,
+                  resume: Optional[ResumePoint] = None) -> Checkpointing:
+    """What to save and load. Without a run directory (tests, tools) only explicit train.save/load count."""
+    ck, t = cfg.train.checkpoint, cfg.train
+    save = save_dir(cfg, run_dir)
+    notes: list[str] = []
+    load, step, resumed = t.load, None, None
+    # the run's own newest checkpoint wins over train.load: a relaunch continues, it does not start over
+    if save is not None and ck.resume and resume is not None:
+        load, resumed = resume.directory, resume.iteration
+        notes.append(f"resuming from {resume.directory} iteration {resume.iteration}")
+        for skipped in resume.skipped:
+            notes.append(f"warning: skipping incomplete checkpoint {skipped}")
+        if resume.tracker != resume.iteration:
+            step = resume.iteration  # Megatron reads the tracker file unless told the step
+    if save is None:
+        return Checkpointing(load=load, notes=tuple(notes))
+    if load is None and ck.resume:
+        # an empty directory: Megatron starts fresh; a requeued Slurm job (same script) finds its checkpoints
+        load = save
+    interval = t.save_interval or default_interval(t.train_iters)
+    # auto: on GPUs in torch_dist (Megatron FSDP saves fsdp_dtensor, which has no async path)
+    auto_async = res.device != "cpu" and not cfg.parallel.use_megatron_fsdp
+    async_save = ck.async_save if ck.async_save is not None else auto_async
+    return Checkpointing(save=save, interval=interval, load=load, ckpt_step=step, async_save=async_save,
+                         keep_last=ck.keep_last, exit_signal_handler=ck.exit_signal_handler, resumed_from=resumed,
+                         notes=tuple(notes))
+
+
+def checkpoint_flags(c: Checkpointing) -> list[str]:
+    """Megatron flags for the checkpointing decided above."""
+    argv: list[str] = []
+    if c.save is not None:
+        argv += ["--save", c.save, "--save-interval", str(c.interval)]
+    if c.load is not None:
+        argv += ["--load", c.load]
+    if c.ckpt_step is not None:
+        argv += ["--ckpt-step", str(c.ckpt_step)]
+    if c.async_save:
+        argv += ["--async-save", "--async-strategy", "mcore", "--use-persistent-ckpt-worker"]
+    if c.exit_signal_handler:
+        argv.append("--exit-signal-handler")
+    return argv
+
+
+def describe(c: Checkpointing) -> str:
+    """One line for the launch: where and how often, or that nothing is saved."""
+    if c.save is None:
+        start = f"; starts from {c.load}" if c.load else ""
+        return f"checkpoints: none (train.checkpoint.enabled=false){start}"
+    keep = f"keeping the last {c.keep_last}" if c.keep_last else "keeping all"
+    how = "async" if c.async_save else "synchronous"
+    start = (f"resumes from iteration {c.resumed_from}" if c.resumed_from is not None
+             else f"starts from {c.load}" if c.load and c.load != c.save else "fresh start")
+    return f"checkpoints: {c.save} every {c.interval} iterations and at the end ({how}, {keep}); {start}"

@@ -1,0 +1,31 @@
+"""A worker never outlives the torchrun that started it.
+
+torchrun puts every worker in a session of its own, so a SIGKILL of torchrun (or of its process group, or
+of moe-launch) leaves the workers running: one finished training while the record said FAILED (issue 13).
+Linux's PR_SET_PDEATHSIG makes the kernel send this process SIGKILL when its parent (torchrun) dies; Python
+has no binding for it, so it goes through libc's prctl.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> bool:
+    """Ask the kernel to kill this process when its parent dies; False where that is not possible."""
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # the parent died before the request: nothing would ever signal us
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
