@@ -40,14 +40,15 @@ for d in a b; do
   python3 -m launcher.tools.prepare_data --input "$w/$d" --text-mode file --output-prefix "$w/data/${d}_text_document" \
     --tokenizer-model "$w/tok" --overwrite 2>&1 | tail -2
 done
-q4=(preset=qwen3_30b_a3b_4l_1xh200_bench_bf16 data=indexed "data.tokenizer_model=$w/tok" train.train_iters=40
+q4=(preset=qwen3_30b_a3b_4l_1xh200_bench_bf16 data=indexed "data.tokenizer_model=$w/tok" train.checkpoint.enabled=false
+    train.train_iters=40
     train.lr_warmup_iters=4 train.log_interval=5)
 # 1: a weighted blend of the two, the default split (100,0,0 without evaluation)
 python3 -m launcher "${q4[@]}" "data.paths=[0.7,$w/data/a_text_document,0.3,$w/data/b_text_document]" \
   launch.run_dir=$w/runs/blend > $w/blend.out 2>&1; echo "blend rc=$?"
 grep -E "resolved: data|lm loss" $w/blend.out | sed -n '1p;2p;$p'; python3 -c "import json; r=json.load(open('$w/runs/blend/record.json')); print('status', r['status'], 'steady', r['steady_state'].get('tokens_per_s_per_gpu'))"
-# 2: separate blends per split, with evaluation every 20 steps
-python3 -m launcher "${q4[@]}" data=splits "data.train_paths=[0.7,$w/data/a_text_document,0.3,$w/data/b_text_document]" \
+# 2: separate blends per split, with evaluation every 20 steps (SPLITS=0 skips it)
+[ "${SPLITS:-1}" = 1 ] && python3 -m launcher "${q4[@]}" data=splits "data.train_paths=[0.7,$w/data/a_text_document,0.3,$w/data/b_text_document]" \
   "data.valid_paths=[$w/data/b_text_document]" train.eval_iters=2 train.eval_interval=20 \
   launch.run_dir=$w/runs/splits > $w/splits.out 2>&1; echo "splits rc=$?"
 grep -E "validation loss|lm loss" $w/splits.out | tail -3

@@ -12,7 +12,8 @@ source /root/gpu-host.env
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 what=$1 out=$2
 mkdir -p "$out" /tmp/runs
-q30=(model=qwen3_30b_a3b train=pretrain hardware=h200 train.train_iters=6 train.lr_warmup_iters=1)
+q30=(model=qwen3_30b_a3b train=pretrain hardware=h200 train.train_iters=6 train.lr_warmup_iters=1
+     train.checkpoint.enabled=false)  # memory runs: a checkpoint would only cost disk and minutes
 run() {  # run NAME GPUS overrides...: one moe-launch run, its directory under /tmp/runs
   local name=$1 gpus=$2; shift 2
   python3 -m launcher "$@" launch.run_dir=/tmp/runs/$name > /tmp/runs/$name.out 2>&1
@@ -44,7 +45,7 @@ case $what in
       --dispatchers alltoall,allgather --top 3 --megatron-check 1 2>&1 | tail -12
     run calib_planner_top_q30b_8l_2xh200 2 preset=qwen3_30b_a3b_8l_2xh200_ep2_bench_bf16 parallel.ep=1 \
       dispatcher.overlap_moe_expert_parallel_comm=false \
-      train.micro_batch_size=4 train.train_iters=12 cluster.gpus_per_node=2
+      train.micro_batch_size=4 train.train_iters=12 train.checkpoint.enabled=false cluster.gpus_per_node=2
     ;;
   two)
     run calib_q30b_8l_pp2_mbs2 2 "${q30[@]}" model.num_layers=8 parallel.pp=2 train.micro_batch_size=2 \
