@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.plan.resolve import Resolved
+from launcher.plan.tuned import Tuned
 from launcher.config.cluster import CLUSTER_SCHEMAS
 from launcher.config.schema import RunConfig
 
@@ -53,6 +54,8 @@ def load_run(run_dir: Path) -> tuple[RunConfig, Resolved, dict]:
         words = plan.get("moe_launch") or (run_dir / "launch.txt").read_text().split()
         _, cfg = compose([w for w in words[1:] if not w.startswith("launch.run_dir=")])
     facts = dict(plan["resolved"], notes=tuple(plan["resolved"].get("notes", ())))
+    if isinstance(facts.get("tuned"), dict):  # runs planned with the tuned rules (launcher/plan/tuned.py)
+        facts["tuned"] = Tuned(**facts["tuned"])
     return cfg, Resolved(**facts), plan
 
 
@@ -86,11 +89,15 @@ def _logged(record: dict) -> tuple[Optional[float], Optional[float]]:
 
 
 def gpu_runs(runs: Path = RUNS) -> list[Path]:
-    """Run directories of GPU runs whose record has Megatron's memory report."""
+    """Run directories of GPU runs whose record has Megatron's memory report, and whose vocabulary is the model's:
+    with a tokenizer Megatron takes the tokenizer's vocabulary, which the estimate does not read yet (it counts
+    model.vocab_size: issue14_q30b_4l_blend_prepared_data, 32,768 tokens instead of 151,936, came out 1.65x)."""
     out = []
     for d in sorted(p for p in runs.iterdir() if (p / "record.json").exists()):
         rec = json.loads((d / "record.json").read_text())
-        if (rec.get("system") or {}).get("device") == "cuda" and (rec.get("memory") or {}).get("max_allocated_mb"):
+        tokenizer = ((rec.get("config") or {}).get("data") or {}).get("tokenizer_type", "NullTokenizer")
+        if (rec.get("system") or {}).get("device") == "cuda" and (rec.get("memory") or {}).get("max_allocated_mb") \
+                and tokenizer == "NullTokenizer":
             out.append(d)
     return out
 

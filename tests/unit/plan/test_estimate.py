@@ -73,6 +73,8 @@ def test_flops_equal_megatrons_function_on_the_runs_argv(run_dir):
 
     cfg, res, plan = calib.load_run(run_dir)
     facts = megatron_validate(plan["argv"], res.world_size, {"CUDA_DEVICE_MAX_CONNECTIONS": "1"})
+    if facts["flops_per_sequence"] is None:
+        pytest.skip("the vocabulary came from the run's tokenizer (no --vocab-size): Megatron counts on the node")
     assert flops_per_sequence_tokens(cfg, 1) == pytest.approx(facts["flops_per_sequence"], rel=1e-12)
 
 
