@@ -13,6 +13,10 @@ import yaml
 from data_fixture import prepared  # noqa: F401 - the session fixture
 from launcher.errors import ConfigError
 
+# 138 launches to the first refusal (about 100 s on 2 cores): CI's `pytest -m 'not gpu'` runs them, a plain
+# `pytest` (the fast set, under 3 minutes) leaves them out
+pytestmark = pytest.mark.slow
+
 CORPUS = yaml.safe_load((Path(__file__).resolve().parents[2] / "data" / "malformed.yaml").read_text())
 CPU = ["cluster.device=cpu", "model.transformer_impl=local", "precision=fp32"]
 

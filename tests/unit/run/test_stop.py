@@ -83,6 +83,7 @@ def _worker_gone(run_dir: Path) -> bool:
     return False
 
 
+@pytest.mark.slow  # real processes and signals (seconds each): CI runs it, the fast set leaves it out
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_reaches_the_worker_which_saves_and_the_run_is_recorded(tmp_path, sig):
     run_dir = _run_dir(tmp_path, "trap")
@@ -111,6 +112,7 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path
     assert _worker_gone(run_dir)
 
 
+@pytest.mark.slow  # real processes and signals (seconds each): CI runs it, the fast set leaves it out
 def test_no_worker_outlives_the_launcher(tmp_path):
     run_dir = _run_dir(tmp_path, "orphan")  # torchrun exits 0 and leaves its worker running
     proc = _launch(run_dir, grace_s=1)

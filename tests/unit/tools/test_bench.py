@@ -104,6 +104,7 @@ def test_steady_state_leaves_out_warmup_and_profiled_steps():
         bench.parse_window("9-9")
 
 
+@pytest.mark.slow  # a subprocess run (seconds): CI runs it, the fast set leaves it out
 def test_dry_run_writes_both_commands(tmp_path):
     assert bench.main(["--dry-run", "--peer-mbs", "2,4", "--out", str(tmp_path), "train.train_iters=3"]) == 0
     assert (tmp_path / "ours" / "command.sh").exists() and (tmp_path / "ours" / "argv.txt").exists()

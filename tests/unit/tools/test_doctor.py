@@ -46,6 +46,7 @@ def _doctor(tmp_path: Path, overrides: list[str], deep_ep_root: Path | None) -> 
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a subprocess run (seconds): CI runs it, the fast set leaves it out
 def test_doctor_passes_a_matching_deep_ep_and_refuses_one_without_non_blocking(tmp_path):
     good = _doctor(tmp_path, [*EP2, "dispatcher=hybridep"], write_deep_ep(tmp_path / "good"))
     assert good.returncode == 0, good.stderr

@@ -32,6 +32,7 @@ def base(overrides: list[str], gpus: int, seq=None, gbs=None):
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
+@pytest.mark.slow  # searches 256-1024-GPU spaces (about 25 s on 2 cores); CI runs it
 def test_top_choices_match_or_beat_the_published_layout(name):
     overrides, gpus = PUBLISHED[name]
     cfg = base(overrides, gpus)

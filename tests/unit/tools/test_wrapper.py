@@ -202,6 +202,7 @@ def _script(env: dict, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300, env={**clean, "CUDA_VISIBLE_DEVICES": "", **env})
 
 
+@pytest.mark.slow  # a subprocess run (seconds): CI runs it, the fast set leaves it out
 def test_script_dry_run_prints_exactly_the_sbatch_file(tmp_path):
     proc = _script({**SEED_ENV, "OUTPUT_PATH": str(tmp_path), "DRY_RUN": "1"}, *SEED_ARGS)
     assert proc.returncode == 0, proc.stderr[-3000:]
