@@ -49,7 +49,7 @@ case $what in
       python3 -m launcher "${preset[@]}" "${extra[@]}" launch.run_dir=$w/$name > "$w/$name.out" 2>&1
       echo "$name rc=$?"
       mkdir -p "$out/runs/$name"
-      for f in record.json record.md plan.json train.log versions.json exit.json; do
+      for f in record.json record.md plan.json config.yaml train.log versions.json exit.json; do
         cp "$w/$name/$f" "$out/runs/$name/" 2>/dev/null; done
       python3 - "$w/$name" <<'PY'
 import json, sys

@@ -183,8 +183,10 @@ def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int
     layout = facts["parallel"]
     world = layout["world_size"]
 
-    # model: the composed config's name, else the command's model= override, else the default group
-    model_name = (config or {}).get("model", {}).get("name") or _override(command, "model") or _default_group("model")
+    # model: the composed config's name, else the plan's facts (a run directory copied without config.yaml, a preset
+    # command naming no model=), else the command's model= override, else the default group
+    model_name = ((config or {}).get("model", {}).get("name") or facts["model"].get("name")
+                  or _override(command, "model") or _default_group("model"))
     model_yaml = _read_yaml(CONF_DIR / "model" / f"{model_name}.yaml") if model_name else None
 
     # system: the GPU the run recorded -> conf/hardware; else the config's declared target

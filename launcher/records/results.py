@@ -17,6 +17,7 @@ For every run directory the record is rebuilt from the run's own files (launcher
   - a second table with tokens/s/GPU, the spread of each figure, the steady-state window and the status
     (failure class for a failed run);
   - the published references (references.yaml) in the same columns, marked as references;
+  - the dispatcher tables: runs that differ only in dispatcher, knobs and routing (records/dispatch_table.py);
   - the comparisons found in --compare-dir (written by python -m launcher.records.compare), one line each;
   - PNG plots: loss and throughput over iterations per run and for all runs, throughput across runs
     (with the like-for-like references beside each run).
@@ -32,6 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from launcher.records.dispatch_table import dispatcher_tables
 from launcher.records.compare import DEFAULT_REFERENCES, entry_from_record, load_references, matching_references
 from launcher.records.outputs import PERF_RESULTS, PERF_RESULTS_SWITCH, SWITCH_HELP, is_committed_output, \
     refuse_committed
@@ -355,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         details.append(detail_row(r, link))
     text = replace_block(text, "results", table(main_rows))
     text = replace_block(text, "runs", table(details, DETAIL_COLUMNS))
+    text = replace_block(text, "dispatchers", dispatcher_tables(records, [_rel(d / "record.md", readme)
+                                                                          for d in a.run_dirs]))
     text = replace_block(text, "references", table([row(e) for e in refs.values()]))
     cmp_lines = _compare_lines(a.compare_dir, readme)
     text = replace_block(text, "compare", "\n".join(cmp_lines) or "(no comparisons yet)")
