@@ -82,6 +82,16 @@ def check_qat_pipeline(cfg: RunConfig, res: Resolved) -> None:
                           "restores quantizer state for one model chunk per rank", "set parallel.vpp=null")
 
 
+def check_modelopt_fsdp(cfg: RunConfig, res: Resolved) -> None:
+    """Megatron FSDP saves fsdp_dtensor checkpoints, outside the torch_dist branch where Megatron calls the
+    modelopt_state save (checkpointing.py:840): a resumed QAT run would lose its quantizers; and the teacher
+    inside a distillation model would be sharded with the student. Neither is supported here."""
+    if cfg.parallel.use_megatron_fsdp and (cfg.quant.qat != "none" or cfg.distill.enabled):
+        field, value = _field(cfg)
+        raise ConfigError(field, value, "is not supported with Megatron FSDP (modelopt's state is saved with "
+                          "torch_dist checkpoints only)", "set parallel.use_megatron_fsdp=false")
+
+
 def check_qat_calibration(cfg: RunConfig, res: Resolved) -> None:
     if cfg.quant.qat != "none" and cfg.quant.calib_batches < 1:
         raise ConfigError("quant.calib_batches", cfg.quant.calib_batches, "must be at least 1 micro batch (the "
@@ -178,5 +188,5 @@ def check_distill_vocab(cfg: RunConfig, res: Resolved) -> None:
 
 
 MODELOPT_RULES = (check_modelopt_installed, check_qat_format_device, check_qat_not_te_fp8, check_qat_experts,
-                  check_qat_pipeline, check_qat_calibration, check_qat_and_distill, check_distill_teacher,
-                  check_distill_layout, check_distill_vocab)
+                  check_qat_pipeline, check_modelopt_fsdp, check_qat_calibration, check_qat_and_distill,
+                  check_distill_teacher, check_distill_layout, check_distill_vocab)

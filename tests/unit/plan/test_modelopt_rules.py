@@ -101,6 +101,11 @@ def test_qat_refuses_virtual_pipeline_stages():
     assert e.field == "parallel.vpp" and "one model chunk" in str(e)
 
 
+def test_modelopt_refuses_megatron_fsdp():
+    e = _refused(["quant=fp8", *GPU, "parallel.use_megatron_fsdp=true"], H200X1)
+    assert e.field == "quant.qat" and "Megatron FSDP" in str(e)
+
+
 def test_qat_needs_a_calibration_batch():
     assert _refused(["quant=fp8", "quant.calib_batches=0"]).field == "quant.calib_batches"
 
