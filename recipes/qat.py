@@ -31,8 +31,8 @@ from typing import Optional
 ENV = "MOE_QAT"  # JSON of the quant group, set by the launcher (launcher/plan/plan.py run_env)
 FORMATS = {"fp8": "FP8_DEFAULT_CFG", "int8": "INT8_DEFAULT_CFG", "nvfp4": "NVFP4_DEFAULT_CFG",
            "mxfp8": "MXFP8_DEFAULT_CFG"}
-STATE_SUBDIR = "modelopt_state"
-QUANTIZERS_FILE = "quantizers.json"  # modelopt's name for it inside an iteration directory
+STATE_SUBDIR = "modelopt_state"  # modelopt's name for it inside an iteration directory
+QUANTIZERS_FILE = "quantizers.json"  # in the run directory: every amax the run trained with (rank 0's modules)
 
 
 @dataclasses.dataclass(frozen=True)
