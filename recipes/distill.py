@@ -153,8 +153,8 @@ def distill_hook(args, spec: DistillSpec):
         model = mtd.convert(student, mode=[("kd_loss", kd_config)])
         mtd_mcore.adjust_distillation_model_for_mcore(model, cfg)
         if args.rank == 0:
-            n = sum(p.numel() for p in teacher.parameters())
-            print(f"recipes.distill: teacher {teacher.config.num_layers} layers, {n / 1e6:.2f}M parameters "
+            n = sum(p.numel() for p in teacher.parameters())  # this rank's share
+            print(f"recipes.distill: teacher {teacher.config.num_layers} layers, {n / 1e6:.2f}M parameters on rank 0 "
                   f"(frozen) from {teacher_dir(spec.teacher_checkpoint)}; KD: logit KL at temperature "
                   f"{spec.temperature}, {len(spec.layer_pairs)} layer pairs x {spec.layer_weight}, "
                   f"lm loss x {spec.lm_loss_weight}", flush=True)
