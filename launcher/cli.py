@@ -44,6 +44,21 @@ def _saves(plan) -> str:
             f"{describe(plan.checkpoint) if plan.checkpoint else 'no checkpoints'}")
 
 
+def _modelopt_lines(cfg) -> list[str]:
+    """What nvidia-modelopt does inside the run (recipes/qat.py, recipes/distill.py), when it does anything."""
+    q, d = cfg.quant, cfg.distill
+    lines = []
+    if q.qat != "none":
+        lines.append(f"  quant:    {q.qat} fake-quant QAT (modelopt), amax calibrated on {q.calib_batches} micro "
+                     f"batches after the weights load (a QAT checkpoint restores them instead); unquantized: "
+                     f"{', '.join(q.exclude) or 'modelopt defaults'}")
+    if d.enabled:
+        pairs = f", {len(d.layer_pairs)} layer pairs x {d.layer_weight}" if d.layer_pairs else ""
+        lines.append(f"  distill:  teacher {d.teacher_checkpoint} (frozen, architecture from its checkpoint), logit KL "
+                     f"at T={d.temperature}{pairs}, lm loss x {d.lm_loss_weight}")
+    return lines
+
+
 def plan_lines(cfg, plan, run_dir: Path) -> list[str]:
     """The plan in a few lines: model, layout and world size, training, memory, what is saved, the run directory.
     How each `auto` was resolved is one line (each reason in plan.json; launch.verbose=true prints them)."""
@@ -60,6 +75,7 @@ def plan_lines(cfg, plan, run_dir: Path) -> list[str]:
     lines.append(f"  memory:   predicted peak {_size(est['peak_bytes'])} of {_size(est['capacity_bytes'])} per "
                  f"{'process' if res.device == 'cpu' else 'GPU'} (pipeline rank {est['worst_rank']}; estimate.json)")
     lines.append(_saves(plan))
+    lines += _modelopt_lines(cfg)
     if res.notes and cfg.launch.verbose:
         lines += [f"  resolved: {note}" for note in res.notes]
     elif res.notes:

@@ -69,7 +69,7 @@ def check_files(args) -> Optional[str]:
     return None
 
 
-def _batch(data_iterator) -> dict:
+def next_batch(data_iterator) -> dict:
     batch = next(data_iterator)
     device = torch.cuda.current_device()
     batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -87,7 +87,7 @@ def forward_step(data_iterator, model, return_schedule_plan: bool = False):
     calls this with return_schedule_plan=True and wants the model's schedule plan in place of its output:
     it then runs the layers itself, one micro batch's dispatch/combine beside another's compute."""
     profiling.maybe_step(get_args())  # train.kernel_profile's window (no-op unless MOE_PROFILE_STEPS is set)
-    batch = _batch(data_iterator)
+    batch = next_batch(data_iterator)
     loss_mask = batch["loss_mask"]
     run = model.build_schedule_plan if return_schedule_plan else model
     output = run(batch["tokens"], batch["position_ids"], batch.get("attention_mask"),

@@ -49,6 +49,24 @@ def _logging_dirs(args) -> None:
         args.wandb_exp_name = args.wandb_exp_name or os.path.basename(os.path.abspath(run_dir))
 
 
+def _modelopt_hooks(args, config):
+    """quant.qat and distill (MOE_QAT, MOE_DISTILL from the launcher): nvidia-modelopt hooked into the model
+    build, checkpoints and loss (recipes/qat.py, recipes/distill.py). Returns the forward step to train with."""
+    from recipes import data, distill, qat
+
+    qspec = qat.spec_from_env()
+    if qspec is not None:
+        qat.install(args, config, qspec)
+    dspec = distill.spec_from_env()
+    if dspec is None:
+        return data.forward_step
+    problem = distill.check(args, dspec)  # the teacher checkpoint as this node sees it, before anything is built
+    if problem:
+        raise ValueError(problem)
+    distill.install(args, config, dspec)
+    return distill.forward_step
+
+
 def main(argv: list[str]) -> int:
     from recipes import lifecycle
 
@@ -106,9 +124,15 @@ def main(argv: list[str]) -> int:
     if args.rank == 0 and impl != "te":
         print(f"recipes.pretrain: expert GEMMs through {impl} grouped_mm (recipes/experts.py)", flush=True)
     config = pretrain_cfg_container_from_args(args, gpt_config_from_args(args))
+    try:
+        forward_step = _modelopt_hooks(args, config)
+    except ValueError as e:
+        if args.rank == 0:
+            print(f"recipes.pretrain: error: {e}", file=sys.stderr, flush=True)
+        return 3
     t0 = time.time()
     try:
-        pretrain(config, data.datasets_provider, ModelType.encoder_or_decoder, data.forward_step)
+        pretrain(config, data.datasets_provider, ModelType.encoder_or_decoder, forward_step)
     except SystemExit as e:  # Megatron exits from inside on signals, exit intervals, checkpoint issues
         if e.code not in (0, None):
             raise

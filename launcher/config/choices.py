@@ -40,6 +40,16 @@ class GroupedGemmImpl(StrEnum):
     torch = "torch"
 
 
+class QatFormat(StrEnum):
+    """quant.qat: nvidia-modelopt's fake-quantization config of that name (recipes/qat.py); none = off."""
+
+    none = "none"
+    fp8 = "fp8"
+    int8 = "int8"
+    nvfp4 = "nvfp4"
+    mxfp8 = "mxfp8"
+
+
 class Switch(StrEnum):
     """An on/off knob with a tuned default (launcher/plan/tuned.py). Its schema field is typed
     Union[bool, str] because Hydra reads `=true` and YAML `true` as a bool, which an enum field refuses;

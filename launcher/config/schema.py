@@ -19,8 +19,8 @@ from omegaconf import MISSING
 
 from launcher.config.choices import (AttentionVariant, CrossEntropyImpl, CudaGraphImpl, CudaGraphModule, DataKind,
                                      DispatcherType, FlexBackend, Fp8Format, Fp8Recipe, GroupedGemmImpl, ParamsDtype,
-                                     RecomputeGranularity, RecomputeMethod, RecomputeModule, RopeType, Routing,
-                                     ScoreFunction, Switch, TransformerImpl)
+                                     QatFormat, RecomputeGranularity, RecomputeMethod, RecomputeModule, RopeType,
+                                     Routing, ScoreFunction, Switch, TransformerImpl)
 from launcher.config.cluster import CLUSTER_SCHEMAS, ClusterConfig
 
 
@@ -346,6 +346,41 @@ class TrainConfig:
 
 
 @dataclass
+class QuantConfig:
+    """Quantization-aware (continued) training with nvidia-modelopt: BF16 training through fake-quantized
+    linears (recipes/qat.py; needs the `modelopt` extra). Passed to the recipe as MOE_QAT."""
+
+    qat: QatFormat = QatFormat.none
+    """fp8 (E4M3 per tensor), int8 (per-channel weights), nvfp4 / mxfp8 (GPU only); none = off."""
+    calib_batches: int = 4
+    """Micro batches of the run's own training data that set the quantizers' amax (max calibration), once:
+    a resumed QAT run restores them from its checkpoint."""
+    exclude: list[str] = field(default_factory=lambda: ["*router*", "*output_layer*", "*embedding*"])
+    """Quantizer name patterns (fnmatch) left unquantized, on top of modelopt's defaults (which already skip
+    the router and lm_head)."""
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a frozen teacher with nvidia-modelopt (recipes/distill.py; needs the
+    `modelopt` extra). Passed to the recipe as MOE_DISTILL."""
+
+    enabled: bool = False
+    teacher_checkpoint: Optional[str] = None
+    """The teacher's Megatron checkpoint: a save directory (its newest checkpoint) or an iter_* directory. Its
+    architecture is the one saved in it; it is laid out as the student (same TP/EP/CP, one pipeline stage)."""
+    temperature: float = 1.0
+    """Temperature of the logit KL divergence."""
+    layer_pairs: list[list[str]] = field(default_factory=list)
+    """Intermediate [student module, teacher module] pairs (cosine loss), e.g.
+    [[decoder.layers.1, decoder.layers.3]]; empty = logits only."""
+    layer_weight: float = 1.0
+    """Weight of the mean intermediate-layer loss against the logit KL."""
+    lm_loss_weight: float = 0.0
+    """Weight of the student's own LM loss in what is trained (0: pure KD; the LM loss is printed anyway)."""
+
+
+@dataclass
 class HardwareConfig:
     """The GPU system a job targets: used for MFU, topology checks and the Slurm node layout."""
 
@@ -410,6 +445,8 @@ class RunConfig:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     megatron: MegatronConfig = field(default_factory=MegatronConfig)

@@ -5,6 +5,8 @@ choice: launcher.run binds it to the plan (LaunchPlan.launcher, rank_env) before
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -91,11 +93,26 @@ def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
         env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
     if cfg.train.kernel_profile:
         env["MOE_PROFILE_STEPS"] = cfg.train.kernel_profile  # read by recipes/profiling.py on every rank
+    env.update(modelopt_env(cfg))
     if res.device == "cpu":
         env["OMP_NUM_THREADS"] = "1" if res.nproc_per_node > 1 else "2"  # 2-core CI machines
     # credentials are named, never written (launcher/plan/secrets.py); LaunchPlan.secret_env carries the values
     env.update({k: PLACEHOLDER if is_secret(k, cfg.cluster.secret_names) else str(v)
                 for k, v in cfg.cluster.env.items()})
+    return env
+
+
+def modelopt_env(cfg: RunConfig) -> dict[str, str]:
+    """quant and distill as the recipe reads them (recipes/qat.py, recipes/distill.py): one JSON value each."""
+    env = {}
+    if cfg.quant.qat != "none":
+        env["MOE_QAT"] = json.dumps({"qat": str(cfg.quant.qat), "calib_batches": cfg.quant.calib_batches,
+                                     "exclude": list(cfg.quant.exclude)})
+    if cfg.distill.enabled:
+        d = cfg.distill
+        env["MOE_DISTILL"] = json.dumps({"teacher_checkpoint": os.path.abspath(d.teacher_checkpoint or ""),
+                                         "temperature": d.temperature, "layer_pairs": [list(p) for p in d.layer_pairs],
+                                         "layer_weight": d.layer_weight, "lm_loss_weight": d.lm_loss_weight})
     return env
 
 

@@ -84,6 +84,8 @@ def grouped_gemm_impl(cfg: RunConfig, stack: Stack) -> tuple[str, Optional[str]]
         ("expert biases (model.add_bias_linear)", m.add_bias_linear),
         ("dispatcher.delay_wgrad_compute", cfg.dispatcher.delay_wgrad_compute),
         (f"compute capability {cfg.hardware.compute_capability} (measured on Hopper only)", not _hopper(cfg)),
+        # modelopt quantizes TE's grouped linears; it has no quantized module for recipes/experts.py's
+        (f"quant.qat={cfg.quant.qat} (modelopt quantizes TE's grouped experts only)", cfg.quant.qat != "none"),
     )
     for reason, bad in blockers:
         if bad:
@@ -129,6 +131,7 @@ def _overlap_blocker(cfg: RunConfig, stack: Stack) -> Optional[str]:
     blockers = (
         ("no Transformer Engine GPU run", not stack.te_gpu),
         (f"parallel.ep={p.ep} (no expert-parallel all-to-all)", p.ep < 2),
+        ("distillation (its forward step runs student and teacher whole)", cfg.distill.enabled),
         (f"dispatcher {d.type}", d.type not in ("alltoall", "flex")),
         # transformer_config.py: ncclep without static shapes syncs with the host and loses the overlap
         ("the ncclep backend", d.type == "flex" and d.flex_backend == "ncclep"),

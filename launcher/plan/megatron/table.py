@@ -249,6 +249,9 @@ LAUNCHER_ONLY: dict[str, str] = {
                        "(plan/rules/data.py); Megatron reads it from the tokenizer itself",
     "train.expandable_segments": "the allocator setting, passed as PYTORCH_CUDA_ALLOC_CONF (launcher/plan/tuned.py)",
     "train.kernel_profile": "our own profiler window (recipes/profiling.py), passed as MOE_PROFILE_STEPS",
+    "quant": "nvidia-modelopt fake quantization inside the recipe (recipes/qat.py), passed as MOE_QAT: Megatron's "
+             "own --modelopt flags need megatron.post_training, which the 0.19.2 wheel lacks",
+    "distill": "nvidia-modelopt distillation inside the recipe (recipes/distill.py), passed as MOE_DISTILL",
     "dispatcher.tuned": "a dispatcher benchmark's best knobs, folded into dispatcher.flex_num_sms and megatron.extra "
                         "before mapping (plan/dispatch_tuned.py)",
     # these need the run directory and what it holds: launch_flags() below, through plan/checkpoint.py

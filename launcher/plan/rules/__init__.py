@@ -13,6 +13,7 @@ is allocated, with a message that names our field instead of Megatron's internal
   moe.py        what Megatron asserts only when it builds the MoE layer, router and dispatcher
   data.py       the data group: blends, split, files, tokenizer, vocabulary
   cluster.py    executors, Slurm directives, containers, environment
+  modelopt.py   quant (QAT) and distill: the extra, formats per device, TE FP8, experts, layout, the teacher
   memory.py     the estimated peak memory against the device (last: it assumes a valid layout)
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from launcher.plan.rules.features import (check_attention_variant, check_cuda_gr
                                           check_recompute, check_recompute_prerequisites, check_router,
                                           check_topk, check_torch_grouped_gemm)
 from launcher.plan.rules.memory import check_memory_fits
+from launcher.plan.rules.modelopt import MODELOPT_RULES
 from launcher.plan.rules.moe import MOE_RULES
 from launcher.plan.rules.parallel import (check_batch, check_context_parallel, check_experts_divisible_by_ep,
                                           check_heads_tp, check_layers_pipeline, check_layout,
@@ -53,7 +55,7 @@ RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     check_fp8_hardware, check_optimizer_offload, check_overlap, check_ep_overlap_layout, check_ep_overlap_conflicts,
     check_cuda_graphs, check_torch_grouped_gemm, check_kernel_profile, check_profile_ranks, check_cpu_run,
     check_checkpoint, *MOE_RULES, check_loggers, *DATA_RULES,
-    check_gated_delta_net_mtp,
+    check_gated_delta_net_mtp, *MODELOPT_RULES,
     check_memory_fits,
 )
 

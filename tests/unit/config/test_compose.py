@@ -13,7 +13,8 @@ from launcher.config.compose import CONF_DIR, compose, group_options, groups
 from launcher.errors import ConfigError
 from launcher.config.schema import ModelConfig, RunConfig
 
-GROUPS = ["cluster", "data", "dispatcher", "hardware", "model", "parallel", "precision", "recompute", "train"]
+GROUPS = ["cluster", "data", "dispatcher", "distill", "hardware", "model", "parallel", "precision", "quant",
+          "recompute", "train"]
 
 def test_group_listing_matches_conf_tree():
     assert groups() == sorted([*GROUPS, "preset"])  # presets are global recipes: tests/unit/config/test_presets.py

@@ -33,7 +33,7 @@ class FakeGPT:
 def batch(monkeypatch):
     b = {"tokens": torch.arange(4).view(1, 4), "position_ids": torch.arange(4).view(1, 4),
          "labels": torch.arange(1, 5).view(1, 4), "loss_mask": torch.tensor([[1.0, 1.0, 0.0, 1.0]])}
-    monkeypatch.setattr(data, "_batch", lambda it: b)
+    monkeypatch.setattr(data, "next_batch", lambda it: b)
     monkeypatch.setattr(data, "get_args", lambda: SimpleNamespace(curr_iteration=0, rank=0))
     return b
 
