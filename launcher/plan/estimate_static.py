@@ -8,6 +8,7 @@ from typing import Optional
 from launcher.plan.resolve import Resolved, linear_attention_pattern, moe_layer_pattern
 from launcher.plan.layout import parse_layout
 from launcher.plan.params import layer_split, mtp_wrap
+from launcher.plan.vocab import padded_vocab
 from launcher.config.schema import RunConfig
 
 _DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp8": 1, "uint8": 1}
@@ -40,12 +41,6 @@ class RankParams:
     experts: float = 0.0
     embedding_like: float = 0.0
     """Embedding and output layer (TP-sharded, not FP8 GEMM weights)."""
-
-
-def padded_vocab(cfg: RunConfig) -> int:
-    """Megatron pads the vocabulary to a multiple of make_vocab_size_divisible_by x TP."""
-    step = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tp
-    return -(-cfg.model.vocab_size // step) * step
 
 
 def rank_params(cfg: RunConfig, chunks: list[str], layer_index: dict[int, int]) -> RankParams:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ def load_run(run_dir: Path) -> tuple[RunConfig, Resolved, dict]:
 
         words = plan.get("moe_launch") or (run_dir / "launch.txt").read_text().split()
         _, cfg = compose([w for w in words[1:] if not w.startswith("launch.run_dir=")])
+    if cfg.data.tokenizer_type != "NullTokenizer" and cfg.data.vocab_size is None:
+        cfg.data.vocab_size = logged_vocab(run_dir)  # the estimate's vocabulary (launcher/plan/vocab.py)
     facts = dict(plan["resolved"], notes=tuple(plan["resolved"].get("notes", ())))
     if isinstance(facts.get("tuned"), dict):  # runs planned with the tuned rules (launcher/plan/tuned.py)
         facts["tuned"] = Tuned(**facts["tuned"])
@@ -89,17 +92,21 @@ def _logged(record: dict) -> tuple[Optional[float], Optional[float]]:
 
 
 def gpu_runs(runs: Path = RUNS) -> list[Path]:
-    """Run directories of GPU runs whose record has Megatron's memory report, and whose vocabulary is the model's:
-    with a tokenizer Megatron takes the tokenizer's vocabulary, which the estimate does not read yet (it counts
-    model.vocab_size: issue14_q30b_4l_blend_prepared_data, 32,768 tokens instead of 151,936, came out 1.65x)."""
+    """Run directories of GPU runs whose record has Megatron's memory report."""
     out = []
     for d in sorted(p for p in runs.iterdir() if (p / "record.json").exists()):
         rec = json.loads((d / "record.json").read_text())
-        tokenizer = ((rec.get("config") or {}).get("data") or {}).get("tokenizer_type", "NullTokenizer")
-        if (rec.get("system") or {}).get("device") == "cuda" and (rec.get("memory") or {}).get("max_allocated_mb") \
-                and tokenizer == "NullTokenizer":
+        if (rec.get("system") or {}).get("device") == "cuda" and (rec.get("memory") or {}).get("max_allocated_mb"):
             out.append(d)
     return out
+
+
+def logged_vocab(run_dir: Path) -> Optional[int]:
+    """The tokenizer's vocabulary as Megatron reported it (' > padded vocab (size: N) ...'): a recorded run's
+    tokenizer directory is on the machine that ran it, its train.log is here."""
+    log = run_dir / "train.log"
+    m = re.search(r"padded vocab \(size: (\d+)\)", log.read_text(errors="replace")) if log.exists() else None
+    return int(m.group(1)) if m else None
 
 
 def row(run_dir: Path) -> Row:

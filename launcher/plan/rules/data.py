@@ -10,6 +10,7 @@ from typing import Optional
 from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
 from launcher.plan.resolve import Resolved
+from launcher.plan.vocab import padded, tokenizer_vocab
 from launcher.records.indexed import IndexedDataError, parse_blend, read_idx, read_summary
 
 BLEND_FIELDS = ("data.paths", "data.train_paths", "data.valid_paths", "data.test_paths")
@@ -136,40 +137,8 @@ def check_data_files(cfg: RunConfig, res: Resolved) -> None:
 
 
 def _padded(cfg: RunConfig) -> int:
-    """Megatron's vocab_size_with_padding: up to a multiple of make_vocab_size_divisible_by x TP."""
-    multiple = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tp
-    return math.ceil(cfg.model.vocab_size / multiple) * multiple
-
-
-def tokenizer_vocab(cfg: RunConfig) -> Optional[int]:
-    """The tokenizer's vocabulary where this node can load it: a local Hugging Face directory (transformers,
-    imported here only), data.vocab_size, or None (a hub id, or Megatron's other types)."""
-    d = cfg.data
-    if d.tokenizer_type == "NullTokenizer":
-        return d.vocab_size or cfg.model.vocab_size  # Megatron's NullTokenizer takes --vocab-size
-    if d.tokenizer_type != "HuggingFaceTokenizer" or not d.tokenizer_model:
-        return d.vocab_size
-    path = Path(d.tokenizer_model).expanduser()
-    if not path.is_dir():
-        if path.exists() or str(d.tokenizer_model).startswith(("/", ".", "~")):
-            raise ConfigError("data.tokenizer_model", d.tokenizer_model, "is not a tokenizer directory",
-                              "give the directory holding tokenizer.json (or a hub id)")
-        return d.vocab_size  # a hub id: loaded by the ranks
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise ConfigError("data.tokenizer_model", d.tokenizer_model, "loading a Hugging Face tokenizer needs "
-                          "transformers", "pip install -e '.[data]'") from None
-    try:
-        size = len(AutoTokenizer.from_pretrained(str(path)))  # Megatron's HuggingFaceTokenizer.vocab_size
-    except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError("data.tokenizer_model", d.tokenizer_model, f"does not load ({first})",
-                          "give a directory AutoTokenizer.from_pretrained loads") from None
-    if d.vocab_size is not None and d.vocab_size != size:
-        raise ConfigError("data.vocab_size", d.vocab_size, f"the tokenizer in {path} has {size} tokens",
-                          f"set data.vocab_size={size} or leave it unset")
-    return size
+    """model.vocab_size padded as Megatron pads it (the model's own vocabulary, which the tokenizer must fit)."""
+    return padded(cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
 
 
 def check_vocab(cfg: RunConfig, res: Resolved) -> None:
