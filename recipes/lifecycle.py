@@ -29,3 +29,13 @@ def die_with_parent() -> bool:
     if os.getppid() != parent:  # the parent died before the request: nothing would ever signal us
         os.kill(os.getpid(), signal.SIGKILL)
     return True
+
+
+def recorded(fn):
+    """fn wrapped by torch elastic's @record: an exception that ends this rank is written as JSON (type, message,
+    the rank's own traceback, time) to the TORCHELASTIC_ERROR_FILE torchrun gives each worker; torchrun then
+    copies the first failed rank's file, with its exit code, to its own TORCHELASTIC_ERROR_FILE, which the
+    launcher points into the run directory (torchrun_error.json, read by launcher/records/error_file.py)."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(fn)

@@ -151,4 +151,6 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    raise SystemExit(main(sys.argv[1:]))
+    from recipes.lifecycle import recorded
+
+    raise SystemExit(recorded(main)(sys.argv[1:]))  # an exception: its traceback in torchrun's error file too

@@ -46,7 +46,8 @@ def docker_argv(cfg: "RunConfig", plan: "LaunchPlan", run_dir: Path, workdir: Pa
         argv += GPU_FLAGS[c.container_runtime]
     for spec in container_mounts(cfg, run_dir, workdir):  # -v specs: the user's, then workdir and run_dir
         argv += ["-v", spec]
-    for name in [*plan.env, "MOE_RUN_DIR"]:  # MOE_RUN_DIR: run_local sets it; rank 0 writes versions.json there
+    # run_local sets both: rank 0 writes versions.json in MOE_RUN_DIR, torchrun its error file at the other
+    for name in [*plan.env, "MOE_RUN_DIR", "TORCHELASTIC_ERROR_FILE"]:
         argv += ["-e", name]
     argv += ["-w", str(c.container_workdir or workdir), str(c.container_image), "bash", str(run_dir / "command.sh")]
     return argv

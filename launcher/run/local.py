@@ -61,7 +61,9 @@ def run_local(script: Path, verbose: Optional[bool] = None, grace_s: float = 120
     progress = progress_for_run(run_dir, verbose)  # the console: status line (+ raw lines when verbose)
     # credentials come from the launching shell when it has them, else from cluster.env (never written);
     # rank 0 writes versions.json in MOE_RUN_DIR (recipes/runinfo.py): set by us, so a stale export cannot move it
-    env = {**(secrets or {}), **os.environ, "MOE_RUN_DIR": str(run_dir.resolve())}
+    env = {**(secrets or {}), **os.environ, "MOE_RUN_DIR": str(run_dir.resolve()),
+           # torchrun writes the first failed rank's exception there (launcher/records/error_file.py)
+           "TORCHELASTIC_ERROR_FILE": str(run_dir.resolve() / "torchrun_error.json")}
     rc, stopper = 1, None
     with open(log, "w", buffering=1) as fh:  # line-buffered: train.log never lags the screen
         proc = subprocess.Popen(["bash", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -18,7 +18,8 @@ LOCK = ".lock"
 ATTEMPTS = "attempts"
 # what one attempt writes into the run directory (checkpoints/ stays: the next attempt resumes from it)
 ATTEMPT_FILES = ("config.yaml", "plan.json", "argv.txt", "estimate.json", "command.sh", "sbatch.sh", "container.sh",
-                 "train.log", "exit.json", "record.json", "record.md", "versions.json", "job.json")
+                 "train.log", "exit.json", "record.json", "record.md", "versions.json", "job.json",
+                 "torchrun_error.json")
 RAN = ("train.log", "exit.json", "job.json")  # an attempt that started (a dry run writes none of these)
 
 

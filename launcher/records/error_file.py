@@ -1,0 +1,53 @@
+"""torchrun's structured error file: what the first failed rank raised, read instead of scraping the log.
+
+The launcher sets TORCHELASTIC_ERROR_FILE=<run_dir>/torchrun_error.json for torchrun (launcher/run/local.py);
+every rank runs under torch elastic's @record (recipes/lifecycle.py recorded), which writes an exception that
+ends the rank as {"message": {"message": "<Type>: <text>", "extraInfo": {"py_callstack": ..., "timestamp": ...}}};
+torchrun copies the first failed rank's file there, with "errorCode" set to that rank's exit code. A rank
+killed by a signal writes nothing (the log's "Root Cause" block still names it: launcher/records/stops.py).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+NAME = "torchrun_error.json"
+TRACEBACK_LINES = 12  # the end of the rank's own traceback: the frames nearest the error
+
+
+def read_error_file(run_dir: Path) -> Optional[dict]:
+    """{"message", "exitcode", "timestamp", "traceback"} of the run's error file; None when there is none or it
+    is not torch's format (a half-written file of a killed torchrun)."""
+    path = Path(run_dir) / NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    msg = data.get("message") if isinstance(data, dict) else None
+    if not isinstance(msg, dict) or not isinstance(msg.get("message"), str):
+        return None
+    extra = msg.get("extraInfo") if isinstance(msg.get("extraInfo"), dict) else {}
+    stack = str(extra.get("py_callstack") or "").rstrip().splitlines()
+    code = msg.get("errorCode")
+    return {"message": msg["message"].strip(), "exitcode": int(code) if isinstance(code, int) else None,
+            "timestamp": extra.get("timestamp"), "traceback": stack[-TRACEBACK_LINES:]}
+
+
+def with_error_file(failure, run_dir: Path):
+    """The failure (a FailureInfo, or None for a run that succeeded) with the error file's exception added: always
+    as evidence; as the summary where the log gave no known class or only "rank N exited with 1"."""
+    err = read_error_file(run_dir)
+    if failure is None or err is None:
+        return failure
+    code = f" (exit {err['exitcode']})" if err["exitcode"] is not None else ""
+    failure.evidence.insert(0, f"torchrun error file: {err['message'][:400]}{code}")
+    if err["traceback"]:
+        failure.evidence.insert(1, "traceback end: " + " | ".join(line.strip() for line in err["traceback"][-3:]))
+    if failure.cls == "unknown":
+        failure.summary = f"first failed rank raised {err['message'][:300]}" + (
+            f"; {failure.summary}" if failure.summary else "")
+    elif failure.cls == "rank_died" and failure.kind == "exit":  # "rank N exited with 1": say what it raised
+        failure.summary = (f"rank {failure.rank} raised {err['message'][:300]} (torchrun's first observed "
+                           "failure); the job ended")
+    return failure

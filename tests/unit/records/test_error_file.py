@@ -1,0 +1,78 @@
+"""torchrun's structured error file (launcher/records/error_file.py), written by torch itself: a rank under
+recipes.lifecycle.recorded (torch elastic's @record) that raises, and real torchrun copying the first failed rank's
+file to its own TORCHELASTIC_ERROR_FILE with the exit code."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from launcher.records.error_file import NAME, read_error_file, with_error_file
+from launcher.records.failures import FailureInfo
+
+REPO = Path(__file__).resolve().parents[3]
+RANK_SCRIPT = textwrap.dedent("""
+    import os, sys
+    from recipes.lifecycle import recorded
+
+    def main():
+        if os.environ.get("RANK", "0") == os.environ.get("FAILING_RANK", "0"):
+            raise ValueError("the data file ends mid-record")
+        return 0
+
+    raise SystemExit(recorded(main)())
+""")
+
+
+def _env(tmp_path, **extra):
+    return {**os.environ, "PYTHONPATH": str(REPO), "TORCHELASTIC_ERROR_FILE": str(tmp_path / NAME), **extra}
+
+
+def test_a_rank_that_raises_writes_its_exception(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], env=_env(tmp_path), capture_output=True, text=True)
+    assert proc.returncode == 1
+    err = read_error_file(tmp_path)
+    assert err["message"] == "ValueError: the data file ends mid-record"
+    assert any("raise ValueError" in line for line in err["traceback"]) and err["timestamp"]
+
+
+@pytest.mark.slow
+def test_torchrun_copies_the_first_failed_ranks_file_with_its_exit_code(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script)],
+                          env=_env(tmp_path, FAILING_RANK="1", OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    err = read_error_file(tmp_path)
+    assert err["message"] == "ValueError: the data file ends mid-record" and err["exitcode"] == 1
+
+
+def test_the_failure_gets_the_exception_and_an_unknown_one_its_summary(tmp_path):
+    (tmp_path / NAME).write_text(json.dumps({"message": {"message": "KeyError: 'hidden_size'", "errorCode": 1,
+                                                         "extraInfo": {"py_callstack": "Traceback\n  a\n  b\nKeyError",
+                                                                       "timestamp": "1"}}}))
+    unknown = with_error_file(FailureInfo(cls="unknown", summary="exit 1"), tmp_path)
+    assert unknown.summary == "first failed rank raised KeyError: 'hidden_size'; exit 1"
+    assert unknown.evidence[0] == "torchrun error file: KeyError: 'hidden_size' (exit 1)"
+    oom = with_error_file(FailureInfo(cls="oom", summary="out of GPU memory"), tmp_path)
+    assert oom.summary == "out of GPU memory" and oom.evidence[0].startswith("torchrun error file")
+    died = with_error_file(FailureInfo(cls="rank_died", kind="exit", rank=3, summary="rank 3 exited with 1"), tmp_path)
+    assert died.summary == ("rank 3 raised KeyError: 'hidden_size' (torchrun's first observed failure); "
+                            "the job ended")
+    killed = with_error_file(FailureInfo(cls="rank_died", kind="signal", rank=3, summary="killed"), tmp_path)
+    assert killed.summary == "killed"
+    assert with_error_file(None, tmp_path) is None  # a run that succeeded stays so
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", '{"message": "plain"}', '{"message": {"extraInfo": {}}}'])
+def test_no_file_or_not_torchs_format_is_none(tmp_path, text):
+    assert read_error_file(tmp_path) is None
+    (tmp_path / NAME).write_text(text)
+    assert read_error_file(tmp_path) is None
+    assert with_error_file(FailureInfo(cls="unknown", summary="exit 1"), tmp_path).summary == "exit 1"
