@@ -43,7 +43,8 @@ def test_docker_on_gpus_runs_command_sh_with_the_same_plan():
     assert volumes == ["/work/moe-recipes:/work/moe-recipes", "/runs/c:/runs/c"]
     assert argv[argv.index("-w") + 1] == "/work/moe-recipes"
     # every variable command.sh sets is forwarded by name: the calling shell's value still wins inside
-    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-e"] == [*plan.env, "MOE_RUN_DIR", "TORCHELASTIC_ERROR_FILE"]
+    forwarded = [argv[i + 1] for i, a in enumerate(argv) if a == "-e"]
+    assert forwarded == [*plan.env, "MOE_RUN_DIR", "TORCHELASTIC_ERROR_FILE"]
     # inside the image: torchrun through the image's python, the same Megatron argv as every executor
     assert plan.launcher[:3] == ["python", "-m", "torch.distributed.run"] and "--nproc-per-node" in plan.launcher
     assert "-m recipes.pretrain" in render_script(plan, WORK)
