@@ -75,6 +75,9 @@ def plan_lines(cfg, plan, run_dir: Path) -> list[str]:
     lines.append(f"  memory:   predicted peak {_size(est['peak_bytes'])} of {_size(est['capacity_bytes'])} per "
                  f"{'process' if res.device == 'cpu' else 'GPU'} (pipeline rank {est['worst_rank']}; estimate.json)")
     lines.append(_saves(plan))
+    if cfg.launch.max_restarts:
+        lines.append(f"  restarts: up to {cfg.launch.max_restarts}, from the newest complete checkpoint, after a rank "
+                     "killed by a signal or a timeout (launch.max_restarts)")
     lines += _modelopt_lines(cfg)
     if res.notes and cfg.launch.verbose:
         lines += [f"  resolved: {note}" for note in res.notes]
@@ -122,9 +125,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moe-launch: dry run: nothing started; run it with: {executor.how_to_run(script)}")
         return 0
     try:
-        return executor.run(cfg, script)
+        rc = executor.run(cfg, script)
+        for n in range(1, cfg.launch.max_restarts + 1):
+            if rc == 0 or not _restart(cfg, composed, args, executor, run_dir, n):
+                break
+            rc = executor.run(cfg, run_dir / script.name)
+        return rc
     finally:
         lock.close()  # the kernel would drop it at exit anyway; closing says the run is over
+
+
+def _restart(cfg, composed, args, executor, run_dir: Path, n: int) -> bool:
+    """launch.max_restarts: re-plan from the newest checkpoint and write the next attempt, when the failure is one
+    a restart can fix (launcher/run/restart.py); False (and one line why) when the run ends here."""
+    from launcher.plan.probe import detect
+    from launcher.run.registry import launch_plan
+    from launcher.run.restart import not_restarted, restart_reason
+    from launcher.run.rundir import write_run_dir
+    from launcher.run.rundir_lock import archive_attempt
+
+    why, resume = restart_reason(run_dir), _resume_point(cfg, run_dir)
+    if why is None or resume is None:
+        what = f"the failure is {not_restarted(run_dir)}" if why is None else "there is no complete checkpoint"
+        print(f"moe-launch: not restarting: {what} (launch.max_restarts restarts after a rank killed by a "
+              "signal or a timeout, from a complete checkpoint)", file=sys.stderr)
+        return False
+    try:
+        plan = launch_plan(cfg, detect(), run_dir=run_dir, resume=resume)
+        entry_text = executor.render(cfg, plan, run_dir)
+        archived = archive_attempt(run_dir)
+        script = write_run_dir(run_dir, composed, plan, executor.workdir(cfg), args)
+        executor.write_entry(run_dir, entry_text, script)
+    except ConfigError as e:
+        print(f"moe-launch: not restarting: {e}", file=sys.stderr)
+        return False
+    print(f"moe-launch: restart {n}/{cfg.launch.max_restarts}: {why}; the failed attempt is in {archived}; "
+          f"resuming from iteration {resume.iteration}", file=sys.stderr)
+    return True
 
 
 def _resume_point(cfg: "RunConfig", run_dir: Path) -> "Optional[ResumePoint]":

@@ -429,6 +429,9 @@ class LaunchConfig:
     """Also run Megatron's own validator on the generated argv at the real world size."""
     skip_memory_check: bool = False
     """Launch even when the estimated peak memory (launcher/plan/estimate_memory.py) exceeds the device."""
+    max_restarts: int = 0
+    """After a failure a restart can fix (a rank killed by a signal, a collective timeout), relaunch from the
+    newest complete checkpoint, at most this many times, each a new attempt (launcher/run/restart.py); 0 = never."""
     verbose: bool = False
     """Show every line the ranks print live (MOE_VERBOSE=1 too); otherwise the console has the plan, one
     status line and the outcome, and everything else is in train.log."""

@@ -40,7 +40,7 @@ from launcher.plan.rules.parallel import (check_batch, check_context_parallel, c
                                           check_sequence_parallel, check_vpp, check_world_dense,
                                           check_world_expert)
 from launcher.plan.rules.train import (check_checkpoint, check_cpu_run, check_kernel_profile, check_loggers,
-                                       check_lr_schedule, check_seq_vs_positions)
+                                       check_lr_schedule, check_restarts, check_seq_vs_positions)
 from launcher.plan.rules.values import VALUE_RULES, check_profile_ranks
 from launcher.plan.tuned import tuned_config
 
@@ -54,7 +54,7 @@ RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     check_recompute_prerequisites, check_dispatcher, *DISPATCHER_RULES, check_router, check_precision,
     check_fp8_hardware, check_optimizer_offload, check_overlap, check_ep_overlap_layout, check_ep_overlap_conflicts,
     check_cuda_graphs, check_torch_grouped_gemm, check_kernel_profile, check_profile_ranks, check_cpu_run,
-    check_checkpoint, *MOE_RULES, check_loggers, *DATA_RULES,
+    check_checkpoint, check_restarts, *MOE_RULES, check_loggers, *DATA_RULES,
     check_gated_delta_net_mtp, *MODELOPT_RULES,
     check_memory_fits,
 )

@@ -98,3 +98,16 @@ def check_checkpoint(cfg: RunConfig, res: Resolved) -> None:
     if t.distributed_timeout_minutes is not None and t.distributed_timeout_minutes < 1:
         raise ConfigError("train.distributed_timeout_minutes", t.distributed_timeout_minutes,
                           "must be at least 1 minute", "set it to 1 or more, or null (5 smoke/CPU, 30 real runs)")
+
+
+def check_restarts(cfg: RunConfig, res: Resolved) -> None:
+    """launch.max_restarts relaunches from the newest complete checkpoint: without checkpoints it would start
+    the run over (launcher/run/restart.py)."""
+    n, ck = cfg.launch.max_restarts, cfg.train.checkpoint
+    if n < 0:
+        raise ConfigError("launch.max_restarts", n, "must be 0 (never) or a positive count", "set it to 0 or more")
+    if n and not (ck.enabled and ck.resume):
+        off = "train.checkpoint.enabled" if not ck.enabled else "train.checkpoint.resume"
+        raise ConfigError("launch.max_restarts", n, f"restarts resume from checkpoints, and {off}=false",
+                          f"set {off}=true, or launch.max_restarts=0")
+
