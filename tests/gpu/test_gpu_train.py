@@ -2,6 +2,7 @@
 real and reads the run directory it wrote."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -50,14 +51,22 @@ def test_tiny_moe_trains_on_one_gpu_with_transformer_engine(tmp_path):
     # EP all-to-all overlap: Megatron's combined 1F1B schedule asks the forward step for a schedule plan
     # (GBS 8 = 2 micro batches per rank: one's dispatch/combine runs beside the other's compute)
     ["dispatcher.overlap_moe_expert_parallel_comm=true", "train.global_batch_size=8"],
-], ids=["alltoall", "a2a_overlap"])
+    # the flex dispatcher with DeepEP's kernels and with HybridEP's (issue 16): needs a deep_ep build matching
+    # megatron-core 0.19.2 (container/README.md); both measured in perf_results/README.md "Dispatchers"
+    ["dispatcher=deepep"],
+    ["dispatcher=hybridep"],
+], ids=["alltoall", "a2a_overlap", "deepep", "hybridep"])
 def test_qwen3_shape_ep2_trains_on_two_gpus(tmp_path, extra):
+    if any(e.startswith("dispatcher=") for e in extra) and importlib.util.find_spec("deep_ep") is None:
+        pytest.skip("deep_ep is not installed here")
     rc, run_dir, out = _launch(tmp_path, "model=qwen3_30b_a3b", "model.num_layers=2", "parallel=ep2",
                                "train.seq_length=1024", "train.global_batch_size=4", "train.train_iters=5",
                                "cluster.gpus_per_node=2", *extra)
     assert rc == 0, out[-3000:]
     record = _record(run_dir)
     assert record["iterations"]["logged"] == 5 and record["steady_state"]["tflops_per_gpu"]["median"] > 0
+    if extra[:1] in (["dispatcher=deepep"], ["dispatcher=hybridep"]):  # what ran is what was asked, no fallback
+        assert record["dispatcher"] == extra[0].split("=")[1] and record["versions"]["deep_ep"], record["versions"]
 
 
 @pytest.mark.skipif("_gpus() < 1")
