@@ -94,18 +94,25 @@ def do_import(hf_dir: str, out: str, args) -> None:
           "parameters)", flush=True)
 
 
-def _calibration_batches(args, prefix: str, samples: int):
-    """`samples` sequences of args.seq_length + 1 tokens from the user's indexed data, in file order (PTQ sees
-    real text; the order does not matter for amax calibration)."""
+def token_sequences(args, prefix: str, samples: int):
+    """`samples` sequences of args.seq_length + 1 tokens from the user's indexed data, documents concatenated in
+    file order (PTQ calibration sees real text, the order does not matter for amax; the comparison of
+    recipes/convert_check.py needs the same tokens for both models, nothing more)."""
     import numpy as np
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     ds = IndexedDataset(prefix)
-    tokens = np.concatenate([ds[i] for i in range(len(ds)) if len(ds[i])][: max(samples * 4, 16)])
     need = args.seq_length + 1
+    chunks, have = [], 0
+    for i in range(len(ds)):
+        if have >= samples * need:
+            break
+        chunks.append(ds[i])
+        have += len(ds[i])
+    tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
     n = min(samples, len(tokens) // need)
     if n == 0:
-        raise ConvertError(f"--calib-data={prefix}: {len(tokens)} tokens, fewer than one sequence of {need} "
+        raise ConvertError(f"{prefix}: {len(tokens)} tokens, fewer than one sequence of {need} "
                            "(train.seq_length + 1). Fix: prepare more text, or a shorter train.seq_length")
     return [tokens[i * need:(i + 1) * need].astype(np.int64) for i in range(n)]
 
@@ -129,7 +136,7 @@ def _forward_loop(args, batches):
 def quantize(model, args, quant: str, calib_data: str, samples: int) -> None:
     import modelopt.torch.quantization as mtq
 
-    batches = _calibration_batches(args, calib_data, samples)
+    batches = token_sequences(args, calib_data, samples)
     mtq.quantize(model, getattr(mtq, QUANT_CONFIGS[quant]), _forward_loop(args, batches))
     print(f"recipes.convert: {quant} post-training quantization calibrated on {len(batches)} sequences of "
           f"{args.seq_length} tokens from {calib_data}", flush=True)

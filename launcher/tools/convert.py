@@ -3,6 +3,8 @@
 usage: moe-convert import --hf DIR_OR_REPO --out DIR [group=option ...] [key.path=value ...]
        moe-convert export --ckpt RUN_OR_CKPT_DIR [--iteration N] --out DIR
                           [--quant fp8|nvfp4 --calib-data PREFIX [--calib-samples N]] [key.path=value ...]
+       moe-convert compare --hf HF_DIR --ckpt RUN_OR_CKPT_DIR [--iteration N] --data PREFIX [--samples N]
+                           [--json FILE]
   e.g. moe-convert import --hf /models/Qwen3-30B-A3B --out /ckpt/qwen3-30b model=qwen3_30b_a3b
        moe-launch model=qwen3_30b_a3b parallel=ep8 train.checkpoint.init_from=/ckpt/qwen3-30b ...
        moe-convert export --ckpt runs/qwen3_30b_a3b-20261130-120000 --out /models/mine-fp8 --quant fp8 \
@@ -18,6 +20,9 @@ export reads the run's plan.json (next to its checkpoints/), loads the newest co
 at one process whatever layout wrote it, optionally quantizes it (post-training quantization calibrated on
 --calib-samples sequences of the indexed data at PREFIX, e.g. from moe-prepare-data) and writes a Hugging Face
 checkpoint (BF16 safetensors + config.json; quantized: hf_quant_config.json too) into --out.
+compare runs the same held-out token sequences through the Megatron checkpoint and through transformers with the
+HF checkpoint (an FP8 export dequantized) and prints next-token accuracy and loss of both, their top-1 agreement
+and the largest logit difference (recipes/convert_check.py; JSON in --json, default HF_DIR/compare.json).
 Families: Qwen3-MoE and Mixtral (launcher/tools/convert_hf.py). Exit status: 0 done, 2 bad input, 3 refused on
 the compute side, other: the conversion failed (its log: DIR/convert.log).
 """
@@ -34,16 +39,18 @@ from typing import Optional
 
 from launcher.errors import ConfigError
 
-OPTIONS = {"import": ("--hf", "--out"), "export": ("--ckpt", "--iteration", "--out", "--quant", "--calib-data",
-                                                   "--calib-samples", "--plan")}
-REQUIRED = {"import": ("--hf", "--out"), "export": ("--ckpt", "--out")}
+OPTIONS = {"import": ("--hf", "--out"),
+           "export": ("--ckpt", "--iteration", "--out", "--quant", "--calib-data", "--calib-samples", "--plan"),
+           "compare": ("--hf", "--ckpt", "--iteration", "--data", "--samples", "--json", "--plan")}
+REQUIRED = {"import": ("--hf", "--out"), "export": ("--ckpt", "--out"), "compare": ("--hf", "--ckpt", "--data")}
 NEEDS = ("modelopt", "requests", "huggingface_hub", "transformers", "safetensors")  # the `modelopt` extra
 
 
 def parse(args: list[str]) -> tuple[str, dict, list[str]]:
     """(direction, options, Hydra overrides)."""
     if not args or args[0] not in OPTIONS:
-        raise ConfigError("moe-convert", args[0] if args else None, "needs a direction first: import or export",
+        raise ConfigError("moe-convert", args[0] if args else None,
+                          "needs a direction first: import, export or compare",
                           "moe-convert import --hf DIR --out DIR ... | moe-convert export --ckpt DIR --out DIR")
     direction, opts, rest = args[0], {}, []
     it = iter(args[1:])
@@ -80,15 +87,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_recipe(argv: list[str], env: dict, log: Path) -> int:
-    """python -m recipes.convert as rank 0 of 1; its output goes to `log`, its own lines are shown."""
+def run_recipe(entry: str, argv: list[str], env: dict, log: Path) -> int:
+    """python -m <entry> as rank 0 of 1; its output goes to `log`, its own lines are shown."""
     env = {**os.environ, **env, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
-        proc = subprocess.run([sys.executable, "-m", "recipes.convert", *argv], stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.run([sys.executable, "-m", entry, *argv], stdout=out, stderr=subprocess.STDOUT,
                               env=env, cwd=Path(__file__).resolve().parents[2])
     lines = log.read_text(errors="replace").splitlines()
-    shown = [ln for ln in lines if ln.startswith("recipes.convert")]
+    shown = [ln for ln in lines if ln.startswith(entry)]
     for line in shown:
         print(line, file=sys.stderr if ": error:" in line else sys.stdout)
     if proc.returncode not in (0, 3):
@@ -107,7 +114,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         direction, opts, overrides = parse(args)
         check_extra()
-        job = (convert_io.prepare_import if direction == "import" else convert_io.prepare_export)(opts, overrides)
+        prepare = {"import": convert_io.prepare_import, "export": convert_io.prepare_export,
+                   "compare": convert_io.prepare_compare}[direction]
+        job = prepare(opts, overrides)
     except convert_io.Mismatches as e:
         for err in e.errors:
             print(f"moe-convert: error: {err}", file=sys.stderr)
@@ -119,7 +128,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"moe-convert: {line}")
     job.out.mkdir(parents=True, exist_ok=True)
     try:
-        rc = run_recipe(job.recipe_argv, job.env, job.out / "convert.log")
+        rc = run_recipe(job.entry, job.recipe_argv, job.env, job.out / job.log_name)
         if rc == 0:
             job.finish()
     finally:

@@ -44,6 +44,8 @@ class Job:
     lines: list[str]
     next_step: str = ""
     scratch: Optional[Path] = None
+    entry: str = "recipes.convert"
+    log_name: str = "convert.log"
     finish: Callable[[], None] = field(default=lambda: None)
 
 
@@ -155,7 +157,8 @@ def prepare_import(opts: dict, overrides: list[str]) -> Job:
     argv = ["import", str(hf), str(out), "--", *plan.argv, "--save", str(out), "--save-interval", "1"]
 
     def finish() -> None:
-        json_dump(out / RECORD, {"direction": "import", "source": opts["--hf"], "hf_dir": str(hf),
+        json_dump(out / RECORD, {"direction": "import", "moe_launch": ["moe-convert", *overrides],
+                                 "source": opts["--hf"], "hf_dir": str(hf),
                                  "architecture": arch, "model": dataclasses.asdict(cfg.model),
                                  "padded_vocab": cfg.model.vocab_size, "argv": plan.argv})
     res = plan.resolved
@@ -168,8 +171,9 @@ def prepare_import(opts: dict, overrides: list[str]) -> Job:
 # ---------------------------------------------------------------------------------------------------- export
 
 def find_plan(ckpt: Path, plan_opt: Optional[str]) -> tuple[Path, dict]:
-    """plan.json: --plan, else in --ckpt (a run directory), else next to it (--ckpt is <run_dir>/checkpoints)."""
-    candidates = [Path(plan_opt)] if plan_opt else [ckpt / "plan.json", ckpt.parent / "plan.json"]
+    """plan.json: --plan, else in --ckpt (a run directory), else next to it (--ckpt is <run_dir>/checkpoints);
+    an imported checkpoint's convert.json says the same (its overrides and argv)."""
+    candidates = [Path(plan_opt)] if plan_opt else [ckpt / "plan.json", ckpt.parent / "plan.json", ckpt / RECORD]
     for path in candidates:
         if path.is_file():
             try:
@@ -279,9 +283,8 @@ def _config_dir(cfg: RunConfig, arch: str) -> Path:
     return d
 
 
-def prepare_export(opts: dict, overrides: list[str]) -> Job:
-    out = Path(opts["--out"]).absolute()
-    check_out(out)
+def _trained(opts: dict, overrides: list[str]):
+    """The checkpoint to read and the world-1 plan of the model that wrote it (export and compare)."""
     ckpt = Path(opts["--ckpt"]).absolute()
     plan_path, record = find_plan(ckpt, opts.get("--plan"))
     ckpt_dir = checkpoint_dir(ckpt, record)
@@ -293,13 +296,42 @@ def prepare_export(opts: dict, overrides: list[str]) -> Job:
         raise Mismatches(errors)
     one, plan = plan_world_one(cfg)
     check_same_model(record.get("argv", []), plan.argv, plan_path)
+    load = ["--load", str(ckpt_dir), "--ckpt-step", str(iteration), "--no-load-optim", "--no-load-rng",
+            "--exit-on-missing-checkpoint"]  # without it Megatron would export a random initialization
+    return cfg, arch, plan, ckpt_dir, iteration, load
+
+
+def prepare_export(opts: dict, overrides: list[str]) -> Job:
+    out = Path(opts["--out"]).absolute()
+    check_out(out)
+    cfg, arch, plan, ckpt_dir, iteration, load = _trained(opts, overrides)
     check_quant(opts, plan.resolved.device)
     config_dir = _config_dir(cfg, arch)
     quant = ["--quant", opts["--quant"], "--calib-data", opts["--calib-data"],
              "--calib-samples", opts.get("--calib-samples", "64")] if opts.get("--quant") else []
-    argv = ["export", str(config_dir), str(out), *quant, "--", *plan.argv, "--load", str(ckpt_dir), "--ckpt-step",
-            str(iteration), "--no-load-optim", "--no-load-rng", "--exit-on-missing-checkpoint"]
+    argv = ["export", str(config_dir), str(out), *quant, "--", *plan.argv, *load]
     what = f"{opts['--quant']} (calibrated on {opts['--calib-data']})" if quant else "bf16"
     return Job(recipe_argv=argv, env=plan.env, out=out, scratch=config_dir,
                lines=[f"export {ckpt_dir} iteration {iteration} ({cfg.model.name}) as {arch}, {what}, "
                       f"on 1 x {plan.resolved.device}"])
+
+
+def prepare_compare(opts: dict, overrides: list[str]) -> Job:
+    """Both models on the same held-out tokens (recipes/convert_check.py); the result goes to --json (default
+    <hf>/compare.json), the log next to it."""
+    hf = Path(opts["--hf"]).absolute()
+    if not (hf / "config.json").is_file():
+        raise ConfigError("--hf", str(hf), "has no config.json", "point it at a moe-convert export (or any HF dir)")
+    from launcher.records.indexed import IndexedDataError, read_idx
+
+    try:
+        read_idx(opts["--data"])
+    except IndexedDataError as e:
+        raise ConfigError("--data", opts["--data"], str(e), "prepare held-out text with moe-prepare-data") from None
+    cfg, arch, plan, ckpt_dir, iteration, load = _trained(opts, overrides)
+    out = Path(opts.get("--json", hf / "compare.json")).absolute()
+    argv = [str(hf), str(out), "--data", opts["--data"], "--samples", opts.get("--samples", "16"), "--",
+            *plan.argv, *load]
+    return Job(recipe_argv=argv, env=plan.env, out=out.parent, entry="recipes.convert_check",
+               log_name="compare.log", lines=[f"compare {hf} with {ckpt_dir} iteration {iteration} on "
+                                              f"{opts['--data']}, 1 x {plan.resolved.device}"])
