@@ -19,9 +19,11 @@ Exit status: 0 done, 3 refused (one line on stderr: what, why, fix).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 QUANT_CONFIGS = {"fp8": "FP8_DEFAULT_CFG", "nvfp4": "NVFP4_DEFAULT_CFG"}
 
@@ -142,12 +144,24 @@ def quantize(model, args, quant: str, calib_data: str, samples: int) -> None:
           f"{args.seq_length} tokens from {calib_data}", flush=True)
 
 
+def _vocab_as_built(config: Path, rows: int) -> None:
+    """config.json's vocab_size = the embedding's rows. With a Hugging Face tokenizer Megatron sizes the
+    vocabulary from the tokenizer (padded), not from model.vocab_size, which the launcher wrote there."""
+    cfg = json.loads(config.read_text())
+    if cfg.get("vocab_size") != rows:
+        print(f"recipes.convert: vocab_size {cfg.get('vocab_size')} -> {rows} (the embedding Megatron built)",
+              flush=True)
+        cfg["vocab_size"] = rows
+        config.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
 def do_export(hf_config: str, out: str, args, opts: argparse.Namespace) -> None:
     from megatron.training.checkpointing import load_checkpoint
     from modelopt.torch.export import export_mcore_gpt_to_hf
 
     models, model = _build_model(args)
     iteration, _ = load_checkpoint(models, None, None, strict=True)
+    _vocab_as_built(Path(hf_config) / "config.json", args.padded_vocab_size)
     if opts.quant:
         quantize(model, args, opts.quant, opts.calib_data, opts.calib_samples)
     export_mcore_gpt_to_hf(model, hf_config, dtype=_dtype(args), export_dir=out,

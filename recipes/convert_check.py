@@ -47,6 +47,9 @@ def dequantized_copy(src: Path, dst: Path) -> Path:
         if name.endswith((".input_scale", ".weight_scale", "_scale")) and not name.endswith(".weight"):
             continue  # scales: applied below (weights) or an inference engine's business (activations)
         scale = tensors.get(name[: -len("weight")] + "weight_scale") if name.endswith(".weight") else None
+        if name.endswith(".weight") and t.dtype == torch.uint8:
+            raise ValueError(f"{name} is packed FP4 (NVFP4): transformers 5.17 cannot run it and this check "
+                             "dequantizes FP8 only; serve it with TensorRT-LLM, vLLM or SGLang")
         if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
             if scale is None:
                 raise ValueError(f"{name} is FP8 without a weight_scale: not modelopt's per-tensor FP8 format")
@@ -106,7 +109,8 @@ def compare(ours: list, theirs: list, sequences) -> dict:
     return {"sequences": len(sequences), "tokens": int(ids[:, 1:].numel()),
             "megatron": _metrics(a, ids), "hf": _metrics(b, ids),
             "top1_agreement": (a[:, :-1].argmax(-1) == b[:, :-1].argmax(-1)).float().mean().item(),
-            "max_abs_logit_diff": (a - b).abs().max().item(), "logit_std": b.std().item()}
+            "max_abs_logit_diff": (a - b).abs().max().item(), "mean_abs_logit_diff": (a - b).abs().mean().item(),
+            "logit_std": b.std().item()}
 
 
 def read_sequences(prefix: str, seq_length: int, samples: int) -> list:
@@ -141,7 +145,11 @@ def main(argv: list[str]) -> int:
     hf_dir = Path(opts.hf)
     with tempfile.TemporaryDirectory() as tmp:
         if (hf_dir / "hf_quant_config.json").is_file():
-            hf_dir = dequantized_copy(hf_dir, Path(tmp) / "bf16")
+            try:
+                hf_dir = dequantized_copy(hf_dir, Path(tmp) / "bf16")
+            except ValueError as e:
+                print(f"recipes.convert_check: error: {e}", file=sys.stderr, flush=True)
+                return 3
         theirs = hf_logits(hf_dir, sequences, device)
     args, on_cpu = _megatron(megatron_argv)
     from megatron.training.checkpointing import load_checkpoint

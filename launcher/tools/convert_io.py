@@ -71,7 +71,9 @@ def world_one(cfg: RunConfig, gpus: int) -> RunConfig:
     # the conversion runs here, whatever executor trained: a local cluster of one process on this machine's device
     cluster = ClusterConfig(device=Device.cuda if gpus else Device.cpu, gpus_per_node=1 if gpus else None,
                             nproc_cpu=1, env=dict(cfg.cluster.env), secret_names=list(cfg.cluster.secret_names))
-    launch = c(cfg.launch, dry_run=True, skip_memory_check=True)  # no optimizer is built: the estimate overcounts
+    # no optimizer is built (the memory estimate overcounts); Megatron validates this argv at this world size in the
+    # recipe itself (parse_and_validate_args), so its validator here would only repeat that
+    launch = c(cfg.launch, dry_run=True, skip_memory_check=True, megatron_validate=False)
     return c(cfg, model=model, parallel=parallel, precision=precision, train=train, cluster=cluster, launch=launch,
              dispatcher=type(cfg.dispatcher)(), recompute=type(cfg.recompute)())
 
@@ -189,11 +191,10 @@ def checkpoint_dir(ckpt: Path, plan: dict) -> Path:
     """The directory holding iter_*: --ckpt itself, or the run's save directory."""
     from launcher.run.resume import iterations
 
-    if iterations(ckpt):
-        return ckpt
     saved = (plan.get("checkpoint") or {}).get("save")
-    if saved and iterations(Path(saved)):
-        return Path(saved)
+    for d in (ckpt, ckpt / "checkpoints", *([Path(saved)] if saved else [])):
+        if iterations(d):
+            return d
     raise ConfigError("--ckpt", str(ckpt), "holds no iter_* checkpoint (nor does the run's train.save)",
                       "train with checkpoints (train.checkpoint.enabled=true) or point --ckpt at them")
 
@@ -246,7 +247,7 @@ def model_flags(argv: list[str]) -> dict[str, list[str]]:
     """The model-architecture flags of an argv (the flag table's model.* rows) with their values."""
     from launcher.plan.megatron.table import TABLE
 
-    wanted = {flag for name, flag, _ in TABLE if name.startswith("model.")} - {"--moe-grouped-gemm"}
+    wanted = {flag for name, flag, _ in TABLE if name.startswith("model.")} | {"--num-query-groups", "--vocab-size"}
     out: dict[str, list[str]] = {}
     for i, a in enumerate(argv):
         if a in wanted:

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Issue 19 on the GPU host (one H200): the 4-layer Qwen3-30B-A3B-shape proxy trained 200 steps on prepared text
+# (Python's standard library sources, a 32,768-token BPE tokenizer trained there, moe-prepare-data; a disjoint
+# set of files is the held-out text), its checkpoint exported to Hugging Face in BF16, FP8 and NVFP4 through
+# moe-convert (nvidia-modelopt), each export read by transformers on the GPU, and next-token accuracy on the
+# held-out text printed for transformers and for the Megatron model with the tolerance (moe-convert compare,
+# recipes/convert_check.py). About 6 minutes of GPU time.
+#
+# usage, where the package registry is (the GPU host has none):
+#   bash perf_results/gpu_host_issue19.sh stage      # -> .gpu-host/issue19/*.whl, copy them to /root/wh/issue19/
+# on the GPU host, from the repository root, after ../shared/gpu-host/README.md's staging:
+#   bash perf_results/gpu_host_issue19.sh run OUTDIR
+# Shows: "train rc=0" with the loss falling; then per export a line
+#   bf16: next-token accuracy megatron 0.xxxx hf 0.xxxx |diff| 0.000x <= 0.005: PASS
+#   fp8:  ... <= 0.02: PASS       nvfp4: ... <= 0.05, or the reason it cannot run on Hopper / be read by transformers
+# and OUTDIR/issue19.tar.gz (run directory, logs, compare JSONs, configs; no weights).
+set -uo pipefail
+mode=${1:?stage|run}
+# what recipes/convert.py, recipes/convert_check.py and moe-prepare-data import beyond torch and the base stage
+# (megatron-core, TE, hydra-core, omegaconf, pydantic): measured with sys.modules after those imports
+WHEELS=(nvidia-modelopt==0.47.0 transformers==5.17.0 tokenizers==0.23.3 safetensors==0.8.0 huggingface_hub==1.33.0
+        requests==2.34.2 urllib3==2.8.0 idna==3.20 certifi==2026.10.19.post1 charset-normalizer==3.5.3
+        httpx==0.28.1 httpcore==1.0.9 h11==0.16.0 anyio==4.16.0 regex==2026.11.19 tqdm==4.70.1 PyYAML==6.0.4
+        packaging==26.4 rich==15.0.0 Pygments==2.21.0 markdown-it-py==4.3.0 mdurl==0.1.2 click==8.5.1
+        typer==0.29.2 shellingham==1.5.4 nvidia-ml-py==13.615.71 PuLP==3.3.2 scipy==1.18.1 numpy==2.5.5
+        fsspec==2026.9.0 pyarrow==26.0.1 psutil==7.2.2)
+if [ "$mode" = stage ]; then
+  mkdir -p .gpu-host/issue19
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform any -d .gpu-host/issue19 "${WHEELS[@]}"
+  du -sh .gpu-host/issue19/*.whl | sort -h | tail -5; ls .gpu-host/issue19 | wc -l
+  exit 0
+fi
+out=${2:?OUTDIR}
+source /root/gpu-host.env
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+w=/tmp/i19
+mkdir -p "$out" "$w/train_txt" "$w/heldout_txt" "$w/data"
+if ! python3 -c "import modelopt.torch.export, transformers, huggingface_hub, requests" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site /root/wh/issue19/*.whl
+fi
+python3 -c "import modelopt, transformers; print('modelopt', modelopt.__version__, 'transformers', transformers.__version__)" \
+  || { echo "the issue-19 wheels are missing: see 'stage' above"; exit 1; }
+t0=$(date +%s)
+# text: the standard library, one document per file; every 10th file is held out
+py=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+find "$py" -maxdepth 2 -name '*.py' -size +1k | sort | head -1500 | nl -nln | while read -r i f; do
+  d=train_txt; [ $((i % 10)) = 0 ] && d=heldout_txt; cp "$f" "$w/$d/$(echo "$f" | md5sum | cut -c1-16).txt"; done
+python3 - "$w" <<'PY'
+import json, sys
+from pathlib import Path
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+w = Path(sys.argv[1])
+tok = Tokenizer(models.BPE())
+tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+tok.decoder = decoders.ByteLevel()
+tok.train([str(f) for f in sorted((w / "train_txt").iterdir())[:500]], trainers.BpeTrainer(
+    vocab_size=32768, special_tokens=["<|endoftext|>"], show_progress=False,
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+(w / "tok").mkdir(exist_ok=True)
+tok.save(str(w / "tok" / "tokenizer.json"))
+(w / "tok" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                             "eos_token": "<|endoftext|>"}))
+print("tokenizer", tok.get_vocab_size())
+PY
+for d in train heldout; do
+  python3 -m launcher.tools.prepare_data --input "$w/${d}_txt" --text-mode file --output-prefix "$w/data/$d" \
+    --tokenizer-model "$w/tok" --overwrite 2>&1 | tail -1
+done
+# 1. train: the 4-layer proxy on one GPU, checkpoints on (one save, at the end: 2.5B parameters with their Adam
+#    state are about 35 GB), seq 1024 and 8 sequences a step so that 200 steps take about 2 minutes
+q4=(model=qwen3_30b_a3b model.num_layers=4 model.vocab_size=32768 train=pretrain hardware=h200 cluster.gpus_per_node=1
+    data=indexed "data.paths=[$w/data/train]" "data.tokenizer_model=$w/tok" train.seq_length=1024
+    train.micro_batch_size=4 train.global_batch_size=8 train.train_iters=200 train.lr=6e-4 train.min_lr=6e-5
+    train.lr_warmup_iters=20 train.save_interval=1000 train.log_interval=20)
+python3 -m launcher "${q4[@]}" launch.run_dir=$w/runs/train > $w/train.out 2>&1; echo "train rc=$? ($(( $(date +%s) - t0 )) s)"
+grep -E "lm loss" $w/runs/train/train.log | sed -n '1p;$p' | grep -oE "iteration +[0-9]+/ +[0-9]+|lm loss: [0-9.E+-]+"
+# 2. exports and comparisons (16 held-out sequences of 1024 tokens = 16,368 predicted tokens)
+compare_run() {  # compare_run NAME TOLERANCE
+  python3 -m launcher.tools.convert compare --hf $w/hf_$1 --ckpt $w/runs/train --data $w/data/heldout --samples 16 \
+    --json $w/compare_$1.json > $w/compare_$1.out 2>&1; local rc=$?
+  if [ $rc = 0 ]; then python3 - "$w/compare_$1.json" "$1" "$2" <<'PY'
+import json, sys
+r, name, tol = json.load(open(sys.argv[1])), sys.argv[2], float(sys.argv[3])
+m, h = r["megatron"]["next_token_accuracy"], r["hf"]["next_token_accuracy"]
+print(f"{name}: next-token accuracy megatron {m:.4f} hf {h:.4f} |diff| {abs(m - h):.4f} <= {tol}: "
+      f"{'PASS' if abs(m - h) <= tol else 'FAIL'} (loss megatron {r['megatron']['loss']:.4f} hf {r['hf']['loss']:.4f}, "
+      f"top-1 agreement {r['top1_agreement']:.4f}, {r['tokens']} tokens)")
+PY
+  else echo "$1: compare rc=$rc: $(grep -E 'error' $w/compare_$1.out | tail -1)"; fi
+}
+python3 -m launcher.tools.convert export --ckpt $w/runs/train --out $w/hf_bf16 > $w/export_bf16.out 2>&1
+echo "export bf16 rc=$? ($(( $(date +%s) - t0 )) s)"; compare_run bf16 0.005
+python3 -m launcher.tools.convert export --ckpt $w/runs/train --out $w/hf_fp8 --quant fp8 --calib-data $w/data/train \
+  --calib-samples 32 > $w/export_fp8.out 2>&1; echo "export fp8 rc=$? ($(( $(date +%s) - t0 )) s)"; compare_run fp8 0.02
+python3 -m launcher.tools.convert export --ckpt $w/runs/train --out $w/hf_nvfp4 --quant nvfp4 --calib-data $w/data/train \
+  --calib-samples 32 > $w/export_nvfp4.out 2>&1; rc=$?; echo "export nvfp4 rc=$rc ($(( $(date +%s) - t0 )) s)"
+[ $rc = 0 ] && compare_run nvfp4 0.05 || tail -3 $w/export_nvfp4.out
+for d in bf16 fp8 nvfp4; do [ -d $w/hf_$d ] && echo "$d: $(du -sh $w/hf_$d | cut -f1) $(cat $w/hf_$d/hf_quant_config.json 2>/dev/null | tr -d ' \n' | cut -c1-160)"; done
+# 3. transformers generates from the BF16 export with its tokenizer (the export is a plain HF directory)
+python3 - "$w/hf_bf16" <<'PY' 2>&1 | tail -2
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16).cuda().eval()
+ids = tok("import os\nimport sys\n\n\ndef ", return_tensors="pt").input_ids.cuda()
+print("generate:", repr(tok.decode(m.generate(ids, max_new_tokens=24, do_sample=False)[0])))
+PY
+echo "total $(( $(date +%s) - t0 )) s"
+tar czf "$out/issue19.tar.gz" --exclude='*.safetensors' --exclude='*.distcp' --exclude='*.bin' -C "$w" \
+  runs train.out export_bf16.out export_fp8.out export_nvfp4.out $(cd $w && ls compare_* hf_*/config.json \
+  hf_*/hf_quant_config.json hf_*/convert.log 2>/dev/null)
