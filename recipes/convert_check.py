@@ -131,7 +131,33 @@ def read_sequences(prefix: str, seq_length: int, samples: int) -> list:
     return [tokens[i * need:(i + 1) * need].astype(np.int64) for i in range(n)]
 
 
+def _hf_side(hf_dirs: list[str], sequences, device) -> dict:
+    """Logits of every HF directory (an FP8 export dequantized first); an unreadable one maps to its reason."""
+    out: dict = {}
+    for d in hf_dirs:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(d)
+            try:
+                if (path / "hf_quant_config.json").is_file():
+                    path = dequantized_copy(path, Path(tmp) / "bf16")
+            except ValueError as e:
+                out[d] = str(e)
+                continue
+            out[d] = hf_logits(path, sequences, device)
+    return out
+
+
+def _line(name: str, r: dict) -> str:
+    m, h = r["megatron"], r["hf"]
+    return (f"recipes.convert_check: {name}: {r['tokens']} tokens: next-token accuracy megatron "
+            f"{m['next_token_accuracy']:.4f} hf {h['next_token_accuracy']:.4f}, loss megatron {m['loss']:.4f} "
+            f"hf {h['loss']:.4f}, top-1 agreement {r['top1_agreement']:.4f}, max |logit diff| "
+            f"{r['max_abs_logit_diff']:.4f} (mean {r['mean_abs_logit_diff']:.4f})")
+
+
 def main(argv: list[str]) -> int:
+    """HF_DIR and JSON_OUT may be comma-separated lists (one JSON per HF directory): the Megatron model is
+    built and run once for all of them."""
     opts, megatron_argv = _options(argv)
     from recipes import hf_families
     from recipes.convert import _build_model, _megatron
@@ -142,30 +168,26 @@ def main(argv: list[str]) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seq_length = int(megatron_argv[megatron_argv.index("--seq-length") + 1])
     sequences = read_sequences(opts.data, seq_length, opts.samples)
-    hf_dir = Path(opts.hf)
-    with tempfile.TemporaryDirectory() as tmp:
-        if (hf_dir / "hf_quant_config.json").is_file():
-            try:
-                hf_dir = dequantized_copy(hf_dir, Path(tmp) / "bf16")
-            except ValueError as e:
-                print(f"recipes.convert_check: error: {e}", file=sys.stderr, flush=True)
-                return 3
-        theirs = hf_logits(hf_dir, sequences, device)
+    hf_dirs, outs = opts.hf.split(","), opts.json_out.split(",")
+    theirs = _hf_side(hf_dirs, sequences, device)  # first: see hf_logits
     args, on_cpu = _megatron(megatron_argv)
     from megatron.training.checkpointing import load_checkpoint
 
     models, _ = _build_model(args)
     load_checkpoint(models, None, None, strict=True)
-    result = compare(megatron_logits(models, sequences, device), theirs, sequences)
-    result.update({"hf_dir": opts.hf, "checkpoint": args.load, "iteration": args.ckpt_step,
-                   "quantized": (Path(opts.hf) / "hf_quant_config.json").is_file()})
-    Path(opts.json_out).write_text(json.dumps(result, indent=2) + "\n")
-    m, h = result["megatron"], result["hf"]
-    print(f"recipes.convert_check: {result['tokens']} tokens: next-token accuracy megatron "
-          f"{m['next_token_accuracy']:.4f} hf {h['next_token_accuracy']:.4f}, loss megatron {m['loss']:.4f} "
-          f"hf {h['loss']:.4f}, top-1 agreement {result['top1_agreement']:.4f}, max |logit diff| "
-          f"{result['max_abs_logit_diff']:.4f}", flush=True)
-    return 0
+    ours = megatron_logits(models, sequences, device)
+    failed = 0
+    for d, out in zip(hf_dirs, outs):
+        if isinstance(theirs[d], str):
+            print(f"recipes.convert_check: error: {theirs[d]}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        result = compare(ours, theirs[d], sequences)
+        result.update({"hf_dir": d, "checkpoint": args.load, "iteration": args.ckpt_step,
+                       "quantized": (Path(d) / "hf_quant_config.json").is_file()})
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(_line(Path(d).name, result), flush=True)
+    return 3 if failed else 0
 
 
 if __name__ == "__main__":

@@ -318,21 +318,27 @@ def prepare_export(opts: dict, overrides: list[str]) -> Job:
 
 
 def prepare_compare(opts: dict, overrides: list[str]) -> Job:
-    """Both models on the same held-out tokens (recipes/convert_check.py); the result goes to --json (default
-    <hf>/compare.json), the log next to it."""
-    hf = Path(opts["--hf"]).absolute()
-    if not (hf / "config.json").is_file():
-        raise ConfigError("--hf", str(hf), "has no config.json", "point it at a moe-convert export (or any HF dir)")
+    """Both models on the same held-out tokens (recipes/convert_check.py); --hf may list several directories
+    (comma-separated: the Megatron model runs once); each result goes to its --json (default <hf>/compare.json),
+    the log next to the first."""
+    hfs = [Path(h).absolute() for h in opts["--hf"].split(",")]
+    for hf in hfs:
+        if not (hf / "config.json").is_file():
+            raise ConfigError("--hf", str(hf), "has no config.json", "point it at a moe-convert export (or any HF dir)")
     from launcher.records.indexed import IndexedDataError, read_idx
 
     try:
         read_idx(opts["--data"])
     except IndexedDataError as e:
         raise ConfigError("--data", opts["--data"], str(e), "prepare held-out text with moe-prepare-data") from None
+    outs = [Path(o).absolute() for o in opts["--json"].split(",")] if "--json" in opts else \
+        [hf / "compare.json" for hf in hfs]
+    if len(outs) != len(hfs):
+        raise ConfigError("--json", opts["--json"], f"names {len(outs)} files for {len(hfs)} --hf directories",
+                          "give one JSON path per HF directory, comma-separated")
     cfg, arch, plan, ckpt_dir, iteration, load = _trained(opts, overrides)
-    out = Path(opts.get("--json", hf / "compare.json")).absolute()
-    argv = [str(hf), str(out), "--data", opts["--data"], "--samples", opts.get("--samples", "16"), "--",
-            *plan.argv, *load]
-    return Job(recipe_argv=argv, env=plan.env, out=out.parent, entry="recipes.convert_check",
-               log_name="compare.log", lines=[f"compare {hf} with {ckpt_dir} iteration {iteration} on "
-                                              f"{opts['--data']}, 1 x {plan.resolved.device}"])
+    argv = [",".join(map(str, hfs)), ",".join(map(str, outs)), "--data", opts["--data"],
+            "--samples", opts.get("--samples", "16"), "--", *plan.argv, *load]
+    return Job(recipe_argv=argv, env=plan.env, out=outs[0].parent, entry="recipes.convert_check",
+               log_name="compare.log", lines=[f"compare {', '.join(map(str, hfs))} with {ckpt_dir} iteration "
+                                              f"{iteration} on {opts['--data']}, 1 x {plan.resolved.device}"])

@@ -215,3 +215,34 @@ def test_export_finds_the_newest_complete_checkpoint_and_plan(tmp_path):
     assert path == run / "plan.json"
     ckpt = convert_io.checkpoint_dir(run, record)
     assert ckpt == run / "checkpoints" and convert_io.pick_iteration(ckpt, None) == 10
+
+
+def test_compare_refusals_are_one_line_each(tmp_path, capsys):
+    run = _run_dir(tmp_path, TINY_QWEN)
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "config.json").write_text("{}")
+    cases = [
+        (["--hf", str(tmp_path / "nothing"), "--data", "x"], "has no config.json"),
+        (["--hf", str(tmp_path / "a"), "--data", str(tmp_path / "missing")], "--data="),
+    ]
+    for extra, what in cases:
+        assert convert.main(["compare", "--ckpt", str(run), *extra]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and what in err[0], (extra, err)
+    with pytest.raises(ConfigError, match="names 1 files for 2 --hf directories"):
+        convert_io.prepare_compare({"--ckpt": str(run), "--hf": f"{tmp_path / 'a'},{tmp_path / 'b'}",
+                                    "--data": str(_indexed(tmp_path)), "--json": "one.json"}, [])
+
+
+def _indexed(tmp_path: Path) -> Path:
+    """A valid Megatron .bin/.idx pair (launcher/records/indexed.py reads its header)."""
+    import numpy as np
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    prefix = tmp_path / "tokens"
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.int32)
+    builder.add_document(torch.arange(10, dtype=torch.int32), [10])
+    builder.finalize(f"{prefix}.idx")
+    return prefix
