@@ -181,9 +181,13 @@ def main(argv: list[str]) -> int:
         if opts.quant == "nvfp4" and on_cpu:
             raise ConvertError("--quant=nvfp4: NVFP4 fake quantization runs modelopt's CUDA kernels; this machine "
                                "has no GPU. Fix: export on a GPU host, or --quant fp8")
+        from recipes import moe_keys
+
         if opts.direction == "import":
+            moe_keys.te_keys_for_local_moe_layers()  # the layout TE runs load (recipes/moe_keys.py)
             do_import(opts.hf, opts.out, args)
         else:
+            moe_keys.for_checkpoint(args.load, args.ckpt_step)
             do_export(opts.hf, opts.out, args, opts)
     except ConvertError as e:
         print(f"recipes.convert: error: {e}", file=sys.stderr, flush=True)

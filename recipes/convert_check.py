@@ -173,6 +173,10 @@ def main(argv: list[str]) -> int:
     args, on_cpu = _megatron(megatron_argv)
     from megatron.training.checkpointing import load_checkpoint
 
+    from recipes import moe_keys
+
+    moe_keys.for_checkpoint(args.load, args.ckpt_step)
+
     models, _ = _build_model(args)
     load_checkpoint(models, None, None, strict=True)
     ours = megatron_logits(models, sequences, device)
