@@ -7,7 +7,7 @@ usage: moe-convert import --hf DIR_OR_REPO --out DIR [group=option ...] [key.pat
                            [--json FILE]
   e.g. moe-convert import --hf /models/Qwen3-30B-A3B --out /ckpt/qwen3-30b model=qwen3_30b_a3b
        moe-launch model=qwen3_30b_a3b parallel=ep8 train.checkpoint.init_from=/ckpt/qwen3-30b ...
-       moe-convert export --ckpt runs/qwen3_30b_a3b-20261130-120000 --out /models/mine-fp8 --quant fp8 \
+       moe-convert export --ckpt runs/qwen3_30b_a3b-20261130-120000 --out /models/mine-fp8 --quant fp8 \\
            --calib-data /data/corpus_text_document
 
 import composes the config exactly as moe-launch does, checks the HF config.json against the model (one line per
@@ -135,7 +135,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if job.scratch:
             shutil.rmtree(job.scratch, ignore_errors=True)
     if rc == 0:
-        print(f"moe-convert: wrote {job.out}{job.next_step}")
+        print(f"moe-convert: {job.done or f'wrote {job.out}'}{job.next_step}")
     return rc
 
 

@@ -43,6 +43,7 @@ class Job:
     out: Path
     lines: list[str]
     next_step: str = ""
+    done: str = ""
     scratch: Optional[Path] = None
     entry: str = "recipes.convert"
     log_name: str = "convert.log"
@@ -290,6 +291,9 @@ def _trained(opts: dict, overrides: list[str]):
     plan_path, record = find_plan(ckpt, opts.get("--plan"))
     ckpt_dir = checkpoint_dir(ckpt, record)
     iteration = pick_iteration(ckpt_dir, opts.get("--iteration"))
+    if "--use-megatron-fsdp" in record.get("argv", []):
+        raise ConfigError("--ckpt", str(ckpt_dir), "was written by Megatron FSDP (fsdp_dtensor format); moe-convert "
+                          "reshards torch_dist checkpoints", "export a run trained without parallel.use_megatron_fsdp")
     cfg = _compose([*record.get("moe_launch", ["moe-launch"])[1:], *overrides])
     arch = convert_hf.family_of(cfg.model)
     errors = convert_hf.mismatches(cfg.model, convert_hf.hf_config(cfg.model, arch), arch)
@@ -340,5 +344,6 @@ def prepare_compare(opts: dict, overrides: list[str]) -> Job:
     argv = [",".join(map(str, hfs)), ",".join(map(str, outs)), "--data", opts["--data"],
             "--samples", opts.get("--samples", "16"), "--", *plan.argv, *load]
     return Job(recipe_argv=argv, env=plan.env, out=outs[0].parent, entry="recipes.convert_check",
+               done=f"results in {', '.join(map(str, outs))}",
                log_name="compare.log", lines=[f"compare {', '.join(map(str, hfs))} with {ckpt_dir} iteration "
                                               f"{iteration} on {opts['--data']}, 1 x {plan.resolved.device}"])

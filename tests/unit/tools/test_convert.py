@@ -209,6 +209,14 @@ def test_export_refusals_are_one_line_each(tmp_path, capsys):
         assert len(err) == 1 and what in err[0] and fix in err[0], (extra, err)
 
 
+def test_megatron_fsdp_checkpoints_are_refused(tmp_path, capsys):
+    run = _run_dir(tmp_path, TINY_QWEN)
+    record = json.loads((run / "plan.json").read_text())
+    (run / "plan.json").write_text(json.dumps({**record, "argv": [*record["argv"], "--use-megatron-fsdp"]}))
+    assert convert.main(["export", "--ckpt", str(run), "--out", str(tmp_path / "out")]) == 2
+    assert "fsdp_dtensor format" in capsys.readouterr().err
+
+
 def test_export_finds_the_newest_complete_checkpoint_and_plan(tmp_path):
     run = _run_dir(tmp_path, TINY_QWEN)
     path, record = convert_io.find_plan(run / "checkpoints", None)  # --ckpt may be the checkpoints directory
