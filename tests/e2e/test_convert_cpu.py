@@ -34,8 +34,12 @@ SHAPE = ["model.num_layers=2", "model.hidden_size=64", "model.num_attention_head
 QWEN = ["model=tiny_moe", *SHAPE, "model.moe_ffn_hidden_size=32"]
 MIXTRAL = ["model=mixtral_8x7b", *SHAPE, "model.moe_ffn_hidden_size=32", "model.ffn_hidden_size=32",
            "model.max_position_embeddings=512"]
-# BF16 Megatron vs FP32 transformers on the same BF16-rounded weights, a model that predicts the pattern
-LOSS_ABS, ACC_ABS, AGREE_MIN = 0.02, 0.02, 0.98
+# BF16 Megatron vs FP32 transformers on the same BF16-rounded weights, a model that predicts the pattern. Logits:
+# the mean absolute difference within 2% of the logits' spread (measured: Qwen3-MoE 0.006 of std 1.11, Mixtral
+# 0.013 of 1.67). Not the maximum: where a router's 2nd and 3rd expert are within ~0.001 in probability (the
+# median gap is ~0.067), BF16 and FP32 pick different experts and that one position's logits differ by up to ~3.8
+# (measured: Mixtral, one position in each of 3 of 4 sequences, layer 0's gate; top-1 still agrees)
+LOSS_ABS, ACC_ABS, AGREE_MIN, MEAN_LOGIT_REL = 0.02, 0.02, 0.98, 0.02
 
 
 def _pattern(n: int, length: int, rng) -> np.ndarray:
@@ -125,6 +129,7 @@ def _assert_same_predictions(result: dict) -> None:
     assert abs(m["next_token_accuracy"] - h["next_token_accuracy"]) <= ACC_ABS, result  # ... and so does ours
     assert abs(m["loss"] - h["loss"]) <= LOSS_ABS, result
     assert result["top1_agreement"] >= AGREE_MIN, result
+    assert result["mean_abs_logit_diff"] <= MEAN_LOGIT_REL * result["logit_std"], result
 
 
 @pytest.fixture(scope="module")
