@@ -84,11 +84,30 @@ def _dtype(args):
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
 
 
+VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def _rows_as_built(rows: int) -> None:
+    """modelopt copies embedding and lm_head row for row; where Megatron built fewer rows (its tokenizer's padded
+    vocabulary, smaller than the HF embedding: the launcher checked it is not larger), take the first `rows`: the
+    rest lie past the tokenizer and are never looked up."""
+    from modelopt.torch.export.plugins import megatron_importer
+
+    cls = megatron_importer.GPTModelImporter
+    orig = cls._get_safetensor
+
+    def get(self, key, *a, **kw):
+        t = orig(self, key, *a, **kw)
+        return t[:rows] if key in VOCAB_TENSORS and t.shape[0] > rows else t
+    cls._get_safetensor = get
+
+
 def do_import(hf_dir: str, out: str, args) -> None:
     from megatron.training.checkpointing import save_checkpoint
     from modelopt.torch.export import import_mcore_gpt_from_hf
 
     models, model = _build_model(args)
+    _rows_as_built(args.padded_vocab_size)
     import_mcore_gpt_from_hf(model, hf_dir, dtype=_dtype(args), moe_router_dtype=args.moe_router_dtype)
     # iteration 0, no optimizer: what --pretrained-checkpoint loads (Megatron sets finetune, starts at step 0)
     save_checkpoint(0, models, None, None, 0)

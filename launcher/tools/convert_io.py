@@ -55,6 +55,7 @@ def check_out(out: Path) -> None:
         raise ConfigError("--out", str(out), "exists and is not an empty directory (nothing is overwritten)",
                           "name a new directory")
 
+
 def world_one(cfg: RunConfig, gpus: int) -> RunConfig:
     """The run's config on one process: TP = PP = EP = CP = 1, the local spec without grouped GEMM (every expert a
     SequentialMLP module, which modelopt's rules name one by one; the local spec keys its checkpoint as the TE
@@ -78,9 +79,10 @@ def world_one(cfg: RunConfig, gpus: int) -> RunConfig:
     return c(cfg, model=model, parallel=parallel, precision=precision, train=train, cluster=cluster, launch=launch,
              dispatcher=type(cfg.dispatcher)(), recompute=type(cfg.recompute)())
 
+
 def plan_world_one(cfg: RunConfig):
-    """The Megatron argv and environment of the config at one process, through the launcher's own rules, flag
-    table and Megatron's validator."""
+    """The Megatron argv and environment of the config at one process, through the launcher's own rules and flag
+    table (Megatron's own validation runs in the recipe, at this world size)."""
     from launcher.plan.plan import build_plan
     from launcher.plan.probe import detect
 
@@ -89,8 +91,10 @@ def plan_world_one(cfg: RunConfig):
     plan = build_plan(one, probe)
     return one, plan
 
+
 def json_dump(path: Path, record: dict) -> None:
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+
 
 def scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="moe-convert-"))
@@ -112,18 +116,30 @@ def _largest_power_of_two_dividing(n: int) -> int:
     return n & -n
 
 
-def check_vocab(cfg: RunConfig) -> None:
-    """modelopt copies the HF embedding and lm_head as they are: Megatron's padded rows would be missing."""
-    m = cfg.model
-    if padded_vocab(m.vocab_size, m.make_vocab_size_divisible_by) != m.vocab_size:
+def embedding_rows(cfg: RunConfig, tp: int = 1) -> int:
+    """The embedding rows Megatron builds: its tokenizer's vocabulary (a Hugging Face tokenizer's own size, else
+    model.vocab_size) padded to a multiple of make_vocab_size_divisible_by x TP."""
+    from launcher.plan.rules.data import tokenizer_vocab
+
+    vocab = tokenizer_vocab(cfg) or cfg.model.vocab_size
+    return padded_vocab(vocab, cfg.model.make_vocab_size_divisible_by, tp)
+
+
+def check_vocab(cfg: RunConfig, hf_rows: int) -> int:
+    """modelopt copies the HF embedding and lm_head row for row: Megatron's rows must not outnumber the HF ones.
+    Fewer (a tokenizer smaller than the embedding, as Qwen's 151,669 tokens in 151,936 rows) are taken from the
+    top (recipes/convert.py): the rows past the tokenizer are never looked up. Returns the rows."""
+    m, rows = cfg.model, embedding_rows(cfg)
+    if rows > hf_rows:
+        fix = (f"set model.make_vocab_size_divisible_by={_largest_power_of_two_dividing(hf_rows)}"
+               if rows == padded_vocab(m.vocab_size, m.make_vocab_size_divisible_by) else
+               "import with the tokenizer the checkpoint was trained with")
         raise ConfigError("model.make_vocab_size_divisible_by", m.make_vocab_size_divisible_by,
-                          f"pads the vocabulary {m.vocab_size} to "
-                          f"{padded_vocab(m.vocab_size, m.make_vocab_size_divisible_by)}; the HF embedding has no "
-                          "padding rows",
-                          f"set model.make_vocab_size_divisible_by={_largest_power_of_two_dividing(m.vocab_size)}")
+                          f"makes Megatron build {rows} embedding rows; the HF embedding has {hf_rows}", fix)
+    return rows
 
 
-def _hf_dir(source: str, scratch_parent: Path) -> Path:
+def _hf_dir(source: str) -> Path:
     """A local directory as is; otherwise a hub repo id, fetched (config, safetensors, tokenizer files only)."""
     path = Path(source)
     if path.is_dir():
@@ -145,14 +161,14 @@ def _hf_dir(source: str, scratch_parent: Path) -> Path:
 def prepare_import(opts: dict, overrides: list[str]) -> Job:
     out = Path(opts["--out"]).absolute()
     check_out(out)
-    hf = _hf_dir(opts["--hf"], out.parent)
+    hf = _hf_dir(opts["--hf"])
     raw = convert_hf.read_hf_config(hf)
     arch = convert_hf.architecture(raw, str(hf))
     cfg = _compose(overrides)
     errors = convert_hf.mismatches(cfg.model, raw, arch)
     if errors:
         raise Mismatches(errors)
-    check_vocab(cfg)
+    rows = check_vocab(cfg, raw["vocab_size"])
     if not any(hf.glob("*.safetensors")):
         raise ConfigError("--hf", str(hf), "has no *.safetensors (modelopt reads safetensors only)",
                           "save the model with save_pretrained(safe_serialization=True)")
@@ -163,15 +179,18 @@ def prepare_import(opts: dict, overrides: list[str]) -> Job:
         json_dump(out / RECORD, {"direction": "import", "moe_launch": ["moe-convert", *overrides],
                                  "source": opts["--hf"], "hf_dir": str(hf),
                                  "architecture": arch, "model": dataclasses.asdict(cfg.model),
-                                 "padded_vocab": cfg.model.vocab_size, "argv": plan.argv})
+                                 "padded_vocab": rows, "argv": plan.argv})
     res = plan.resolved
+    dropped = ([f"the HF embedding's rows {rows}..{raw['vocab_size'] - 1} lie past this tokenizer's vocabulary and "
+                "are not imported"] if rows < raw["vocab_size"] else [])
     return Job(recipe_argv=argv, env=plan.env, out=out, finish=finish,
                lines=[f"import {arch} from {hf} into {cfg.model.name} ({cfg.model.num_layers} layers, "
-                      f"{cfg.model.num_experts} experts) on 1 x {res.device}, local spec"],
+                      f"{cfg.model.num_experts} experts) on 1 x {res.device}, local spec", *dropped],
                next_step=f"; train from it with: moe-launch {' '.join(overrides)} train.checkpoint.init_from={out}")
 
 
 # ---------------------------------------------------------------------------------------------------- export
+
 
 def find_plan(ckpt: Path, plan_opt: Optional[str]) -> tuple[Path, dict]:
     """plan.json: --plan, else in --ckpt (a run directory), else next to it (--ckpt is <run_dir>/checkpoints);

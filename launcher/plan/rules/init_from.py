@@ -5,8 +5,9 @@ load_checkpoint: then finetune, i.e. model weights only, iteration 0), and fails
 FileNotFoundError when it holds none either, or with a shape error deep in distributed checkpointing when the
 model differs. Both are answered here, before anything starts. An import records the model it was built for
 (convert.json, launcher/tools/convert_io.py): the fields that shape a weight must agree, and so must the
-padded vocabulary, which Megatron pads to a multiple of make_vocab_size_divisible_by x TP (the HF embedding
-has exactly vocab_size rows).
+padded vocabulary: Megatron builds its tokenizer's vocabulary (a Hugging Face tokenizer's size, else
+model.vocab_size) padded to a multiple of make_vocab_size_divisible_by x TP rows, and the import has the rows it
+was built with.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from pathlib import Path
 
 from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
-from launcher.plan.estimate_static import padded_vocab
 from launcher.plan.resolve import Resolved
 
 FIELD = "train.checkpoint.init_from"
@@ -53,7 +53,12 @@ def check_init_from_model(cfg: RunConfig, res: Resolved) -> None:
         if theirs != ours:
             raise ConfigError(f"model.{name}", ours, f"the checkpoint in {path} was imported with {theirs}",
                               f"set model.{name}={json.dumps(theirs)} (or import again with this model)")
-    rows, padded = saved["padded_vocab"], padded_vocab(cfg)
+    from launcher.plan.rules.data import tokenizer_vocab
+
+    rows = saved["padded_vocab"]
+    vocab = tokenizer_vocab(cfg) or cfg.model.vocab_size  # Megatron sizes the embedding from its tokenizer
+    multiple = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tp
+    padded = -(-vocab // multiple) * multiple
     if padded != rows:
         per_tp = (rows & -rows) // cfg.parallel.tp  # largest power of two dividing the rows, over TP
         fix = (f"set model.make_vocab_size_divisible_by={per_tp}" if per_tp >= 1

@@ -98,10 +98,11 @@ def test_layouts_no_family_has_are_refused_by_field(overrides, field):
     assert field in fields, fields
 
 
-def test_padded_vocabulary_must_equal_the_hf_embedding():
-    convert_io.check_vocab(make_cfg(["model=qwen3_30b_a3b"]))  # 151936 = 1187 x 128
+def test_megatrons_embedding_rows_must_not_outnumber_the_hf_ones():
+    assert convert_io.check_vocab(make_cfg(["model=qwen3_30b_a3b"]), 151936) == 151936  # 1187 x 128
     with pytest.raises(ConfigError) as e:
-        convert_io.check_vocab(make_cfg([*TINY_QWEN, "model.vocab_size=500"]))
+        convert_io.check_vocab(make_cfg([*TINY_QWEN, "model.vocab_size=500"]), 500)  # padded to 512 rows
+    assert "build 512 embedding rows; the HF embedding has 500" in str(e.value)
     assert "model.make_vocab_size_divisible_by=4" in str(e.value)
 
 
@@ -254,3 +255,24 @@ def _indexed(tmp_path: Path) -> Path:
     builder.add_document(torch.arange(10, dtype=torch.int32), [10])
     builder.finalize(f"{prefix}.idx")
     return prefix
+
+
+def test_a_smaller_tokenizer_imports_the_embeddings_first_rows(tmp_path):
+    """Qwen's case: its tokenizer (151,669 tokens) is smaller than its embedding (151,936 rows); Megatron builds the
+    tokenizer's padded size and the import takes those rows (recipes/convert.py), saying so."""
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["moe convert rows " * 50], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    (tmp_path / "tok").mkdir()
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    size = Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json")).get_vocab_size()
+    cfg = make_cfg([*TINY_QWEN, "data.tokenizer_type=HuggingFaceTokenizer", f"data.tokenizer_model={tmp_path / 'tok'}"])
+    rows = -(-size // 128) * 128
+    assert rows < 512 and convert_io.check_vocab(cfg, 512) == rows == convert_io.embedding_rows(cfg)
+    assert convert_io.embedding_rows(cfg, tp=2) == -(-size // 256) * 256
