@@ -44,7 +44,7 @@ def _options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return p.parse_args(argv[:split]), argv[split + 1:]
 
 
-def _megatron(argv: list[str]):
+def init_megatron(argv: list[str]):
     """Parse, validate and initialize Megatron at world 1 (CPU: gloo and the patches of recipes/cpu_compat.py)."""
     from recipes import cpu_compat
 
@@ -64,7 +64,7 @@ def _megatron(argv: list[str]):
     return get_args(), on_cpu
 
 
-def _build_model(args):
+def build_model(args):
     """The GPT model of the argv, as megatron.training builds it (Float16Module around it for BF16), unwrapped
     for modelopt; the list form is what Megatron's checkpoint functions take."""
     from megatron.core.process_groups_config import ProcessGroupCollection
@@ -106,7 +106,7 @@ def do_import(hf_dir: str, out: str, args) -> None:
     from megatron.training.checkpointing import save_checkpoint
     from modelopt.torch.export import import_mcore_gpt_from_hf
 
-    models, model = _build_model(args)
+    models, model = build_model(args)
     _rows_as_built(args.padded_vocab_size)
     import_mcore_gpt_from_hf(model, hf_dir, dtype=_dtype(args), moe_router_dtype=args.moe_router_dtype)
     # iteration 0, no optimizer: what --pretrained-checkpoint loads (Megatron sets finetune, starts at step 0)
@@ -115,15 +115,15 @@ def do_import(hf_dir: str, out: str, args) -> None:
           "parameters)", flush=True)
 
 
-def token_sequences(args, prefix: str, samples: int):
-    """`samples` sequences of args.seq_length + 1 tokens from the user's indexed data, documents concatenated in
-    file order (PTQ calibration sees real text, the order does not matter for amax; the comparison of
-    recipes/convert_check.py needs the same tokens for both models, nothing more)."""
+def read_sequences(prefix: str, seq_length: int, samples: int) -> list:
+    """`samples` sequences of seq_length + 1 tokens from Megatron indexed data, documents concatenated in file order
+    (PTQ calibration sees real text and the order does not matter for amax; recipes/convert_check.py needs the same
+    tokens for both models, nothing more)."""
     import numpy as np
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     ds = IndexedDataset(prefix)
-    need = args.seq_length + 1
+    need = seq_length + 1
     chunks, have = [], 0
     for i in range(len(ds)):
         if have >= samples * need:
@@ -157,7 +157,7 @@ def _forward_loop(args, batches):
 def quantize(model, args, quant: str, calib_data: str, samples: int) -> None:
     import modelopt.torch.quantization as mtq
 
-    batches = token_sequences(args, calib_data, samples)
+    batches = read_sequences(calib_data, args.seq_length, samples)
     mtq.quantize(model, getattr(mtq, QUANT_CONFIGS[quant]), _forward_loop(args, batches))
     print(f"recipes.convert: {quant} post-training quantization calibrated on {len(batches)} sequences of "
           f"{args.seq_length} tokens from {calib_data}", flush=True)
@@ -178,7 +178,7 @@ def do_export(hf_config: str, out: str, args, opts: argparse.Namespace) -> None:
     from megatron.training.checkpointing import load_checkpoint
     from modelopt.torch.export import export_mcore_gpt_to_hf
 
-    models, model = _build_model(args)
+    models, model = build_model(args)
     iteration, _ = load_checkpoint(models, None, None, strict=True)
     _vocab_as_built(Path(hf_config) / "config.json", args.padded_vocab_size)
     if opts.quant:
@@ -196,7 +196,7 @@ def main(argv: list[str]) -> int:
         from recipes import hf_families
 
         hf_families.register()
-        args, on_cpu = _megatron(megatron_argv)
+        args, on_cpu = init_megatron(megatron_argv)
         if opts.quant == "nvfp4" and on_cpu:
             raise ConvertError("--quant=nvfp4: NVFP4 fake quantization runs modelopt's CUDA kernels; this machine "
                                "has no GPU. Fix: export on a GPU host, or --quant fp8")

@@ -113,24 +113,6 @@ def compare(ours: list, theirs: list, sequences) -> dict:
             "logit_std": b.std().item()}
 
 
-def read_sequences(prefix: str, seq_length: int, samples: int) -> list:
-    """`samples` sequences of seq_length + 1 tokens, documents concatenated in file order."""
-    import numpy as np
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    ds, need, chunks, have = IndexedDataset(prefix), seq_length + 1, [], 0
-    for i in range(len(ds)):
-        if have >= samples * need:
-            break
-        chunks.append(ds[i])
-        have += len(ds[i])
-    tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
-    n = min(samples, len(tokens) // need)
-    if n == 0:
-        raise ValueError(f"{prefix}: {len(tokens)} tokens, fewer than one sequence of {need} (seq_length + 1)")
-    return [tokens[i * need:(i + 1) * need].astype(np.int64) for i in range(n)]
-
-
 def _hf_side(hf_dirs: list[str], sequences, device) -> dict:
     """Logits of every HF directory (an FP8 export dequantized first); an unreadable one maps to its reason."""
     out: dict = {}
@@ -160,24 +142,28 @@ def main(argv: list[str]) -> int:
     built and run once for all of them."""
     opts, megatron_argv = _options(argv)
     from recipes import hf_families
-    from recipes.convert import _build_model, _megatron
+    from recipes.convert import ConvertError, build_model, init_megatron, read_sequences
 
     hf_families.register()
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seq_length = int(megatron_argv[megatron_argv.index("--seq-length") + 1])
-    sequences = read_sequences(opts.data, seq_length, opts.samples)
+    try:
+        sequences = read_sequences(opts.data, seq_length, opts.samples)
+    except ConvertError as e:
+        print(f"recipes.convert_check: error: {e}", file=sys.stderr, flush=True)
+        return 3
     hf_dirs, outs = opts.hf.split(","), opts.json_out.split(",")
     theirs = _hf_side(hf_dirs, sequences, device)  # first: see hf_logits
-    args, on_cpu = _megatron(megatron_argv)
+    args, on_cpu = init_megatron(megatron_argv)
     from megatron.training.checkpointing import load_checkpoint
 
     from recipes import moe_keys
 
     moe_keys.for_checkpoint(args.load, args.ckpt_step)
 
-    models, _ = _build_model(args)
+    models, _ = build_model(args)
     load_checkpoint(models, None, None, strict=True)
     ours = megatron_logits(models, sequences, device)
     failed = 0
