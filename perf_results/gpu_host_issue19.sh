@@ -27,8 +27,8 @@ mode=${1:?stage|run}
 # (megatron-core, TE, hydra-core, omegaconf, pydantic): measured with sys.modules after those imports
 WHEELS=(nvidia-modelopt==0.47.0 transformers==5.17.0 tokenizers==0.23.3 safetensors==0.8.0 huggingface_hub==1.33.0
         requests==2.34.2 urllib3==2.8.0 idna==3.20 certifi==2026.10.19.post1 charset-normalizer==3.5.3
-        httpx==0.28.1 httpcore==1.0.9 h11==0.16.0 anyio==4.16.0 regex==2026.11.19 tqdm==4.70.1 PyYAML==6.0.4
-        packaging==26.4 rich==15.0.0 Pygments==2.21.0 markdown-it-py==4.3.0 mdurl==0.1.2 click==8.5.1
+        httpx==0.28.1 httpcore==1.0.9 h11==0.16.0 anyio==4.16.0 regex==2026.11.19 tqdm==4.70.1
+        rich==15.0.0 Pygments==2.21.0 markdown-it-py==4.3.0 mdurl==0.1.2 click==8.5.1
         typer==0.29.2 shellingham==1.5.4 nvidia-ml-py==13.615.71 PuLP==3.3.2 scipy==1.18.1)
 # not listed, already there for torch, Megatron, TE and hydra on the host: numpy, PyYAML, packaging, psutil, fsspec
 if [ "$mode" = stage ]; then
