@@ -109,6 +109,11 @@ def main(argv: list[str]) -> int:
             print(f"recipes.pretrain: error: {problem}", file=sys.stderr, flush=True)
         return 3
     _logging_dirs(args)
+    if args.transformer_impl == "local":
+        from recipes import moe_keys
+
+        # MoE checkpoints keyed as TE runs key them (recipes/moe_keys.py), unless resuming an old local-layout one
+        moe_keys.for_checkpoint(args.load, args.ckpt_step, args.pretrained_checkpoint)
     from recipes import experts
 
     impl = experts.apply()  # MOE_GROUPED_GEMM_IMPL (model.moe_grouped_gemm_impl): before the model is built

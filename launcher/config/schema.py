@@ -262,6 +262,10 @@ class CheckpointConfig:
     GPUs, off on CPU (async save hangs on gloo)."""
     exit_signal_handler: bool = True
     """SIGTERM makes Megatron finish the iteration, save and exit (--exit-signal-handler)."""
+    init_from: Optional[str] = None
+    """A Megatron checkpoint directory to take the starting weights from (moe-convert import writes one), at any
+    layout; Megatron's --pretrained-checkpoint: read only while the run's own load directory holds no checkpoint,
+    so a relaunch resumes the run. Model weights only: fresh optimizer, iteration 0."""
 
 
 @dataclass

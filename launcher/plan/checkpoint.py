@@ -89,6 +89,9 @@ def checkpointing(cfg: RunConfig, res: Resolved, run_dir: Optional[Path] = None,
             notes.append(f"warning: skipping incomplete checkpoint {skipped}")
         if resume.tracker != resume.iteration:
             step = resume.iteration  # Megatron reads the tracker file unless told the step
+    if ck.init_from and resumed is None:
+        notes.append(f"starting from the weights in {ck.init_from} (train.checkpoint.init_from: model only, "
+                     "fresh optimizer, iteration 0)")
     if save is None:
         return Checkpointing(load=load, notes=tuple(notes))
     if load is None and ck.resume:

@@ -153,6 +153,8 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("train.wandb_project", "--wandb-project", VALUE),
     ("train.wandb_exp_name", "--wandb-exp-name", VALUE),
     ("train.wandb_save_dir", "--wandb-save-dir", VALUE),
+    # starting weights (moe-convert import); the run's own checkpoints win (training/checkpointing.py load_checkpoint)
+    ("train.checkpoint.init_from", "--pretrained-checkpoint", VALUE),
 )
 
 

@@ -9,6 +9,7 @@ is allocated, with a message that names our field instead of Megatron's internal
   features.py   model features, recompute, dispatcher, router, precision, overlap, CUDA graphs, experts
   dispatcher.py what the flex backends (deepep, hybridep, ncclep) need that Megatron asserts at model build
   train.py      sequence vs positions, LR schedule, profiling window, CPU runs, checkpoints, loggers
+  init_from.py  train.checkpoint.init_from: a checkpoint there, imported for this model and padded vocabulary
   values.py     sizes, lengths, rates and step counts in range; names not empty (first)
   moe.py        what Megatron asserts only when it builds the MoE layer, router and dispatcher
   data.py       the data group: blends, split, files, tokenizer, vocabulary
@@ -39,6 +40,7 @@ from launcher.plan.rules.parallel import (check_batch, check_context_parallel, c
                                           check_positive_degrees, check_query_groups_tp,
                                           check_sequence_parallel, check_vpp, check_world_dense,
                                           check_world_expert)
+from launcher.plan.rules.init_from import INIT_FROM_RULES
 from launcher.plan.rules.train import (check_checkpoint, check_cpu_run, check_kernel_profile, check_loggers,
                                        check_lr_schedule, check_restarts, check_seq_vs_positions)
 from launcher.plan.rules.values import VALUE_RULES, check_profile_ranks
@@ -54,7 +56,7 @@ RULES: tuple[Callable[[RunConfig, Resolved], None], ...] = (
     check_recompute_prerequisites, check_dispatcher, *DISPATCHER_RULES, check_router, check_precision,
     check_fp8_hardware, check_optimizer_offload, check_overlap, check_ep_overlap_layout, check_ep_overlap_conflicts,
     check_cuda_graphs, check_torch_grouped_gemm, check_kernel_profile, check_profile_ranks, check_cpu_run,
-    check_checkpoint, check_restarts, *MOE_RULES, check_loggers, *DATA_RULES,
+    check_checkpoint, check_restarts, *INIT_FROM_RULES, *MOE_RULES, check_loggers, *DATA_RULES,
     check_gated_delta_net_mtp, *MODELOPT_RULES,
     check_memory_fits,
 )

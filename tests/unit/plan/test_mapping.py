@@ -108,6 +108,7 @@ RENAMED = {
     "dispatcher.type": "moe_token_dispatcher_type",
     "dispatcher.flex_backend": "moe_flex_dispatcher_backend",
     "dispatcher.flex_num_sms": "moe_flex_dispatcher_num_sms",
+    "train.checkpoint.init_from": "pretrained_checkpoint",
 }
 
 
