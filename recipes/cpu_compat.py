@@ -83,6 +83,11 @@ def apply_torch() -> bool:
     torch.Tensor.type = _cuda_type_names(torch.Tensor.type)
     # the fully reshardable optimizer checkpoint gathers its shards with tensor.cuda() (distrib_optimizer.py:1371)
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    # Megatron's jit_fuser is torch.compile (core/jit.py): on CPU, inductor turns the fused elementwise functions
+    # (swiglu and its backward, bias-dropout-add) into C++ on every rank of every run, about 10 s of CPU per rank
+    # even with inductor's cache warm (measured, a 6-iteration tiny_moe run on 2 shared cores: 25 s of CPU with it,
+    # 15 s without). They run as plain torch instead: the same math, and CPU numerics either way
+    torch.compiler.set_stance("force_eager")
     return True
 
 

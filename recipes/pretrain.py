@@ -75,6 +75,10 @@ def main(argv: list[str]) -> int:
     from recipes import cpu_compat
 
     on_cpu = cpu_compat.apply_torch()  # before megatron is imported; no-op on GPUs
+    from recipes import distill, megatron_import, qat
+
+    # Megatron's import-time modelopt hooks are dead in the wheel: modelopt only loads where the run uses it
+    megatron_import.load_megatron_training(qat.spec_from_env() is not None or distill.spec_from_env() is not None)
     from megatron.core.enums import ModelType
     from megatron.training import get_args, pretrain
     from megatron.training.argument_utils import gpt_config_from_args, pretrain_cfg_container_from_args

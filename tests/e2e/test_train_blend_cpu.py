@@ -60,7 +60,9 @@ def test_tiny_moe_trains_on_a_blend_of_two_prepared_datasets(tmp_path):
     blend = f"data.paths=[0.6,{data / 'code_text_document'},0.4,{data / 'readme_text_document'}]"
     proc = subprocess.run([sys.executable, "-m", "launcher", "data=indexed", blend, f"data.tokenizer_model={tok}",
                            "train.train_iters=16", "train.seq_length=128", "data.num_workers=0",
-                           f"launch.run_dir={run}"], capture_output=True, text=True, timeout=900, cwd=REPO)
+                           # the ranks validate with Megatron anyway; the data rules are the launcher's own
+                           "launch.megatron_validate=false", f"launch.run_dir={run}"],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "data.split=100,0,0" in proc.stdout  # the default split that works with a blend, said once
     losses = [it["loss"] for it in parse_file(run / "train.log").iterations]

@@ -77,6 +77,10 @@ SlurmctldHost=$HOST
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# a requeued job waits cred_expire seconds before it may start again (slurm.conf(5), AuthInfo; default 120 s,
+# measured here: eligible 121 s after scontrol requeue); 30 s still leaves a step launch on a busy 2-core
+# machine ample time to use its credential
+AuthInfo=cred_expire=30
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/d
 SlurmctldPidFile=/run/moe-slurmctld.pid
