@@ -22,6 +22,9 @@ def parser() -> argparse.ArgumentParser:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from launcher.plan.megatron.training_import import load
+
+        load()  # without modelopt's dead hooks (training_import.py: 4 s of every launch)
         from megatron.training.arguments import add_megatron_arguments
 
     p = argparse.ArgumentParser(allow_abbrev=False, add_help=False, exit_on_error=False)

@@ -74,6 +74,10 @@ def _target_gpu(env: dict[str, str], capability: tuple[int, int]) -> Iterator[No
     """Answer Megatron's hardware questions for the target GPU when this machine has none, and expose
     the run's environment (validate_args asserts CUDA_DEVICE_MAX_CONNECTIONS for TP/CP > 1)."""
     import torch
+
+    from launcher.plan.megatron.training_import import load
+
+    load()  # without modelopt's dead hooks (training_import.py)
     import megatron.training.arguments as margs
 
     saved_env = {k: os.environ.get(k) for k in env}
@@ -124,6 +128,10 @@ def flops_per_sequence(args) -> float:
     behind its logged TFLOP/s/GPU) for one sequence of args.seq_length tokens, forward and backward.
     The benchmark applies the same number to the Hugging Face peer, so both sides share one formula."""
     from megatron.core.tokenizers.utils.build_tokenizer import vocab_size_with_padding
+
+    from launcher.plan.megatron.training_import import load
+
+    load()  # without modelopt's dead hooks (training_import.py)
     from megatron.training.training import num_floating_point_operations
 
     if getattr(args, "padded_vocab_size", None) is None:  # set by the tokenizer at start-up in a real run
