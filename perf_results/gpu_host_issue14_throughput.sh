@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 14: moe-prepare-data's throughput with 1 worker and with every core, on an idle machine (the GPU host's
-# CPUs; no GPU is used). The corpus (>= 200 MB of JSONL) is made here from the Python sources the machine ships
+# Issue 14: moe-prepare-data's throughput with 1 worker and with every core, on an idle machine (no GPU is used:
+# the GPU host's 16-32 cores, or any machine; perf_results/issue14_prepare_throughput.txt was made on 2 cores). The corpus (>= 200 MB of JSONL) is made here from the Python sources the machine ships
 # (standard library, installed packages), each file one document, repeated with variation (a round number and a
 # shuffled line order per round) until it passes 200 MB. A 32,768-token BPE tokenizer is trained on part of it.
 # usage: bash perf_results/gpu_host_issue14_throughput.sh OUTDIR   (from the repository root, .[data] installed;
@@ -18,7 +18,7 @@ w = Path(sys.argv[1])
 files = sorted(p for root in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]}
                for p in Path(root).rglob("*.py") if p.stat().st_size > 1024)
 texts = [f.read_text(errors="replace") for f in files[:20000]]
-rng, size, n = random.Random(0), 0, 0
+rng, size, n, docs = random.Random(0), 0, 0, 0
 with open(w / "corpus.jsonl", "w") as fh:
     while size < int(sys.argv[2]) * 2**20:
         for t in texts:
@@ -27,10 +27,11 @@ with open(w / "corpus.jsonl", "w") as fh:
             line = json.dumps({"text": f"# round {n}\n" + "\n".join(lines)}) + "\n"
             fh.write(line)
             size += len(line.encode())
+            docs += 1
             if size >= int(sys.argv[2]) * 2**20:
                 break
         n += 1
-print(f"corpus: {size / 2**20:.0f} MiB, {len(texts)} source files x {n} rounds")
+print(f"corpus: {size / 2**20:.0f} MiB, {docs} documents from {len(texts)} source files ({n} full rounds)")
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 tok = Tokenizer(models.BPE())
 tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
