@@ -75,6 +75,12 @@ def embedding_vocab(cfg: RunConfig) -> int:
         return cfg.data.vocab_size or cfg.model.vocab_size
 
 
+def tokenizer_rows(cfg: RunConfig, tp: int) -> int:
+    """The embedding rows at TP `tp` of the tokenizer's vocabulary where this node loads it, else model.vocab_size;
+    a tokenizer that does not load is the ConfigError tokenizer_vocab raises (the rules' answer, not a fallback)."""
+    return padded(tokenizer_vocab(cfg) or cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, tp)
+
+
 def padded_vocab(cfg: RunConfig) -> int:
     """The embedding's rows: embedding_vocab padded as Megatron pads it."""
     return padded(embedding_vocab(cfg), cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)

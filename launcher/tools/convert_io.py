@@ -20,6 +20,7 @@ from launcher.config.choices import Device
 from launcher.config.cluster import ClusterConfig
 from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
+from launcher.plan.vocab import padded
 from launcher.tools import convert_hf
 
 QUANTS = ("fp8", "nvfp4")
@@ -106,12 +107,6 @@ def _compose(overrides: list[str]) -> RunConfig:
     return compose(overrides)[1]
 
 
-def padded_vocab(vocab: int, divisible_by: int, tp: int = 1) -> int:
-    """Megatron pads the vocabulary to a multiple of make_vocab_size_divisible_by x TP."""
-    step = divisible_by * tp
-    return -(-vocab // step) * step
-
-
 def _largest_power_of_two_dividing(n: int) -> int:
     return n & -n
 
@@ -119,10 +114,9 @@ def _largest_power_of_two_dividing(n: int) -> int:
 def embedding_rows(cfg: RunConfig, tp: int = 1) -> int:
     """The embedding rows Megatron builds: its tokenizer's vocabulary (a Hugging Face tokenizer's own size, else
     model.vocab_size) padded to a multiple of make_vocab_size_divisible_by x TP."""
-    from launcher.plan.rules.data import tokenizer_vocab
+    from launcher.plan.vocab import tokenizer_rows
 
-    vocab = tokenizer_vocab(cfg) or cfg.model.vocab_size
-    return padded_vocab(vocab, cfg.model.make_vocab_size_divisible_by, tp)
+    return tokenizer_rows(cfg, tp)
 
 
 def check_vocab(cfg: RunConfig, hf_rows: int) -> int:
@@ -132,7 +126,7 @@ def check_vocab(cfg: RunConfig, hf_rows: int) -> int:
     m, rows = cfg.model, embedding_rows(cfg)
     if rows > hf_rows:
         fix = (f"set model.make_vocab_size_divisible_by={_largest_power_of_two_dividing(hf_rows)}"
-               if rows == padded_vocab(m.vocab_size, m.make_vocab_size_divisible_by) else
+               if rows == padded(m.vocab_size, m.make_vocab_size_divisible_by, 1) else
                "import with the tokenizer the checkpoint was trained with")
         raise ConfigError("model.make_vocab_size_divisible_by", m.make_vocab_size_divisible_by,
                           f"makes Megatron build {rows} embedding rows; the HF embedding has {hf_rows}", fix)

@@ -53,12 +53,10 @@ def check_init_from_model(cfg: RunConfig, res: Resolved) -> None:
         if theirs != ours:
             raise ConfigError(f"model.{name}", ours, f"the checkpoint in {path} was imported with {theirs}",
                               f"set model.{name}={json.dumps(theirs)} (or import again with this model)")
-    from launcher.plan.rules.data import tokenizer_vocab
+    from launcher.plan.vocab import tokenizer_rows
 
     rows = saved["padded_vocab"]
-    vocab = tokenizer_vocab(cfg) or cfg.model.vocab_size  # Megatron sizes the embedding from its tokenizer
-    multiple = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tp
-    padded = -(-vocab // multiple) * multiple
+    padded = tokenizer_rows(cfg, cfg.parallel.tp)  # Megatron sizes the embedding from its tokenizer
     if padded != rows:
         per_tp = (rows & -rows) // cfg.parallel.tp  # largest power of two dividing the rows, over TP
         fix = (f"set model.make_vocab_size_divisible_by={per_tp}" if per_tp >= 1

@@ -4,13 +4,13 @@ otherwise fail deep inside the run, once the model is built or at the first step
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
 from launcher.plan.resolve import Resolved
+from launcher.plan.vocab import padded
 
 EXTRA_FIX = "pip install -e '.[modelopt]'"
 # modelopt's NVFP4 fake quant is a Triton kernel that needs compute capability 8.9 (tensor_quant.py:179), its
@@ -155,12 +155,6 @@ def teacher_run_config(path: str) -> Optional[Path]:
     return None
 
 
-def padded_vocab(vocab: int, divisible_by: int, tp: int) -> int:
-    """Megatron's padded vocabulary (vocab_utils.py): up to a multiple of make_vocab_size_divisible_by x TP."""
-    m = divisible_by * tp
-    return math.ceil(vocab / m) * m
-
-
 def check_distill_vocab(cfg: RunConfig, res: Resolved) -> None:
     """Logit KL compares the teacher's and the student's logits token by token: the vocabularies must match.
     Read from the teacher run's config.yaml where the checkpoint sits in a run directory (the compute node
@@ -178,8 +172,8 @@ def check_distill_vocab(cfg: RunConfig, res: Resolved) -> None:
     if tdata.get("tokenizer_type", "NullTokenizer") != "NullTokenizer" or cfg.data.tokenizer_type != "NullTokenizer":
         return  # the vocabulary comes from a tokenizer: the compute node compares the padded sizes
     tp = cfg.parallel.tp
-    theirs = padded_vocab(int(tm["vocab_size"]), int(tm.get("make_vocab_size_divisible_by", 128)), tp)
-    ours = padded_vocab(cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, tp)
+    theirs = padded(int(tm["vocab_size"]), int(tm.get("make_vocab_size_divisible_by", 128)), tp)
+    ours = padded(cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, tp)
     if theirs != ours:
         raise ConfigError("distill.teacher_checkpoint", d.teacher_checkpoint, f"the teacher's vocabulary pads to "
                           f"{theirs} ({found}: model.vocab_size={tm['vocab_size']}), the student's to {ours}; "
