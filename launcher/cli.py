@@ -94,10 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         from launcher.config.compose import compose
-        from launcher.plan.probe import detect
-        from launcher.run.registry import executor_for, launch_plan
-        from launcher.run.rundir import check_run_dir, default_run_dir, write_run_dir
-        from launcher.run.rundir_lock import archive_attempt, lock_run_dir
+        from launcher.run.registry import executor_for
+        from launcher.run.rundir import check_run_dir, default_run_dir
+        from launcher.run.rundir_lock import lock_run_dir
 
         composed, cfg = compose(args)
         executor = executor_for(cfg)
@@ -105,12 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         check_run_dir(run_dir)  # before the plan: Megatron's validator takes half a minute
         # a directory in use is refused before its checkpoints are read; a new one is made only for a valid plan
         lock = lock_run_dir(run_dir) if run_dir.exists() else None
-        plan = launch_plan(cfg, detect(), run_dir=run_dir, resume=_resume_point(cfg, run_dir))
-        entry_text = executor.render(cfg, plan, run_dir)  # sbatch.sh / container.sh: checked first
+        plan, entry_text = _plan(cfg, executor, run_dir, _resume_point(cfg, run_dir))
         lock = lock or lock_run_dir(run_dir)  # held until moe-launch exits
-        archived = archive_attempt(run_dir)
-        script = write_run_dir(run_dir, composed, plan, executor.workdir(cfg), args)
-        script = executor.write_entry(run_dir, entry_text, script)
+        script, archived = _write_attempt(cfg, composed, args, executor, run_dir, plan, entry_text)
     except ConfigError as e:
         print(f"moe-launch: error: {e}", file=sys.stderr)
         return 2
@@ -127,41 +123,57 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = executor.run(cfg, script)
         for n in range(1, cfg.launch.max_restarts + 1):
-            if rc == 0 or not _restart(cfg, composed, args, executor, run_dir, n):
+            script = _restart(cfg, composed, args, executor, run_dir, n) if rc != 0 else None
+            if script is None:
                 break
-            rc = executor.run(cfg, run_dir / script.name)
+            rc = executor.run(cfg, script)
         return rc
     finally:
         lock.close()  # the kernel would drop it at exit anyway; closing says the run is over
 
 
-def _restart(cfg, composed, args, executor, run_dir: Path, n: int) -> bool:
-    """launch.max_restarts: re-plan from the newest checkpoint and write the next attempt, when the failure is one
-    a restart can fix (launcher/run/restart.py); False (and one line why) when the run ends here."""
+def _plan(cfg, executor, run_dir: Path, resume):
+    """The launch plan and the executor's entry file text (sbatch.sh / container.sh: rendered, so checked, first)."""
     from launcher.plan.probe import detect
     from launcher.run.registry import launch_plan
-    from launcher.run.restart import not_restarted, restart_reason
+
+    plan = launch_plan(cfg, detect(), run_dir=run_dir, resume=resume)
+    return plan, executor.render(cfg, plan, run_dir)
+
+
+def _write_attempt(cfg, composed, args, executor, run_dir: Path, plan,
+                   entry_text: Optional[str]) -> tuple[Path, Optional[Path]]:
+    """A new attempt's files: the earlier attempt moved to attempts/<n>/, then the run directory and entry file
+    written; returns the file a real run executes and where the earlier attempt went (None: there was none)."""
     from launcher.run.rundir import write_run_dir
     from launcher.run.rundir_lock import archive_attempt
+
+    archived = archive_attempt(run_dir)
+    script = write_run_dir(run_dir, composed, plan, executor.workdir(cfg), args)
+    return executor.write_entry(run_dir, entry_text, script), archived
+
+
+def _restart(cfg, composed, args, executor, run_dir: Path, n: int) -> Optional[Path]:
+    """launch.max_restarts: re-plan from the newest checkpoint and write the next attempt, when the failure is one
+    a restart can fix (launcher/run/restart.py); returns the attempt's entry file, or None (and one line why) when
+    the run ends here."""
+    from launcher.run.restart import not_restarted, restart_reason
 
     why, resume = restart_reason(run_dir), _resume_point(cfg, run_dir)
     if why is None or resume is None:
         what = f"the failure is {not_restarted(run_dir)}" if why is None else "there is no complete checkpoint"
         print(f"moe-launch: not restarting: {what} (launch.max_restarts restarts after a rank killed by a "
               "signal or a timeout, from a complete checkpoint)", file=sys.stderr)
-        return False
+        return None
     try:
-        plan = launch_plan(cfg, detect(), run_dir=run_dir, resume=resume)
-        entry_text = executor.render(cfg, plan, run_dir)
-        archived = archive_attempt(run_dir)
-        script = write_run_dir(run_dir, composed, plan, executor.workdir(cfg), args)
-        executor.write_entry(run_dir, entry_text, script)
+        plan, entry_text = _plan(cfg, executor, run_dir, resume)
+        script, archived = _write_attempt(cfg, composed, args, executor, run_dir, plan, entry_text)
     except ConfigError as e:
         print(f"moe-launch: not restarting: {e}", file=sys.stderr)
-        return False
+        return None
     print(f"moe-launch: restart {n}/{cfg.launch.max_restarts}: {why}; the failed attempt is in {archived}; "
           f"resuming from iteration {resume.iteration}", file=sys.stderr)
-    return True
+    return script
 
 
 def _resume_point(cfg: "RunConfig", run_dir: Path) -> "Optional[ResumePoint]":

@@ -14,12 +14,17 @@ from pathlib import Path
 from typing import Optional
 
 
-def restart_reason(run_dir: Path) -> Optional[str]:
-    """Why the attempt that just ended may be restarted (one phrase), or None when it must not be."""
+def _failure(run_dir: Path) -> Optional[dict]:
+    """The failure of the attempt that just ended, from its record ({} when none); None without a record."""
     try:
-        failure = json.loads((Path(run_dir) / "record.json").read_text()).get("failure") or {}
+        return json.loads((Path(run_dir) / "record.json").read_text()).get("failure") or {}
     except (OSError, ValueError):
         return None
+
+
+def restart_reason(run_dir: Path) -> Optional[str]:
+    """Why the attempt that just ended may be restarted (one phrase), or None when it must not be."""
+    failure = _failure(run_dir) or {}
     cls, kind = failure.get("class"), failure.get("kind")
     if cls == "rank_died" and kind == "signal":
         return f"rank {failure.get('rank')} was killed by a signal"
@@ -30,8 +35,7 @@ def restart_reason(run_dir: Path) -> Optional[str]:
 
 def not_restarted(run_dir: Path) -> str:
     """The failure class that ends the run without a restart, for the one line that says so."""
-    try:
-        failure = json.loads((Path(run_dir) / "record.json").read_text()).get("failure") or {}
-    except (OSError, ValueError):
+    failure = _failure(run_dir)
+    if failure is None:
         return "no run record"
     return f"{failure.get('class', 'unknown')}" + (f" ({failure['kind']})" if failure.get("kind") else "")
