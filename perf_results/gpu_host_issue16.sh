@@ -13,7 +13,8 @@
 #   train   one 12-step run per BACKEND:ROUTING (alltoall|deepep|hybridep : forced_balance|dropless), the EP2 bench
 #           preset with only the dispatcher and the routing changed (same stack, same settings); ":tuned" adds
 #           dispatcher.tuned=qwen3_30b_a3b_ep2_h200 (the tuner's best knobs). Run directories' record files go to
-#           OUTDIR/runs/issue16_<backend>_<routing>[_tuned]/
+#           OUTDIR/runs/issue16_<backend>_<routing>[_tuned]/. I16_EXTRA="k=v ..." adds overrides to every run (e.g.
+#           "train.train_iters=14 train.kernel_profile=10:11": rank 0's kernel summary comes back as profile_summary.md)
 set -uo pipefail
 [ -f /root/gpu-host.env ] && source /root/gpu-host.env
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -45,12 +46,14 @@ case $what in
       name=issue16_${b}_${r}${t:+_tuned}
       extra=(dispatcher=$b train.routing=$r)
       [ -n "$t" ] && extra+=(dispatcher.tuned=$tuned)
+      read -ra more <<< "${I16_EXTRA:-}"; extra+=("${more[@]}")
       rm -rf "$w/$name"
       python3 -m launcher "${preset[@]}" "${extra[@]}" launch.run_dir=$w/$name > "$w/$name.out" 2>&1
       echo "$name rc=$?"
       mkdir -p "$out/runs/$name"
       for f in record.json record.md plan.json config.yaml train.log versions.json exit.json; do
         cp "$w/$name/$f" "$out/runs/$name/" 2>/dev/null; done
+      cp "$w/$name/profile/summary_rank0.md" "$out/runs/$name/profile_summary.md" 2>/dev/null
       python3 - "$w/$name" <<'PY'
 import json, sys
 try:

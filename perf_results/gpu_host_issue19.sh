@@ -91,24 +91,58 @@ if ph export; then
 # 2. exports: BF16, FP8 (PTQ calibrated on 32 training sequences), NVFP4 (modelopt's CUDA kernels; on Hopper it
 #    may refuse: its message is printed)
 rm -rf $w/hf_bf16 $w/hf_fp8 $w/hf_nvfp4  # moe-convert never overwrites: a repeated phase starts clean
-python3 -m launcher.tools.convert export --ckpt $w/runs/train --out $w/hf_bf16 > $w/export_bf16.out 2>&1
-echo "export bf16 rc=$? ($(( $(date +%s) - t0 )) s)"
+# the three exports are independent (each loads the checkpoint at world 1 on its own port): they run at once, spread
+# over the visible GPUs (bf16 and nvfp4 on the first, fp8 on the second where there are two)
+ngpu=$(nvidia-smi -L | wc -l)
+export_one() {  # export_one NAME GPU [--quant Q --calib-data ...]
+  local d=$1 g=$2; shift 2
+  CUDA_VISIBLE_DEVICES=$g python3 -m launcher.tools.convert export --ckpt $w/runs/train --out $w/hf_$d "$@" \
+    > $w/export_$d.out 2>&1; local rc=$?; echo "export $d rc=$rc ($(( $(date +%s) - t0 )) s)"
+  [ $rc = 0 ] || grep -E "error|Error" $w/export_$d.out | tail -2
+}
+export_one bf16 0 &
 for q in fp8 nvfp4; do
-  python3 -m launcher.tools.convert export --ckpt $w/runs/train --out $w/hf_$q --quant $q --calib-data $w/data/train \
-    --calib-samples 32 > $w/export_$q.out 2>&1; rc=$?; echo "export $q rc=$rc ($(( $(date +%s) - t0 )) s)"
-  [ $rc = 0 ] || grep -E "error|Error" $w/export_$q.out | tail -2
+  g=0; [ "$q" = fp8 ] && [ "$ngpu" -ge 2 ] && g=1
+  export_one $q $g --quant $q --calib-data $w/data/train --calib-samples 32 &
 done
+wait
 for d in bf16 fp8 nvfp4; do [ -d $w/hf_$d ] && echo "$d: $(du -sh $w/hf_$d | cut -f1) $(tr -d ' \n' < $w/hf_$d/hf_quant_config.json 2>/dev/null | cut -c1-160)"; done
 tar czf "$out/issue19_export.tar.gz" -C "$w" export_bf16.out export_fp8.out export_nvfp4.out \
   $(cd $w && ls hf_*/config.json hf_*/hf_quant_config.json hf_*/convert.log 2>/dev/null)
 fi
 if ph compare; then
 # 3. each export read by transformers on the GPU and the Megatron model (the run's checkpoint at one process), on
-#    16 held-out sequences of 1024 tokens (16,368 predictions); one process runs Megatron once for all exports
+#    16 held-out sequences of 1024 tokens (16,368 predictions); one process runs Megatron once for all exports.
+#    It runs in the background while 4. and 5. run (5. on the second GPU where there is one); its lines come last
 hfs=$(for d in bf16 fp8 nvfp4; do [ -f $w/hf_$d/config.json ] && printf "%s," $w/hf_$d; done); hfs=${hfs%,}
 jsons=$(echo "$hfs" | sed "s#$w/hf_\([a-z0-9]*\)#$w/compare_\1.json#g")
-python3 -m launcher.tools.convert compare --hf "$hfs" --json "$jsons" --ckpt $w/runs/train --data $w/data/heldout \
-  --samples 16 > $w/compare.out 2>&1; echo "compare rc=$? ($(( $(date +%s) - t0 )) s)"
+( python3 -m launcher.tools.convert compare --hf "$hfs" --json "$jsons" --ckpt $w/runs/train --data $w/data/heldout \
+  --samples 16 > $w/compare.out 2>&1; echo "compare rc=$? ($(( $(date +%s) - t0 )) s)" ) &
+cmp_pid=$!
+# 4. transformers generates from the BF16 export with its tokenizer (the export is a plain HF directory)
+python3 - "$w/hf_bf16" <<'PY' 2>&1 | tail -2
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16).cuda().eval()
+ids = tok("import os\nimport sys\n\n\ndef ", return_tensors="pt").input_ids.cuda()
+print("generate:", repr(tok.decode(m.generate(ids, max_new_tokens=24, do_sample=False)[0])))
+PY
+# 5. the way back (ROUNDTRIP=0 skips it, about 2 minutes): import the BF16 export and continue 10 steps with the TE
+#    spec on the GPU from it; the first loss should be the trained run's last losses (same weights, same data)
+if [ "${ROUNDTRIP:-1}" = 1 ]; then
+  [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && export CUDA_VISIBLE_DEVICES=1
+  rm -rf $w/imported $w/runs/continued
+  python3 -m launcher.tools.convert import --hf $w/hf_bf16 --out $w/imported model=qwen3_30b_a3b model.num_layers=4 \
+    model.vocab_size=32768 train=pretrain data=indexed "data.paths=[$w/data/train]" "data.tokenizer_model=$w/tok" \
+    train.seq_length=1024 > $w/import.out 2>&1; echo "import rc=$? ($(( $(date +%s) - t0 )) s)"
+  python3 -m launcher "${q4[@]}" train.train_iters=10 train.lr_warmup_iters=1 \
+    train.checkpoint.enabled=false train.log_interval=1 \
+    train.checkpoint.init_from=$w/imported launch.run_dir=$w/runs/continued > $w/continued.out 2>&1
+  echo "continued rc=$? first losses: $(grep -oE 'lm loss: [0-9.E+-]+' $w/runs/continued/train.log | head -2 | tr '\n' ' ')" \
+    "trained run's last: $(grep -oE 'lm loss: [0-9.E+-]+' $w/runs/train/train.log | tail -1)"
+fi
+wait $cmp_pid  # the comparison ran on the first GPU meanwhile
 grep -E "error" $w/compare.out | tail -3
 python3 - $w <<'PY'
 import json, sys
@@ -125,28 +159,6 @@ for name, tol in tolerance.items():
           f"{'PASS' if abs(m - h) <= tol else 'FAIL'} (loss megatron {r['megatron']['loss']:.4f} hf "
           f"{r['hf']['loss']:.4f}, top-1 agreement {r['top1_agreement']:.4f}, {r['tokens']} tokens)")
 PY
-# 4. transformers generates from the BF16 export with its tokenizer (the export is a plain HF directory)
-python3 - "$w/hf_bf16" <<'PY' 2>&1 | tail -2
-import sys, torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-tok = AutoTokenizer.from_pretrained(sys.argv[1])
-m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16).cuda().eval()
-ids = tok("import os\nimport sys\n\n\ndef ", return_tensors="pt").input_ids.cuda()
-print("generate:", repr(tok.decode(m.generate(ids, max_new_tokens=24, do_sample=False)[0])))
-PY
-# 5. the way back (ROUNDTRIP=0 skips it, about 2 minutes): import the BF16 export and continue 10 steps with the TE
-#    spec on the GPU from it; the first loss should be the trained run's last losses (same weights, same data)
-if [ "${ROUNDTRIP:-1}" = 1 ]; then
-  rm -rf $w/imported $w/runs/continued
-  python3 -m launcher.tools.convert import --hf $w/hf_bf16 --out $w/imported model=qwen3_30b_a3b model.num_layers=4 \
-    model.vocab_size=32768 train=pretrain data=indexed "data.paths=[$w/data/train]" "data.tokenizer_model=$w/tok" \
-    train.seq_length=1024 > $w/import.out 2>&1; echo "import rc=$? ($(( $(date +%s) - t0 )) s)"
-  python3 -m launcher "${q4[@]}" train.train_iters=10 train.lr_warmup_iters=1 \
-    train.checkpoint.enabled=false train.log_interval=1 \
-    train.checkpoint.init_from=$w/imported launch.run_dir=$w/runs/continued > $w/continued.out 2>&1
-  echo "continued rc=$? first losses: $(grep -oE 'lm loss: [0-9.E+-]+' $w/runs/continued/train.log | head -2 | tr '\n' ' ')" \
-    "trained run's last: $(grep -oE 'lm loss: [0-9.E+-]+' $w/runs/train/train.log | tail -1)"
-fi
 echo "total $(( $(date +%s) - t0 )) s"
 tar czf "$out/issue19_compare.tar.gz" --exclude='*.safetensors' --exclude='*.distcp' -C "$w" \
   $(cd $w && ls compare* import.out continued.out imported/convert.json imported/convert.log 2>/dev/null) \

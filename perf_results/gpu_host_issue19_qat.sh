@@ -16,7 +16,7 @@
 set -uo pipefail
 [ -f /root/gpu-host.env ] && source /root/gpu-host.env
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-out=${1:?OUTDIR} stages=${2:-"bf16 fp8 distill nvfp4 resume"} w=/tmp/i19
+out=${1:?OUTDIR} stages=${2:-"bf16 fp8 distill nvfp4 resume"} w=/tmp/i19q  # apart from gpu_host_issue19.sh's /tmp/i19: the two may run at once, one GPU each
 mkdir -p "$out" "$w/runs"
 python3 -c "import modelopt, torch; print('modelopt', modelopt.__version__, 'torch', torch.__version__, \
 'capability', torch.cuda.get_device_capability())"
