@@ -19,5 +19,6 @@ cmp qwen3_30b_a3b_4l_1gpu_mbs1 issue6_h100x1_qwen3_30b_a3b_4l
 cmp qwen3_30b_a3b_4l_1gpu_local_mbs1 "$runs/qwen3_30b_a3b_4l_1gpu_mbs1"
 # moe-bench results (issue 6): both sides' steady state rebuilt from each bench directory's files
 for b in perf_results/bench/*/; do $PY -m launcher.tools.bench --summarize "$b" --perf-results > /dev/null; done
+$PY -m launcher.records.record perf_results/issue13/*/ > /dev/null  # issue 13: a killed run and its resume (not results rows)
 $PY -m launcher.records.results "$runs"/* --readme perf_results/README.md --plots perf_results/plots \
   --compare-dir perf_results/compare --summary README.md --perf-results

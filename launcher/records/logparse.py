@@ -8,6 +8,8 @@ on rank 0 (with --log-memory-interval or after the first iterations) a memory li
   [Rank 0] (after 1 iterations) memory (MB) | allocated: ... | max allocated: ... | reserved: ... | max reserved: ...
 and its memory estimate:
   Theoretical memory footprints: weight and optimizer=50346.40 MB, activation=14225.53 MB, total=64571.93 MB
+after loading a checkpoint (a resume, train.load; --finetune prints iteration 0):
+  successfully loaded checkpoint from /ckpt [ t 1/1, gtp_remat 1/1, p 1/1 ] at iteration 100
 The training entry (recipes/pretrain.py) ends a run that returned normally with
   recipes.pretrain: done, iteration 20/20, 51.8s (cuda, world 2)
 
@@ -26,6 +28,7 @@ _FIELD = re.compile(r"\s*([^:|]+?):\s*([-+0-9.eE]+|nan|inf|-inf|NaN|Inf)\s*(?=\|
 _MEM = re.compile(r"\[Rank (\d+)\] \(after (\d+) iterations\) memory \(MB\)(.*)")
 _THEORY = re.compile(r"Theoretical memory footprints: weight and optimizer=([0-9.]+) MB, "
                      r"activation=([0-9.]+) MB, total=([0-9.]+) MB")
+_LOADED = re.compile(r"successfully loaded checkpoint from .* at iteration (\d+)")
 _DONE = re.compile(r"recipes\.pretrain: done, iteration (\d+)/(\d+), ([0-9.]+)s \((\w+), world (\d+)\)")
 
 KEYS = {
@@ -80,6 +83,8 @@ class LogSummary:
     train_iters: Optional[int] = None
     done: Optional[dict] = None
     """The training entry's closing line: iteration, train_iters, seconds, device, world."""
+    start_iteration: int = 0
+    """The iteration training continued from: the loaded checkpoint's (0 for a fresh start or --finetune)."""
 
     @property
     def last_iteration(self) -> int:
@@ -117,6 +122,10 @@ def parse_log(text: str) -> LogSummary:
         if m:
             out.theoretical_memory_mb = {"weight_and_optimizer": float(m.group(1)),
                                          "activation": float(m.group(2)), "total": float(m.group(3))}
+            continue
+        m = _LOADED.search(line)
+        if m:
+            out.start_iteration = int(m.group(1))
             continue
         m = _DONE.search(line)
         if m:

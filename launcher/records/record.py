@@ -40,6 +40,7 @@ from launcher.records.legacy_argv import legacy_facts
 from launcher.records.logparse import LogSummary, parse_log
 from launcher.records.provenance import describe
 from launcher.records.record_md import headline, render_md
+from launcher.records.saves import checkpoint_summary
 from launcher.records.steady import DEFAULT_WARMUP, series_of, steady_state
 
 SCHEMA = "moe-recipes/run-record/1"
@@ -217,6 +218,10 @@ def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int
         failure = silent_logger(run_dir, config)
         status = "failed" if failure else "ok"
     plan_code = plan.get("code")
+    steady = steady_state(series, warmup, last, log.memory_mb, start=log.start_iteration)
+    ck = plan.get("checkpoint") or {}
+    checkpoints = checkpoint_summary(log_text, ck.get("interval"), (steady.get("step_time_ms") or {}).get("median"),
+                                     ck.get("save"))
 
     return {
         "schema": SCHEMA,
@@ -256,7 +261,8 @@ def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int
         "iterations": {"logged": len(log.iterations), "last": log.last_iteration, "train_iters": log.train_iters},
         "series": series,
         "memory": memory,
-        "steady_state": steady_state(series, warmup, last, log.memory_mb),
+        "steady_state": steady,
+        "checkpoints": checkpoints,
         "mfu_basis": (f"Megatron's TFLOP/s/GPU / {peak} TFLOP/s ({hw_key} dense {precision['peak'].upper()} peak, "
                       f"conf/hardware/{hw_key}.yaml)") if peak else
                      ("none: no GPU hardware entry matched" if device == "cuda" else "none: CPU run"),

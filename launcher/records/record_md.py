@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from launcher.records.saves import describe as describe_saves
+
 
 def _kernel_libs(v: dict) -> str:
     """Triton / flash-linear-attention / tilelang, where the run recorded them (versions.json since Nov 2026)."""
@@ -78,7 +80,8 @@ def render_md(r: dict) -> str:
     if ss.get("step_time_ms"):
         w = ss["window"]
         lines.append(f"| steady-state window | iterations {w['first']}-{w['last']} ({w['iterations']} iterations; "
-                     f"first {w['warmup_iterations']} skipped as warm-up) |")
+                     f"first {w['warmup_iterations']} skipped as warm-up"
+                     + (f" after the resume from {w['resumed_from']}" if w.get("resumed_from") else "") + ") |")
         for key, label, nd in (("step_time_ms", "step time (ms)", 1), ("tokens_per_s_per_gpu", "tokens/s/GPU", 0),
                                ("tflops_per_gpu", "TFLOP/s/GPU (Megatron)", 1)):
             st = ss.get(key)
@@ -95,6 +98,8 @@ def render_md(r: dict) -> str:
     if m.get("max_allocated_mb"):
         lines.append(f"| peak memory (max allocated / max reserved, ranks {', '.join(m['by_rank'])}) | "
                      f"{_fmt(m['max_allocated_mb'] / 1024, 1)} / {_fmt(m.get('max_reserved_mb', 0) / 1024, 1)} GiB |")
+    if r.get("checkpoints"):
+        lines.append(f"| checkpoint saves | {describe_saves(r['checkpoints'])} |")
     if r["failure"]:
         f = r["failure"]
         lines.append(f"| failure | {f['class']}{' / ' + f['kind'] if f.get('kind') else ''}: {f['summary']} |")

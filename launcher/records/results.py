@@ -211,7 +211,8 @@ def plot_run(r: dict, path: Path) -> Path:
     w = r["steady_state"].get("window", {})
     if w.get("warmup_iterations"):
         for ax in (ax1, ax2):
-            ax.axvspan(0.5, w["warmup_iterations"] + 0.5, color="0.9", zorder=0)
+            start = w.get("resumed_from", 0)  # a resumed run's warm-up follows its checkpoint's iteration
+            ax.axvspan(start + 0.5, start + w["warmup_iterations"] + 0.5, color="0.9", zorder=0)
         ax2.text(0.6, 0.02, "warm-up", transform=ax2.get_xaxis_transform(), fontsize=7, color="0.4")
     med = (r["steady_state"].get("tflops_per_gpu") or {}).get("median")
     if med is not None:

@@ -62,14 +62,17 @@ def series_of(iterations: list[dict], seq: int, world: int, peak: Optional[float
 
 
 def steady_state(series: list[dict], warmup: int, last: Optional[int], memory: dict,
-                 skip: Optional[tuple[int, int]] = None) -> dict:
+                 skip: Optional[tuple[int, int]] = None, start: int = 0) -> dict:
     """The declared window: iterations after `warmup` up to `last`, minus those Megatron counted as skipped
-    or NaN and minus `skip` (START, END), a profiled window whose iterations carry the profiler's overhead."""
-    window = {"warmup_iterations": warmup, "last": last,
-              "rule": f"iterations {warmup + 1}..{last if last else 'last logged'}, "
+    or NaN and minus `skip` (START, END), a profiled window whose iterations carry the profiler's overhead.
+    `start` is the iteration a resumed run continued from: its warm-up is the `warmup` iterations after it
+    (a resume pays allocator growth and autotuning again: 20 s for its first step on 2x H200)."""
+    first = start + warmup + 1
+    window = {"warmup_iterations": warmup, "last": last, **({"resumed_from": start} if start else {}),
+              "rule": f"iterations {first}..{last if last else 'last logged'}, "
                       "leaving out those Megatron counted as skipped or NaN"
                       + (f" and the profiled iterations {skip[0]}..{skip[1]}" if skip else "")}
-    rows = [r for r in series if r["iteration"] > warmup and (last is None or r["iteration"] <= last)]
+    rows = [r for r in series if r["iteration"] >= first and (last is None or r["iteration"] <= last)]
     profiled = [r["iteration"] for r in rows if skip and skip[0] <= r["iteration"] <= skip[1]]
     dropped = [r["iteration"] for r in rows if r.get("skipped") or r.get("nan_iterations")]
     rows = [r for r in rows if r["iteration"] not in dropped and r["iteration"] not in profiled]
@@ -78,7 +81,8 @@ def steady_state(series: list[dict], warmup: int, last: Optional[int], memory: d
     if skip:
         window["profiled"] = profiled
     if not rows:
-        return {"window": window, "reason": f"no logged iteration after the {warmup} warm-up iterations"}
+        return {"window": window, "reason": f"no logged iteration after the {warmup} warm-up iterations"
+                                            + (f" that followed iteration {start}" if start else "")}
     col = lambda key: [r.get(key) for r in rows]  # noqa: E731
     return {
         "window": window,

@@ -43,11 +43,14 @@ def test_runs_of_another_code_commit_or_layout_are_not_compared():
     other = copy.deepcopy(d)
     other["code"]["commit"] = "0" * 40
     assert group_key(a) != group_key(other)
-    assert "no group" in dispatcher_tables([a, other], ["x", "y"])
+    # the deepep run is shown in a table of its own, against nothing; the alltoall run alone is no table
+    text = dispatcher_tables([a, other], ["runs/a/record.md", "runs/d/record.md"])
+    assert text.count("| run |") == 1 and list(_rows(text)) == ["d"] and _rows(text)["d"][-1] == "-"
     bigger = copy.deepcopy(d)
     bigger["batch"]["micro_batch_size"] = 8
-    assert "no group" in dispatcher_tables([a, bigger], ["x", "y"])
-    assert "| run |" in dispatcher_tables([a, d], ["x", "y"])
+    assert _rows(dispatcher_tables([a, bigger], ["runs/a/record.md", "runs/d/record.md"]))["d"][-1] == "-"
+    assert _rows(dispatcher_tables([a, d], ["runs/a/record.md", "runs/d/record.md"]))["d"][-1] == "0.967x"
+    assert "no run" in dispatcher_tables([a], ["runs/a/record.md"])
 
 
 def test_knobs_read_from_the_argv():

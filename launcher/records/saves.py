@@ -1,0 +1,105 @@
+"""Checkpoint saves as a run's train.log tells them, and what they cost the training (issue 13).
+
+Megatron 0.19.2 prints, on rank 0, for every save:
+  [2026-11-30 19:43:23.549567] saving checkpoint at iteration     100 to /ckpt in torch_dist format
+then, with --async-save, once the tensors are handed to the background writer (training resumes here):
+  [2026-11-30 19:44:27.675686] scheduled an async checkpoint save at iteration     100 to /ckpt
+its timer (min, max over ranks, ms) of the part training waited for:
+  save-checkpoint ................................: (61789.32, 64133.51)
+and once the files are complete (for an async save, some iterations later):
+  [2026-11-30 19:45:22.513266] successfully saved checkpoint from iteration     100 to /ckpt [ t 1/1, ... ]
+
+What a save costs the run is the time training waited (the timer's max: every rank waits for the slowest at
+the next collective) plus the slower steps while an async writer runs; over an interval of N iterations at a
+median step of s seconds the first is blocking / (N * s), which this module reports, since it dominates: on
+2x H200, 8-layer Qwen3-30B-A3B EP2, 74 GB, the wait was 64.1 s and the steps during the 55 s of background
+writing added 2.3 s in all (perf_results/issue13/).
+Text only: no torch, no megatron.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+_TS = r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)\]"
+_START = re.compile(_TS + r" saving checkpoint at iteration\s+(\d+)")
+_SCHEDULED = re.compile(_TS + r" scheduled an async checkpoint save at iteration\s+(\d+)")
+_DONE = re.compile(_TS + r" successfully saved checkpoint from iteration\s+(\d+)")
+_TIMER = re.compile(r"\bsave-checkpoint \.+: \(([0-9.]+), ([0-9.]+)\)")
+
+
+def _seconds(a: Optional[str], b: Optional[str]) -> Optional[float]:
+    if not a or not b:
+        return None
+    return round((datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds(), 1)
+
+
+def parse_saves(text: str) -> list[dict]:
+    """One dict per save, in log order: iteration, started, scheduled (async), completed, blocking_s (the
+    timer's max over ranks), written_after_s (async: completion minus scheduling), complete (bool)."""
+    saves: list[dict] = []
+    by_iteration: dict[int, dict] = {}
+    for line in text.splitlines():
+        m = _START.search(line)
+        if m:
+            save = {"iteration": int(m.group(2)), "started": m.group(1), "scheduled": None, "completed": None,
+                    "blocking_s": None}
+            saves.append(save)
+            by_iteration[save["iteration"]] = save
+            continue
+        m = _TIMER.search(line)
+        if m and saves and saves[-1]["blocking_s"] is None:
+            saves[-1]["blocking_s"] = round(float(m.group(2)) / 1000, 1)
+            continue
+        for pattern, key in ((_SCHEDULED, "scheduled"), (_DONE, "completed")):
+            m = pattern.search(line)
+            if m and int(m.group(2)) in by_iteration:
+                by_iteration[int(m.group(2))][key] = m.group(1)
+    for s in saves:
+        s["complete"] = s["completed"] is not None
+        s["written_after_s"] = _seconds(s["scheduled"], s["completed"])
+    return saves
+
+
+def checkpoint_summary(text: str, interval: Optional[int], step_ms: Optional[float],
+                       save_dir: Optional[str] = None) -> Optional[dict]:
+    """The record's "checkpoints": the saves, the largest wait, and its share of an interval of training
+    (None when the run saved nothing). Sizes of the save directory's iter_* folders where they still exist."""
+    saves = parse_saves(text)
+    if not saves:
+        return None
+    waits = [s["blocking_s"] for s in saves if s["blocking_s"] is not None]
+    worst = max(waits) if waits else None
+    share = (round(worst / (interval * step_ms / 1000), 4) if worst is not None and interval and step_ms
+             else None)
+    return {"interval": interval, "saves": saves, "max_blocking_s": worst, "blocking_share_of_interval": share,
+            "sizes_gb": _sizes(save_dir)}
+
+
+def _sizes(save_dir: Optional[str]) -> dict:
+    """iter_* folder -> GB (1e9 bytes) for what is still on disk."""
+    root = Path(save_dir) if save_dir else None
+    if root is None or not root.is_dir():
+        return {}
+    out = {}
+    for d in sorted(root.glob("iter_*")):
+        total = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+        out[d.name] = round(total / 1e9, 1)
+    return out
+
+
+def describe(c: dict) -> str:
+    """One line for record.md: each save's wait and background write, and the share of the interval."""
+    parts = []
+    for s in c["saves"]:
+        wait = f"training waited {s['blocking_s']:.1f} s" if s["blocking_s"] is not None else "wait not logged"
+        bg = f", written {s['written_after_s']:.1f} s later" if s["written_after_s"] is not None else ""
+        state = "" if s["complete"] else " (never completed)"
+        parts.append(f"iteration {s['iteration']}: {wait}{bg}{state}")
+    share = c.get("blocking_share_of_interval")
+    tail = (f"; the longest wait is {100 * share:.1f}% of the training between saves (every {c['interval']} "
+            f"iterations at the median step)") if share is not None else ""
+    sizes = ", ".join(f"{k} {v} GB" for k, v in c.get("sizes_gb", {}).items())
+    return "; ".join(parts) + tail + (f"; on disk: {sizes}" if sizes else "")

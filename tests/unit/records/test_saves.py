@@ -1,0 +1,47 @@
+"""Checkpoint saves read from real GPU logs (perf_results/issue13/: the 8-layer Qwen3-30B-A3B EP2 run on 2x H200
+that saved at 100 and was killed at 149, and its relaunch that resumed from 100), and the steady-state window of
+a resumed run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from launcher.records.logparse import parse_file
+from launcher.records.saves import checkpoint_summary, describe, parse_saves
+from launcher.records.steady import series_of, steady_state
+
+RUNS = Path(__file__).resolve().parents[3] / "perf_results" / "issue13"
+FIRST, RESUMED = RUNS / "issue13_kill_attempt1" / "train.log", RUNS / "issue13_kill_attempt2" / "train.log"
+
+
+def test_async_save_wait_and_background_write_from_the_log():
+    (save,) = parse_saves(FIRST.read_text())
+    assert save["iteration"] == 100 and save["complete"]
+    assert save["blocking_s"] == 64.1                  # the save-checkpoint timer's max over the two ranks
+    assert save["written_after_s"] == 54.8             # 19:44:27.7 scheduled -> 19:45:22.5 saved
+    c = checkpoint_summary(FIRST.read_text(), interval=100, step_ms=1145.6)
+    assert c["blocking_share_of_interval"] == round(64.1 / (100 * 1.1456), 4)
+    assert "training waited 64.1 s, written 54.8 s later" in describe(c) and "56.0%" in describe(c)
+
+
+def test_sync_save_and_a_save_that_never_completed():
+    text = ("[2026-01-01 10:00:00.0] saving checkpoint at iteration      10 to /c in torch_dist format\n"
+            "    save-checkpoint ................................: (900.00, 1500.00)\n"
+            "  [2026-01-01 10:00:02.0] successfully saved checkpoint from iteration      10 to /c [ t 1/1 ]\n"
+            "[2026-01-01 10:01:00.0] saving checkpoint at iteration      20 to /c in torch_dist format\n")
+    first, second = parse_saves(text)
+    assert first["blocking_s"] == 1.5 and first["complete"] and first["written_after_s"] is None
+    assert not second["complete"] and second["blocking_s"] is None
+    assert "iteration 20: wait not logged (never completed)" in describe(checkpoint_summary(text, 10, 1000.0))
+    assert checkpoint_summary("no saves here", 10, 1000.0) is None
+
+
+def test_a_resumed_run_skips_its_own_warm_up_after_the_checkpoint():
+    log = parse_file(RESUMED)
+    assert log.start_iteration == 100 and log.iterations[0]["iteration"] == 101
+    assert log.iterations[0]["step_ms"] > 10_000        # the first step after a resume pays the warm-up again
+    s = steady_state(series_of(log.iterations, 4096, 2, None), warmup=3, last=None, memory=log.memory_mb,
+                     start=log.start_iteration)
+    assert s["window"]["first"] == 104 and s["window"]["resumed_from"] == 100
+    assert s["step_time_ms"]["max"] < 1500
+    fresh = parse_file(FIRST)
+    assert fresh.start_iteration == 0                   # no checkpoint found: a fresh start
