@@ -67,11 +67,25 @@ def _modelopt_hooks(args, config):
     return distill.forward_step
 
 
+def _debug_loggers() -> None:
+    """MOE_DEBUG_LOGGERS="name,name": those loggers at DEBUG, each line with its time, on stderr (train.log). For
+    where a checkpoint save spends its time: megatron.training.checkpointing and megatron.core.dist_checkpointing
+    log, at DEBUG only, the state-dict preparation, the save plan, the device-to-host copy and the finalization."""
+    for name in filter(None, (n.strip() for n in os.environ.get("MOE_DEBUG_LOGGERS", "").split(","))):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        log = logging.getLogger(name)
+        log.setLevel(logging.DEBUG)
+        log.addHandler(handler)
+        log.propagate = False  # once, not again through the root logger's handler
+
+
 def main(argv: list[str]) -> int:
     from recipes import lifecycle
 
     lifecycle.die_with_parent()  # torchrun killed -> this rank killed (recipes/lifecycle.py)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    _debug_loggers()
     from recipes import cpu_compat
 
     on_cpu = cpu_compat.apply_torch()  # before megatron is imported; no-op on GPUs
@@ -139,12 +153,17 @@ def main(argv: list[str]) -> int:
         if args.rank == 0:
             print(f"recipes.pretrain: error: {e}", file=sys.stderr, flush=True)
         return 3
+    from recipes import retention
+
+    keep_last = retention.start(args.save, args.rank)  # train.checkpoint.keep_last while the run goes on
     t0 = time.time()
     try:
         pretrain(config, data.datasets_provider, ModelType.encoder_or_decoder, forward_step)
     except SystemExit as e:  # Megatron exits from inside on signals, exit intervals, checkpoint issues
         if e.code not in (0, None):
             raise
+    if keep_last is not None:
+        keep_last.set()  # the launcher prunes what the last save left
     from recipes import profiling
 
     profiling.finish()  # a kernel_profile window that training ended inside

@@ -182,6 +182,8 @@ def build_plan(cfg: RunConfig, probe: MachineProbe, run_dir: Optional[Path] = No
     ck = checkpointing(cfg, res, run_dir, resume) if run_dir is not None or explicit else None
     argv = megatron_argv(cfg, res, ck)
     env = run_env(cfg, res)
+    if ck is not None and ck.save is not None and ck.keep_last:
+        env["MOE_KEEP_LAST"] = str(ck.keep_last)  # recipes/retention.py: rank 0 prunes while the run goes on
     derived: dict = {}
     if cfg.launch.megatron_validate:
         from launcher.plan.megatron.validator import megatron_validate

@@ -102,7 +102,7 @@ def _watch(proc: subprocess.Popen, stopper: "JobStopper", every_s: float = 0.5, 
 
 def prune_checkpoints(run_dir: Path) -> None:
     """Keep the newest train.checkpoint.keep_last complete checkpoints (plan.json's "checkpoint")."""
-    from launcher.run.resume import prune
+    from launcher.records.checkpoint_dir import prune
 
     try:
         ck = json.loads((run_dir / "plan.json").read_text()).get("checkpoint") or {}

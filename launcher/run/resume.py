@@ -1,42 +1,12 @@
-"""Read a checkpoint directory: the newest complete checkpoint to resume from, and pruning of old ones.
-
-Megatron's distributed checkpoint (torch_dist) writes metadata.json last, in the save's finalize step
-(megatron/core/dist_checkpointing/serialization.py: "metadata.json is written only" after every shard), and
-only then the tracker file latest_checkpointed_iteration.txt (training/checkpointing.py iter_finalize_fn).
-Megatron FSDP's fsdp_dtensor format is torch DCP, whose coordinator writes .metadata last. An iter_*
-directory without its closing file is a save that was killed: it is skipped.
-"""
+"""Where a relaunch resumes: the newest complete checkpoint of the run's checkpoint directory (the directory
+itself is read by launcher/records/checkpoint_dir.py, which the ranks' keep-last-N shares)."""
 from __future__ import annotations
 
-import re
-import shutil
 from pathlib import Path
 from typing import Optional
 
 from launcher.plan.checkpoint import ResumePoint
-
-TRACKER = "latest_checkpointed_iteration.txt"
-ITER_DIR = re.compile(r"iter_(\d{7,})")
-CLOSING_FILES = ("metadata.json", ".metadata")
-
-
-def iterations(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    """Every iter_* directory, oldest first."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if p.is_dir() and (m := ITER_DIR.fullmatch(p.name))]
-    return sorted(found)
-
-
-def is_complete(path: Path) -> bool:
-    return any((path / name).is_file() for name in CLOSING_FILES)
-
-
-def tracker_iteration(ckpt_dir: Path) -> Optional[int]:
-    try:
-        return int((ckpt_dir / TRACKER).read_text().strip())
-    except (OSError, ValueError):
-        return None  # missing, "release", or half written
+from launcher.records.checkpoint_dir import is_complete, iterations, tracker_iteration
 
 
 def find_resume(ckpt_dir: Optional[Path]) -> Optional[ResumePoint]:
@@ -50,20 +20,3 @@ def find_resume(ckpt_dir: Optional[Path]) -> Optional[ResumePoint]:
                                skipped=tuple(skipped))
         skipped.append(path.name)
     return None
-
-
-def prune(ckpt_dir: Path, keep_last: Optional[int]) -> list[Path]:
-    """Delete complete checkpoints older than the newest keep_last (Megatron 0.19.2 has no keep-last-N,
-    only save_retain_interval). Incomplete directories newer than the kept ones are left for a look; older
-    incomplete ones go too. Returns what was deleted."""
-    if not keep_last:
-        return []
-    found = iterations(ckpt_dir)
-    complete = [it for it, p in found if is_complete(p)]
-    if len(complete) <= keep_last:
-        return []
-    oldest_kept = complete[-keep_last]
-    gone = [p for it, p in found if it < oldest_kept]
-    for p in gone:
-        shutil.rmtree(p, ignore_errors=True)
-    return gone

@@ -203,7 +203,7 @@ def find_plan(ckpt: Path, plan_opt: Optional[str]) -> tuple[Path, dict]:
 
 def checkpoint_dir(ckpt: Path, plan: dict) -> Path:
     """The directory holding iter_*: --ckpt itself, or the run's save directory."""
-    from launcher.run.resume import iterations
+    from launcher.records.checkpoint_dir import iterations
 
     saved = (plan.get("checkpoint") or {}).get("save")
     for d in (ckpt, ckpt / "checkpoints", *([Path(saved)] if saved else [])):
@@ -214,7 +214,8 @@ def checkpoint_dir(ckpt: Path, plan: dict) -> Path:
 
 
 def pick_iteration(ckpt_dir: Path, wanted: Optional[str]) -> int:
-    from launcher.run.resume import find_resume, is_complete, iterations
+    from launcher.records.checkpoint_dir import is_complete, iterations
+    from launcher.run.resume import find_resume
 
     if wanted is None:
         point = find_resume(ckpt_dir)

@@ -261,3 +261,22 @@ def test_sigkill_of_the_job_leaves_no_worker_and_the_relaunch_resumes(reference,
     assert json.loads((run_dir / "record.json").read_text())["failure"]["class"] == "killed"
     _no_worker_left(run_dir)  # the workers died with torchrun (recipes/lifecycle.py)
     _relaunch_resumes(run_dir, uninterrupted, 11)
+
+
+# ------------------------------------------------------------------------- keep-last-N while the run goes on
+
+def test_keep_last_prunes_during_the_run(tmp_path, monkeypatch):
+    """Saves at 4, 8, ..., 20 with keep_last=1: rank 0 removes each older checkpoint once the next is complete,
+    before training ends (the launcher's own pruning comes only after the run)."""
+    monkeypatch.setenv("MOE_KEEP_LAST_POLL_S", "0.1")  # the ranks inherit it; 10 s by default
+    run_dir, ckpt = tmp_path / "run", tmp_path / "ckpt"
+    argv = [sys.executable, "-m", "launcher", "data.num_workers=0", "train.seq_length=128", "train.train_iters=20",
+            "train.save_interval=4", "train.checkpoint.keep_last=1", "launch.megatron_validate=false",
+            f"train.save={ckpt}", f"launch.run_dir={run_dir}", f"cluster.master_port={_port()}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    lines = (run_dir / "train.log").read_text().splitlines()
+    removed = [i for i, line in enumerate(lines) if "recipes.retention: removed" in line]
+    last_step = max(i for i, line in enumerate(lines) if parse_iteration_line(line))
+    assert removed and removed[0] < last_step, "nothing was pruned before the last iteration"
+    assert sorted(p.name for p in ckpt.glob("iter_*")) == ["iter_0000020"]

@@ -262,7 +262,8 @@ LAUNCHER_ONLY: dict[str, str] = {
     "train.load": "--load (or the run's own newest checkpoint) in launch_flags",
     "train.checkpoint.enabled": "whether launch_flags saves at all",
     "train.checkpoint.resume": "--load/--ckpt-step of the newest complete checkpoint in launch_flags",
-    "train.checkpoint.keep_last": "ours: the launcher prunes old checkpoints after the run (run/resume.py)",
+    "train.checkpoint.keep_last": ("ours: rank 0 prunes older complete checkpoints during the run (recipes/retention"
+                                   ".py, MOE_KEEP_LAST), the launcher after it"),
     "train.checkpoint.async_save": "--async-save --async-strategy mcore --use-persistent-ckpt-worker in launch_flags",
     "train.checkpoint.exit_signal_handler": "--exit-signal-handler in launch_flags",
     "train.distributed_timeout_minutes": "--distributed-timeout-minutes (auto: smoke or real run) in launch_flags",

@@ -121,3 +121,10 @@ def test_megatron_keeps_async_save_on_with_the_persistent_worker():
 def test_explicit_directories_count_without_a_run_directory():
     argv = _plan(["train.save=/shared/ckpt"], run_dir=None).argv
     assert _flag(argv, "--save") == "/shared/ckpt" == _flag(argv, "--load")
+
+
+def test_keep_last_reaches_the_ranks_only_when_the_run_saves():
+    assert _plan([]).env["MOE_KEEP_LAST"] == "3"  # the default: rank 0 prunes during the run (recipes/retention.py)
+    assert _plan(["train.checkpoint.keep_last=1"]).env["MOE_KEEP_LAST"] == "1"
+    assert "MOE_KEEP_LAST" not in _plan(["train.checkpoint.enabled=false"]).env
+    assert "MOE_KEEP_LAST" not in _plan(["train.checkpoint.keep_last=null"]).env

@@ -20,6 +20,7 @@ def test_async_save_wait_and_background_write_from_the_log():
     assert save["written_after_s"] == 54.8             # 19:44:27.7 scheduled -> 19:45:22.5 saved
     c = checkpoint_summary(FIRST.read_text(), interval=100, step_ms=1145.6)
     assert c["blocking_share_of_interval"] == round(64.1 / (100 * 1.1456), 4)
+    assert c["typical_from"] == "the only save" and c["first_blocking_s"] == c["typical_blocking_s"] == 64.1
     assert "training waited 64.1 s, written 54.8 s later" in describe(c) and "56.0%" in describe(c)
 
 
@@ -32,6 +33,20 @@ def test_sync_save_and_a_save_that_never_completed():
     assert first["blocking_s"] == 1.5 and first["complete"] and first["written_after_s"] is None
     assert not second["complete"] and second["blocking_s"] is None
     assert "iteration 20: wait not logged (never completed)" in describe(checkpoint_summary(text, 10, 1000.0))
+
+
+def test_the_share_uses_the_later_saves_when_the_first_paid_the_set_up(tmp_path):
+    text = "".join(f"[2026-01-01 10:0{i}:00.0] saving checkpoint at iteration {10 * i} to /c in torch_dist\n"
+                   f"    save-checkpoint ....: (1.0, {ms:.2f})\n" for i, ms in enumerate([3000, 300, 200, 250], 1))
+    for name, size in (("iter_0000030", 2_500_000), ("iter_0000040", 3_000_000_000)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f.distcp").write_bytes(b"")
+        with open(tmp_path / name / "f.distcp", "wb") as f:
+            f.truncate(size)  # sparse: the size counts, not the blocks
+    c = checkpoint_summary(text, 10, 1000.0, str(tmp_path))
+    assert c["first_blocking_s"] == 3.0 and c["typical_blocking_s"] == 0.2 and c["blocking_share_of_interval"] == 0.02
+    assert "(later saves' median) is 2.0%" in describe(c)
+    assert "iter_0000030 2.5 MB, iter_0000040 3.0 GB" in describe(c)
     assert checkpoint_summary("no saves here", 10, 1000.0) is None
 
 

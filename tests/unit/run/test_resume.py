@@ -1,7 +1,8 @@
 """The newest complete checkpoint, skipping a save that was killed, and keep-last-N (launcher/run/resume.py)."""
 from __future__ import annotations
 
-from launcher.run.resume import find_resume, prune
+from launcher.records.checkpoint_dir import prune
+from launcher.run.resume import find_resume
 
 
 def _ckpt(root, it, complete=True):
