@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13 on the 2x H200 GPU host (after the staging in ../shared/gpu-host/README.md): checkpoints, a dead
 # rank, resume, and what checkpointing costs, on the Qwen3-30B-A3B 8-layer EP2 shape.
-# usage: bash perf_results/gpu_host_issue13.sh kill OUTDIR
+# usage: bash perf_results/gpu_host_issue13.sh kill|saves OUTDIR [VARIANT ...]
 #   One 8-layer checkpoint (model, FP32 main params and Adam moments) is 74 GB and the 2-GPU host has 128 GiB of
 #   disk, so the run may hold one checkpoint at a time. Measured 2026-11-30: the async save of iteration 30 was
 #   still being written when iteration 60 began the next one (> 36 s of training at 1.2 s/step), and the disk
@@ -13,6 +13,14 @@
 #   both attempts must be equal (a continuous curve). The cost of the async save comes from attempt 1: the step
 #   times while the save was written against the median before it, projected to the default interval
 #   (min(1000, train_iters // 10) for long runs; issue 13: under 2%).
+# saves: what repeated async saves cost, on the 4-layer shape (37 GB a checkpoint: with keep_last=1 during the
+#   run the disk holds the complete one and the one being written). 80 iterations, a save every 20, Megatron's
+#   DEBUG timings of the save (MOE_DEBUG_LOGGERS: state dict, plan, device-to-host copy, finalize), per VARIANT:
+#     default   what moe-launch does (--async-save --async-strategy mcore --use-persistent-ckpt-worker)
+#     constant  + --ckpt-assume-constant-structure (the save plan cached after the first save, parallel writers)
+#   Shows each run's "checkpoint saves" row (training's wait per save, the background write, the wait's share).
+#   Measured 2026-11-30 on the 8-layer shape (kill): the first async save held training 64.1 s; on CPU a run's
+#   first save costs ~10x its later ones, hence several saves here. About 2.5 minutes a variant.
 set -uo pipefail
 source /root/gpu-host.env
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -32,6 +40,22 @@ kill_rank() {  # kill_rank RANK: SIGKILL the worker whose environment says RANK=
 launcher_pid=
 trap '[ -n "$launcher_pid" ] && kill -TERM $launcher_pid 2>/dev/null; exit 143' TERM INT  # no launcher outlives us
 case $what in
+  saves)
+    shift 2
+    for v in "${@:-default constant}"; do for v in $v; do
+      r=$w/saves_$v; rm -rf "$r"
+      extra=(); [ "$v" = constant ] && extra=('megatron.raw=[--ckpt-assume-constant-structure]')
+      MOE_DEBUG_LOGGERS=megatron.training.checkpointing,megatron.core.dist_checkpointing \
+        python3 -m launcher "${q8[@]}" model.num_layers=4 train.train_iters=80 train.save_interval=20 \
+        train.checkpoint.keep_last=1 "${extra[@]}" launch.run_dir=$r > $w/saves_$v.out 2>&1 &
+      launcher_pid=$!; wait $launcher_pid; echo "== saves $v rc=$?"; launcher_pid=
+      grep "checkpoint saves" $r/record.md
+      grep -E "takes [0-9.]+ to (prepare state dict|finish D2H|schedule async|finalize)|plan time|write\(async\) time|parallel save sharding|recipes.retention" $r/train.log \
+        | grep -E "rank: 0|retention|sharding" | cut -c1-160 | head -40
+      rm -rf $r/checkpoints
+    done; done
+    tar czf "$out/saves.tar.gz" -C "$w" $(cd $w && ls -d saves_*)
+    ;;
   kill)
     r=$w/kill; rm -rf "$r"
     run=("${q8[@]}" train.train_iters=200 train.save_interval=100 launch.run_dir=$r)
