@@ -20,6 +20,7 @@ Text only: no torch, no megatron.
 """
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from pathlib import Path
@@ -110,3 +111,18 @@ def describe(c: dict) -> str:
             f"{c['interval']} iterations at the median step)") if share is not None else ""
     sizes = ", ".join(f"{k} {_size(v)}" for k, v in c.get("sizes_bytes", {}).items())
     return "; ".join(parts) + tail + (f"; on disk: {sizes}" if sizes else "")
+
+
+MAX_SHARE = 0.02  # issue 13: checkpointing may cost at most 2% of a run's steps
+
+
+def advice(c: Optional[dict], step_ms: Optional[float]) -> Optional[str]:
+    """One line when a save's wait is more than MAX_SHARE of the training between saves: the wait, its share,
+    and the train.save_interval that would bring it under (wait / (MAX_SHARE * step)); None otherwise."""
+    share = (c or {}).get("blocking_share_of_interval")
+    if share is None or share <= MAX_SHARE or not step_ms:
+        return None
+    wait = c["typical_blocking_s"]
+    interval = math.ceil(wait / (MAX_SHARE * step_ms / 1000))
+    return (f"checkpoint saves held training {wait:.1f} s each ({c['typical_from']}), {100 * share:.1f}% of the "
+            f"training between saves; train.save_interval={interval} or more keeps it under {100 * MAX_SHARE:.0f}%")

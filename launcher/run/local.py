@@ -127,3 +127,8 @@ def write_run_record(run_dir: Path) -> None:
         return
     print(f"moe-launch: record {run_dir / 'record.json'}: {headline(r)}",
           file=sys.stderr if r["status"] == "failed" else sys.stdout)
+    from launcher.records.saves import advice
+
+    line = advice(r.get("checkpoints"), ((r.get("steady_state") or {}).get("step_time_ms") or {}).get("median"))
+    if line:
+        print(f"moe-launch: {line}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from launcher.records.logparse import parse_file
-from launcher.records.saves import checkpoint_summary, describe, parse_saves
+from launcher.records.saves import advice, checkpoint_summary, describe, parse_saves
 from launcher.records.steady import series_of, steady_state
 
 RUNS = Path(__file__).resolve().parents[3] / "perf_results" / "issue13"
@@ -60,3 +60,12 @@ def test_a_resumed_run_skips_its_own_warm_up_after_the_checkpoint():
     assert s["step_time_ms"]["max"] < 1500
     fresh = parse_file(FIRST)
     assert fresh.start_iteration == 0                   # no checkpoint found: a fresh start
+
+
+def test_advice_names_the_interval_that_keeps_saves_under_two_percent():
+    c = checkpoint_summary(FIRST.read_text(), interval=1000, step_ms=1145.6)
+    # 64.1 s / (0.02 * 1.1456 s) = 2797.7 -> 2798 iterations
+    assert advice(c, 1145.6) == ("checkpoint saves held training 64.1 s each (the only save), 5.6% of the training "
+                                 "between saves; train.save_interval=2798 or more keeps it under 2%")
+    assert advice(checkpoint_summary(FIRST.read_text(), interval=3000, step_ms=1145.6), 1145.6) is None
+    assert advice(None, 1145.6) is None and advice(c, None) is None
