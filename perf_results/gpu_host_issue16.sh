@@ -12,7 +12,8 @@
 #           writes perf_results/dispatch/qwen3_30b_a3b_ep2_h200.{json,md} (copied to OUTDIR)
 #   train   one 12-step run per BACKEND:ROUTING (alltoall|deepep|hybridep : forced_balance|dropless), the EP2 bench
 #           preset with only the dispatcher and the routing changed (same stack, same settings); ":tuned" adds
-#           dispatcher.tuned=qwen3_30b_a3b_ep2_h200 (the tuner's best knobs). Run directories' record files go to
+#           dispatcher.tuned=qwen3_30b_a3b_ep2_h200 (the tuner's best knobs) and brings its default and alltoall
+#           runs of the same routing into the call. Run directories' record files go to
 #           OUTDIR/runs/issue16_<backend>_<routing>[_tuned]/. I16_EXTRA="k=v ..." adds overrides to every run (e.g.
 #           "train.train_iters=14 train.kernel_profile=10:11": rank 0's kernel summary comes back as profile_summary.md)
 set -uo pipefail
@@ -41,7 +42,19 @@ case $what in
     cp perf_results/dispatch/$tuned.json perf_results/dispatch/$tuned.md "$out/" 2>/dev/null
     ;;
   train)
+    # runs are compared only within one host session (the same preset has differed by 5% between sessions): every
+    # BACKEND:ROUTING:tuned brings its default BACKEND:ROUTING and alltoall:ROUTING into this call if not asked for
+    specs=()
     for spec in "$@"; do
+      IFS=: read -r b r t <<< "$spec"
+      if [ -n "$t" ]; then
+        for need in alltoall:$r $b:$r; do
+          case " $* ${specs[*]} " in *" $need "*) ;; *) specs+=("$need"); echo "added $need (the tuned run's baseline)";; esac
+        done
+      fi
+      specs+=("$spec")
+    done
+    for spec in "${specs[@]}"; do
       IFS=: read -r b r t <<< "$spec"
       name=issue16_${b}_${r}${t:+_tuned}
       extra=(dispatcher=$b train.routing=$r)
