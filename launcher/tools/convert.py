@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import ConfigError
+from launcher.tools.usage import args_or_help
 
 OPTIONS = {"import": ("--hf", "--out"),
            "export": ("--ckpt", "--iteration", "--out", "--quant", "--calib-data", "--calib-samples", "--plan"),
@@ -105,9 +106,8 @@ def run_recipe(entry: str, argv: list[str], env: dict, log: Path) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__.split("\n\n", 1)[1].rstrip())
+    args = args_or_help(argv, __doc__.split("\n\n", 1)[1])
+    if args is None:
         return 0
     from launcher.tools import convert_io
 

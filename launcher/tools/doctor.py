@@ -19,6 +19,7 @@ from typing import Optional
 from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
 from launcher.plan.resolve import Resolved
+from launcher.tools.usage import args_or_help
 
 
 def preflight_argv(cfg: RunConfig, res: Resolved) -> list[str]:
@@ -38,9 +39,8 @@ def preflight_argv(cfg: RunConfig, res: Resolved) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__.split("\n\n", 1)[1].rstrip())
+    args = args_or_help(argv, __doc__.split("\n\n", 1)[1])
+    if args is None:
         return 0
     try:
         from launcher.config.compose import compose

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import ConfigError
+from launcher.tools.usage import args_or_help
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__.split("\n", 2)[2].rstrip())
+    args = args_or_help(argv, __doc__.split("\n", 2)[2])
+    if args is None:
         return 0
     out = None
     if "--json" in args:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import ConfigError
+from launcher.tools.usage import args_or_help
 
 GiB = 2 ** 30
 
@@ -181,9 +182,8 @@ def calibrate(results: list, base: list[str], clus: list[str], n: int, out: Path
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args_in = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help") for a in args_in):
-        print(__doc__.split("\n", 5)[5].rstrip())
+    args_in = args_or_help(argv, __doc__.split("\n", 5)[5])
+    if args_in is None:
         return 0
     try:
         opts, overrides = _parser().parse_known_args(args_in)
