@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         # a directory in use is refused before its checkpoints are read; a new one is made only for a valid plan
         lock = lock_run_dir(run_dir) if run_dir.exists() else None
         plan, entry_text = _plan(cfg, executor, run_dir, _resume_point(cfg, run_dir))
+        if not cfg.launch.dry_run:
+            executor.check_machine(cfg, plan)  # e.g. a local GPU run on a machine without GPUs: one line, no run
         lock = lock or lock_run_dir(run_dir)  # held until moe-launch exits
         script, archived = _write_attempt(cfg, composed, args, executor, run_dir, plan, entry_text)
     except ConfigError as e:

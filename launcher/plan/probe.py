@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -29,17 +31,20 @@ def _has_module(name: str) -> bool:
         return False
 
 
-def _count_gpus() -> int:
+def _count_gpus(dev: Path = Path("/dev")) -> int:
+    """nvidia-smi's list; without nvidia-smi (a container image that lacks it) the driver's device files
+    /dev/nvidia0, /dev/nvidia1, ... (none at all: no NVIDIA driver, so no GPU CUDA could use)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return 0
-    if not shutil.which("nvidia-smi"):
-        return 0
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    n = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return 0
+        n = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    else:
+        n = sum(1 for f in dev.glob("nvidia*") if re.fullmatch(r"nvidia\d+", f.name))
     if visible:
         n = min(n, len([v for v in visible.split(",") if v.strip()]))
     return n

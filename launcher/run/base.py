@@ -44,6 +44,11 @@ class Executor:
         wd = getattr(cfg.cluster, "container_workdir", None)
         return Path(wd) if self.uses_container(cfg) and wd else Path.cwd()
 
+    def check_machine(self, cfg: "RunConfig", plan: "LaunchPlan") -> None:
+        """What a real run needs of the machine it starts on, checked before the run directory is written (a dry
+        run skips it: its script may run elsewhere). Raises ConfigError. Here: nothing (Slurm's ranks run on
+        the compute nodes)."""
+
     def render(self, cfg: "RunConfig", plan: "LaunchPlan", run_dir: Path) -> Optional[str]:
         """The text of the entry file when it is not command.sh itself. Raises ConfigError."""
         return None
