@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
+from launcher.records.checkpoint_dir import iterations
+
 _TS = r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)\]"
 _START = re.compile(_TS + r" saving checkpoint at iteration\s+(\d+)")
 _SCHEDULED = re.compile(_TS + r" scheduled an async checkpoint save at iteration\s+(\d+)")
@@ -68,8 +70,9 @@ def parse_saves(text: str) -> list[dict]:
 
 def checkpoint_summary(text: str, interval: Optional[int], step_ms: Optional[float],
                        save_dir: Optional[str] = None) -> Optional[dict]:
-    """The record's "checkpoints": the saves, the largest wait, and its share of an interval of training
-    (None when the run saved nothing). Sizes of the save directory's iter_* folders where they still exist."""
+    """The record's "checkpoints": the saves, a typical wait (the later saves' median, else the only one) and its
+    share of an interval of training (None when the run saved nothing). Sizes of the save directory's iter_*
+    folders where they still exist."""
     saves = parse_saves(text)
     if not saves:
         return None
@@ -85,13 +88,8 @@ def checkpoint_summary(text: str, interval: Optional[int], step_ms: Optional[flo
 
 def _sizes(save_dir: Optional[str]) -> dict:
     """iter_* folder -> bytes, for what is still on disk."""
-    root = Path(save_dir) if save_dir else None
-    if root is None or not root.is_dir():
-        return {}
-    out = {}
-    for d in sorted(root.glob("iter_*")):
-        out[d.name] = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-    return out
+    found = iterations(Path(save_dir)) if save_dir else []
+    return {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for _, d in found}
 
 
 def _size(n: int) -> str:

@@ -17,9 +17,9 @@ from pathlib import Path
 from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
 from launcher.plan.resolve import Resolved
+from launcher.records.checkpoint_dir import TRACKER
 
 FIELD = "train.checkpoint.init_from"
-TRACKER = "latest_checkpointed_iteration.txt"
 RECORD = "convert.json"
 # model fields that change a weight's shape or presence (the rest, e.g. rotary_base, may change on purpose)
 SHAPED = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels", "vocab_size",
