@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         from launcher.config.compose import compose
+        from launcher.plan.probe import detect
         from launcher.run.registry import executor_for
         from launcher.run.rundir import check_run_dir, default_run_dir
         from launcher.run.rundir_lock import lock_run_dir
@@ -104,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         check_run_dir(run_dir)  # before the plan: Megatron's validator takes half a minute
         # a directory in use is refused before its checkpoints are read; a new one is made only for a valid plan
         lock = lock_run_dir(run_dir) if run_dir.exists() else None
-        plan, entry_text = _plan(cfg, executor, run_dir, _resume_point(cfg, run_dir))
+        probe = detect()
+        plan, entry_text = _plan(cfg, executor, run_dir, _resume_point(cfg, run_dir), probe)
         if not cfg.launch.dry_run:
-            executor.check_machine(cfg, plan)  # e.g. a local GPU run on a machine without GPUs: one line, no run
+            executor.check_machine(cfg, plan, probe)  # e.g. a local GPU run on a machine without GPUs: one line, no run
         lock = lock or lock_run_dir(run_dir)  # held until moe-launch exits
         script, archived = _write_attempt(cfg, composed, args, executor, run_dir, plan, entry_text)
     except ConfigError as e:
@@ -134,12 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         lock.close()  # the kernel would drop it at exit anyway; closing says the run is over
 
 
-def _plan(cfg, executor, run_dir: Path, resume):
+def _plan(cfg, executor, run_dir: Path, resume, probe):
     """The launch plan and the executor's entry file text (sbatch.sh / container.sh: rendered, so checked, first)."""
-    from launcher.plan.probe import detect
     from launcher.run.registry import launch_plan
 
-    plan = launch_plan(cfg, detect(), run_dir=run_dir, resume=resume)
+    plan = launch_plan(cfg, probe, run_dir=run_dir, resume=resume)
     return plan, executor.render(cfg, plan, run_dir)
 
 
@@ -168,7 +169,9 @@ def _restart(cfg, composed, args, executor, run_dir: Path, n: int) -> Optional[P
               "signal or a timeout, from a complete checkpoint)", file=sys.stderr)
         return None
     try:
-        plan, entry_text = _plan(cfg, executor, run_dir, resume)
+        from launcher.plan.probe import detect
+
+        plan, entry_text = _plan(cfg, executor, run_dir, resume, detect())
         script, archived = _write_attempt(cfg, composed, args, executor, run_dir, plan, entry_text)
     except ConfigError as e:
         print(f"moe-launch: not restarting: {e}", file=sys.stderr)

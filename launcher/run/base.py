@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Optional
 if TYPE_CHECKING:
     from launcher.config.schema import RunConfig
     from launcher.plan.plan import LaunchPlan
+    from launcher.plan.probe import MachineProbe
     from launcher.plan.resolve import Resolved
 
 
@@ -44,7 +45,7 @@ class Executor:
         wd = getattr(cfg.cluster, "container_workdir", None)
         return Path(wd) if self.uses_container(cfg) and wd else Path.cwd()
 
-    def check_machine(self, cfg: "RunConfig", plan: "LaunchPlan") -> None:
+    def check_machine(self, cfg: "RunConfig", plan: "LaunchPlan", probe: "MachineProbe") -> None:
         """What a real run needs of the machine it starts on, checked before the run directory is written (a dry
         run skips it: its script may run elsewhere). Raises ConfigError. Here: nothing (Slurm's ranks run on
         the compute nodes)."""

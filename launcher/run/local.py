@@ -14,6 +14,7 @@ from launcher.run.base import Executor
 if TYPE_CHECKING:
     from launcher.config.schema import RunConfig
     from launcher.plan.plan import LaunchPlan
+    from launcher.plan.probe import MachineProbe
     from launcher.run.stop import JobStopper
 
 
@@ -21,21 +22,21 @@ class LocalExecutor(Executor):
     """torchrun on this machine; command.sh is the entry file, run in the foreground with its output in
     train.log."""
 
-    def check_machine(self, cfg: "RunConfig", plan: "LaunchPlan") -> None:
-        """A GPU run's ranks start here: this machine must show a GPU per rank, else torchrun would start ranks
-        that die in Megatron's validate_args ('Found no NVIDIA driver') with a traceback in train.log."""
+    def check_machine(self, cfg: "RunConfig", plan: "LaunchPlan", probe: "MachineProbe") -> None:
+        """A GPU run's ranks start here: this machine (the probe the plan was made with) must show a GPU per rank,
+        else torchrun would start ranks that die in Megatron's validate_args ('Found no NVIDIA driver') with a
+        traceback in train.log."""
         res = plan.resolved
         if res.device != "cuda":
             return
         from launcher.errors import ConfigError
-        from launcher.plan.probe import detect
 
-        gpus = detect().gpus
+        gpus = probe.gpus
         if gpus < res.nproc_per_node:
             field, value = (("cluster.gpus_per_node", cfg.cluster.gpus_per_node) if cfg.cluster.gpus_per_node
                             else ("cluster.device", cfg.cluster.device))
             raise ConfigError(field, value, f"a local run of {res.nproc_per_node} GPU rank(s) on a machine that "
-                              f"shows {gpus} GPU(s) (nvidia-smi, narrowed by CUDA_VISIBLE_DEVICES)",
+                              f"shows {gpus} GPU(s) (nvidia-smi or /dev/nvidiaN, narrowed by CUDA_VISIBLE_DEVICES)",
                               "run it where the GPUs are (cluster=slurm submits to them), "
                               + (f"ask for at most {gpus} GPU(s), " if gpus else "")
                               + "or cluster.device=cpu; launch.dry_run=true writes the run without starting it")

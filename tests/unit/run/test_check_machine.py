@@ -25,19 +25,18 @@ class _Plan:
 
 
 @pytest.mark.parametrize("executor", [LocalExecutor(), ContainerExecutor()], ids=["local", "container"])
-def test_too_few_gpus_is_refused_naming_the_field(monkeypatch, executor):
-    monkeypatch.setattr("launcher.plan.probe.detect", lambda: MachineProbe(gpus=1))
+def test_too_few_gpus_is_refused_naming_the_field(executor):
     with pytest.raises(ConfigError) as e:
-        executor.check_machine(make_cfg(["cluster.gpus_per_node=2"]), _Plan("cuda", 2))
+        executor.check_machine(make_cfg(["cluster.gpus_per_node=2"]), _Plan("cuda", 2), MachineProbe(gpus=1))
     assert e.value.field == "cluster.gpus_per_node" and "shows 1 GPU(s)" in str(e.value)
     assert "ask for at most 1 GPU(s)" in e.value.fix
-    executor.check_machine(make_cfg(["cluster.gpus_per_node=1"]), _Plan("cuda", 1))  # enough: no error
+    executor.check_machine(make_cfg(["cluster.gpus_per_node=1"]), _Plan("cuda", 1), MachineProbe(gpus=1))  # enough
 
 
-def test_cpu_runs_and_slurm_are_not_checked(monkeypatch):
-    monkeypatch.setattr("launcher.plan.probe.detect", lambda: MachineProbe(gpus=0))
-    LocalExecutor().check_machine(make_cfg([]), _Plan("cpu", 2))
-    Executor().check_machine(make_cfg(["cluster.gpus_per_node=8"]), _Plan("cuda", 8))  # Slurm: compute nodes
+def test_cpu_runs_and_slurm_are_not_checked():
+    none = MachineProbe(gpus=0)
+    LocalExecutor().check_machine(make_cfg([]), _Plan("cpu", 2), none)
+    Executor().check_machine(make_cfg(["cluster.gpus_per_node=8"]), _Plan("cuda", 8), none)  # Slurm: compute nodes
 
 
 def test_moe_launch_refuses_in_one_line_and_writes_nothing(tmp_path):
