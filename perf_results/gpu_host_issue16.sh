@@ -14,7 +14,9 @@
 #           preset with only the dispatcher and the routing changed (same stack, same settings); ":tuned" adds
 #           dispatcher.tuned=qwen3_30b_a3b_ep2_h200 (the tuner's best knobs) and brings its default and alltoall
 #           runs of the same routing into the call. Run directories' record files go to
-#           OUTDIR/runs/issue16_<backend>_<routing>[_tuned]/. I16_EXTRA="k=v ..." adds overrides to every run (e.g.
+#           runs/issue16_<backend>_<routing>[_tuned]/ inside OUTDIR/issue16_runs.tar.gz, rewritten after each run: the
+#           device tool brings back at most 8 files (more were lost once), and a call stopped at its limit still
+#           returns the runs that finished. I16_EXTRA="k=v ..." adds overrides to every run (e.g.
 #           "train.train_iters=14 train.kernel_profile=10:11": rank 0's kernel summary comes back as profile_summary.md)
 set -uo pipefail
 [ -f /root/gpu-host.env ] && source /root/gpu-host.env
@@ -60,13 +62,14 @@ case $what in
       extra=(dispatcher=$b train.routing=$r)
       [ -n "$t" ] && extra+=(dispatcher.tuned=$tuned)
       read -ra more <<< "${I16_EXTRA:-}"; extra+=("${more[@]}")
-      rm -rf "$w/$name"
+      rm -rf "$w/$name" "$w/keep/runs/$name"
       python3 -m launcher "${preset[@]}" "${extra[@]}" launch.run_dir=$w/$name > "$w/$name.out" 2>&1
       echo "$name rc=$?"
-      mkdir -p "$out/runs/$name"
+      mkdir -p "$w/keep/runs/$name"
       for f in record.json record.md plan.json config.yaml train.log versions.json exit.json; do
-        cp "$w/$name/$f" "$out/runs/$name/" 2>/dev/null; done
-      cp "$w/$name/profile/summary_rank0.md" "$out/runs/$name/profile_summary.md" 2>/dev/null
+        cp "$w/$name/$f" "$w/keep/runs/$name/" 2>/dev/null; done
+      cp "$w/$name/profile/summary_rank0.md" "$w/keep/runs/$name/profile_summary.md" 2>/dev/null
+      tar czf "$out/issue16_runs.tar.gz" -C "$w/keep" runs
       python3 - "$w/$name" <<'PY'
 import json, sys
 try:
