@@ -42,11 +42,14 @@ trap '[ -n "$launcher_pid" ] && kill -TERM $launcher_pid 2>/dev/null; exit 143' 
 case $what in
   saves)
     shift 2
+    # one GPU (the only kind lent on 2026-12-01): no EP; 2 layers, 1.9B parameters, 22 GB a checkpoint, so that the
+    # complete one and the one being written fit the 64 GiB disk of the one-GPU host
+    shape=(model.num_layers=4); [ "$(nvidia-smi -L | wc -l)" = 1 ] && shape=(model.num_layers=2 parallel=single cluster.gpus_per_node=1)
     for v in "${@:-default constant}"; do for v in $v; do
       r=$w/saves_$v; rm -rf "$r"
       extra=(); [ "$v" = constant ] && extra=('megatron.raw=[--ckpt-assume-constant-structure]')
       MOE_DEBUG_LOGGERS=megatron.training.checkpointing,megatron.core.dist_checkpointing \
-        python3 -m launcher "${q8[@]}" model.num_layers=4 train.train_iters=80 train.save_interval=20 \
+        python3 -m launcher "${q8[@]}" "${shape[@]}" train.train_iters=80 train.save_interval=20 \
         train.checkpoint.keep_last=1 "${extra[@]}" launch.run_dir=$r > $w/saves_$v.out 2>&1 &
       launcher_pid=$!; wait $launcher_pid; echo "== saves $v rc=$?"; launcher_pid=
       grep "checkpoint saves" $r/record.md
