@@ -211,8 +211,19 @@ def main(argv: list[str]) -> int:
     except ConvertError as e:
         print(f"recipes.convert: error: {e}", file=sys.stderr, flush=True)
         return 3
+    finally:
+        close_process_group()
     print(f"recipes.convert: done in {time.time() - t0:.1f}s ({'cpu' if on_cpu else 'cuda'})", flush=True)
     return 0
+
+
+def close_process_group() -> None:
+    """Tear the process group down before the interpreter exits: left to exit-time destructors, its threads
+    aborted an export that had finished ("terminate called without an active exception", exit -6, seen on CPU)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -182,4 +182,10 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    raise SystemExit(main(sys.argv[1:]))
+    from recipes.convert import close_process_group
+
+    try:
+        code = main(sys.argv[1:])
+    finally:
+        close_process_group()  # the reason: recipes/convert.py
+    raise SystemExit(code)
