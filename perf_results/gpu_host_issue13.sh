@@ -20,7 +20,8 @@
 #     constant  + --ckpt-assume-constant-structure (the save plan cached after the first save, parallel writers)
 #   Shows each run's "checkpoint saves" row (training's wait per save, the background write, the wait's share).
 #   Measured 2026-11-30 on the 8-layer shape (kill): the first async save held training 64.1 s; on CPU a run's
-#   first save costs ~10x its later ones, hence several saves here. About 2.5 minutes a variant.
+#   first save costs ~10x its later ones, hence several saves here. On one GPU (2026-12-01) the default variant had
+#   not finished after 320 s: give each variant a call of its own (the tarball is rewritten after each variant).
 set -uo pipefail
 source /root/gpu-host.env
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -56,8 +57,8 @@ case $what in
       grep -E "takes [0-9.]+ to (prepare state dict|finish D2H|schedule async|finalize)|plan time|write\(async\) time|parallel save sharding|recipes.retention" $r/train.log \
         | grep -E "rank: 0|retention|sharding" | cut -c1-160 | head -40
       rm -rf $r/checkpoints
+      tar czf "$out/saves.tar.gz" -C "$w" $(cd $w && ls -d saves_*)  # after each variant: a call's limit keeps the finished ones
     done; done
-    tar czf "$out/saves.tar.gz" -C "$w" $(cd $w && ls -d saves_*)
     ;;
   kill)
     r=$w/kill; rm -rf "$r"
