@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from launcher.records.failures import FailureInfo
+
 NAME = "torchrun_error.json"
 TRACEBACK_LINES = 12  # the end of the rank's own traceback: the frames nearest the error
 
@@ -51,3 +53,15 @@ def with_error_file(failure, run_dir: Path):
         failure.summary = (f"rank {failure.rank} raised {err['message'][:300]} (torchrun's first observed "
                            "failure); the job ended")
     return failure
+
+
+def without_launcher(failure, run_dir: Path, exit_info: Optional[dict]):
+    """A run whose moe-launch was killed (SIGKILL, a job or call limit: no exit.json) while a rank raised: the error
+    file is then the only account of how the job ended, so the run is failed with it, not "incomplete"."""
+    err = read_error_file(run_dir) if exit_info is None and failure is None else None
+    if err is None:
+        return failure
+    code = f" (exit {err['exitcode']})" if err["exitcode"] is not None else ""
+    return FailureInfo(cls="unknown", summary=f"moe-launch wrote no exit.json (it was killed before the job ended); "
+                                              f"first failed rank raised {err['message'][:300]}",
+                       evidence=[f"torchrun error file: {err['message'][:400]}{code}"])

@@ -34,7 +34,7 @@ from typing import Optional
 import yaml
 
 from launcher.records.failures import FailureInfo, classify
-from launcher.records.error_file import with_error_file
+from launcher.records.error_file import with_error_file, without_launcher
 from launcher.records.stops import classify_stop
 from launcher.records.legacy_argv import legacy_facts
 from launcher.records.logparse import LogSummary, parse_log
@@ -213,6 +213,7 @@ def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int
     failure = classify(log_text, exit_info.get("returncode") if exit_info else None, layout)
     failure = classify_stop(log_text, exit_info, failure)  # interrupted, preempted, rank_died
     failure = with_error_file(failure, run_dir)  # torchrun's structured error file, where a rank raised
+    failure = without_launcher(failure, run_dir, exit_info)  # ... and the only account where moe-launch was killed
     status = status_of(exit_info, log, failure)
     if status == "ok":
         failure = silent_logger(run_dir, config)

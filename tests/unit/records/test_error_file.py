@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.records.error_file import NAME, read_error_file, with_error_file
+from launcher.records.error_file import NAME, read_error_file, with_error_file, without_launcher
 from launcher.records.failures import FailureInfo
 
 REPO = Path(__file__).resolve().parents[3]
@@ -76,3 +76,18 @@ def test_no_file_or_not_torchs_format_is_none(tmp_path, text):
     (tmp_path / NAME).write_text(text)
     assert read_error_file(tmp_path) is None
     assert with_error_file(FailureInfo(cls="unknown", summary="exit 1"), tmp_path).summary == "exit 1"
+
+
+def test_a_run_whose_launcher_was_killed_is_failed_with_the_ranks_exception(tmp_path):
+    # measured 2026-12-01: a device call's limit SIGKILLed moe-launch; its rank died of BrokenPipe at its next print
+    (tmp_path / NAME).write_text(json.dumps({"message": {"message": "BrokenPipeError: [Errno 32] Broken pipe",
+                                                         "errorCode": 1, "extraInfo": {"py_callstack": "x"}}}))
+    gone = without_launcher(None, tmp_path, None)
+    assert gone.cls == "unknown" and gone.summary == (
+        "moe-launch wrote no exit.json (it was killed before the job ended); first failed rank raised "
+        "BrokenPipeError: [Errno 32] Broken pipe")
+    assert gone.evidence == ["torchrun error file: BrokenPipeError: [Errno 32] Broken pipe (exit 1)"]
+    assert without_launcher(None, tmp_path, {"returncode": 0}) is None  # moe-launch saw the end: its word stands
+    known = FailureInfo(cls="oom", summary="out of GPU memory")
+    assert without_launcher(known, tmp_path, None) is known
+    assert without_launcher(None, tmp_path / "elsewhere", None) is None  # no error file: still incomplete
