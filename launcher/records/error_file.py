@@ -39,11 +39,10 @@ def read_error_file(run_dir: Path) -> Optional[dict]:
 def with_error_file(failure, run_dir: Path):
     """The failure (a FailureInfo, or None for a run that succeeded) with the error file's exception added: always
     as evidence; as the summary where the log gave no known class or only "rank N exited with 1"."""
-    err = read_error_file(run_dir)
-    if failure is None or err is None:
+    err = read_error_file(run_dir) if failure is not None else None
+    if err is None:
         return failure
-    code = f" (exit {err['exitcode']})" if err["exitcode"] is not None else ""
-    failure.evidence.insert(0, f"torchrun error file: {err['message'][:400]}{code}")
+    failure.evidence.insert(0, _evidence_line(err))
     if err["traceback"]:
         failure.evidence.insert(1, "traceback end: " + " | ".join(line.strip() for line in err["traceback"][-3:]))
     if failure.cls == "unknown":
@@ -61,7 +60,11 @@ def without_launcher(failure, run_dir: Path, exit_info: Optional[dict]):
     err = read_error_file(run_dir) if exit_info is None and failure is None else None
     if err is None:
         return failure
-    code = f" (exit {err['exitcode']})" if err["exitcode"] is not None else ""
     return FailureInfo(cls="unknown", summary=f"moe-launch wrote no exit.json (it was killed before the job ended); "
                                               f"first failed rank raised {err['message'][:300]}",
-                       evidence=[f"torchrun error file: {err['message'][:400]}{code}"])
+                       evidence=[_evidence_line(err)])
+
+
+def _evidence_line(err: dict) -> str:
+    code = f" (exit {err['exitcode']})" if err["exitcode"] is not None else ""
+    return f"torchrun error file: {err['message'][:400]}{code}"
