@@ -43,7 +43,7 @@ trap '[ -n "$launcher_pid" ] && kill -TERM $launcher_pid 2>/dev/null; exit 143' 
 case $what in
   saves)
     shift 2
-    # one GPU (the only kind lent on 2026-12-01): no EP; 2 layers, 1.9B parameters, 22 GB a checkpoint, so that the
+    # one GPU (the only kind lent on 2026-12-01): no EP; 2 layers, about 1.9B parameters and 22 GB a checkpoint (12 bytes each), so that the
     # complete one and the one being written fit the 64 GiB disk of the one-GPU host
     shape=(model.num_layers=4); [ "$(nvidia-smi -L | wc -l)" = 1 ] && shape=(model.num_layers=2 parallel=single cluster.gpus_per_node=1)
     for v in "${@:-default constant}"; do for v in $v; do

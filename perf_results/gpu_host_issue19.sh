@@ -82,8 +82,9 @@ for d in train heldout; do
     --tokenizer-model "$w/tok" --overwrite 2>&1 | tail -1
 done
 # 1. train: the 4-layer proxy on one GPU, checkpoints on (one save, at the end, weights only: with their Adam state
-#    the 3.1B parameters would be 37 GB, and the one-GPU host has 64 GiB of disk for this and the exports; export
-#    reads the model only), seq 1024 and 8 sequences a step so that 200 steps take about 2 minutes
+#    the 2.6B parameters (vocabulary 32,768) would be about 31 GB, and the one-GPU host has 64 GiB of disk for
+#    this and the exports; export reads the model only), seq 1024 and 8 sequences a step so that 200 steps take
+#    about 2 minutes
 python3 -m launcher "${q4[@]}" train.train_iters=200 train.lr_warmup_iters=20 train.save_interval=1000 \
   'megatron.raw=[--no-save-optim]' \
   train.log_interval=20 launch.run_dir=$w/runs/train > $w/train.out 2>&1; echo "train rc=$? ($(( $(date +%s) - t0 )) s)"
