@@ -32,10 +32,9 @@ def prune_once(ckpt_dir: Path, keep: int) -> list[str]:
     return gone
 
 
-def _watch(ckpt_dir: Path, keep: int, every_s: float, stop: threading.Event) -> None:
+def _watch(ckpt_dir: Path, keep: int, every_s: float, stop: threading.Event, seen: Optional[int]) -> None:
     from launcher.records.checkpoint_dir import tracker_iteration
 
-    seen = tracker_iteration(ckpt_dir)  # what a resume started from was pruned by the launcher before the run
     while not stop.wait(every_s):
         now = tracker_iteration(ckpt_dir)
         if now is not None and now != seen:
@@ -51,8 +50,13 @@ def start(save_dir: Optional[str], rank: int) -> Optional[threading.Event]:
     keep = int(os.environ.get(ENV) or 0)
     if keep < 1 or not save_dir or rank != 0:
         return None
+    from launcher.records.checkpoint_dir import tracker_iteration
+
     stop = threading.Event()
     every_s = float(os.environ.get(ENV_POLL) or 10)
-    threading.Thread(target=_watch, args=(Path(save_dir), keep, every_s, stop), name="moe-keep-last",
+    # the tracker as training starts (what a resume started from was pruned by the launcher before the run), read
+    # here, not in the thread: a thread scheduled late would take a save made meanwhile for the starting point
+    seen = tracker_iteration(Path(save_dir))
+    threading.Thread(target=_watch, args=(Path(save_dir), keep, every_s, stop, seen), name="moe-keep-last",
                      daemon=True).start()
     return stop
