@@ -140,8 +140,10 @@ class Routing(StrEnum):
 
 
 class CrossEntropyImpl(StrEnum):
+    auto = "auto"
     native = "native"
     te = "te"
+    lean = "lean"
 
 
 class CudaGraphImpl(StrEnum):

@@ -215,8 +215,10 @@ class TrainConfig:
     """Megatron's fused vocab-parallel cross entropy (--cross-entropy-loss-fusion): no FP32 copy of the
     full logits; with a 150k vocabulary the logits are the largest activation of a small MoE. auto = on
     on GPUs (launcher/plan/tuned.py)."""
-    cross_entropy_fusion_impl: CrossEntropyImpl = CrossEntropyImpl.native
-    """native or te (--cross-entropy-fusion-impl); used with cross_entropy_loss_fusion."""
+    cross_entropy_fusion_impl: CrossEntropyImpl = CrossEntropyImpl.auto
+    """Which fused loss, with cross_entropy_loss_fusion: native or te (Megatron's, --cross-entropy-fusion-impl;
+    0.19.2's validator refuses te), or lean (recipes/loss.py: no FP32 copy of the logits, two reads of them;
+    passed as MOE_CROSS_ENTROPY). auto = lean on GPUs (launcher/plan/tuned.py)."""
     kernel_profile: Optional[str] = None
     """"START:END" (1-based iterations, inclusive): torch.profiler over those whole iterations on rank 0,
     written with a GPU-time summary by category to <run_dir>/profile (recipes/profiling.py); null = off.

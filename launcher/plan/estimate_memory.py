@@ -133,12 +133,13 @@ def logits_per_token(cfg: RunConfig, res: Resolved) -> tuple[float, float]:
     the peak. That term is measured, not derived: the seven GPU runs with the fused loss peak 4 B x vocab x
     tokens above the same shapes without it, independent of the layer count (4 and 8 layers); on CPU the
     compiled functions work in place (checked), so the extra FP32 buffer comes from the GPU (Triton) path.
-    TE's fused loss works in place on the BF16 logits."""
+    TE's fused loss works in place on the BF16 logits. The lean loss (recipes/loss.py) writes a BF16 gradient
+    next to the BF16 logits and keeps only the gradient."""
     t = cfg.train
     act = 4 if cfg.precision.params_dtype == "fp32" else 2
     if act == 4:
         return 8.0, 4.0
-    if t.cross_entropy_loss_fusion and t.cross_entropy_fusion_impl == "te":
+    if t.cross_entropy_loss_fusion and t.cross_entropy_fusion_impl in ("te", "lean"):
         return 4.0, 2.0
     if t.cross_entropy_loss_fusion:
         return 10.0, 4.0

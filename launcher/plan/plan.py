@@ -88,6 +88,8 @@ def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
         env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
     if res.tuned.moe_grouped_gemm_impl != "te":
         env["MOE_GROUPED_GEMM_IMPL"] = res.tuned.moe_grouped_gemm_impl  # read by recipes/experts.py
+    if res.tuned.cross_entropy_loss_fusion and res.tuned.cross_entropy_fusion_impl == "lean":
+        env["MOE_CROSS_ENTROPY"] = "lean"  # read by recipes/loss.py; Megatron's argv has no fused loss then
     if res.tuned.expandable_segments and "PYTORCH_CUDA_ALLOC_CONF" not in cfg.cluster.env:
         # less fragmentation (launcher/plan/tuned.py); a cluster.env value keeps its own place below
         env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
@@ -135,8 +137,15 @@ def _predicted_fit(cfg: RunConfig, res: Resolved) -> Optional[bool]:
 
 
 # tuned knobs that cost memory, cheapest to give up first: the overlap keeps one micro batch more in flight,
-# Megatron's native fused loss one FP32 copy of the logits more at its peak (launcher/plan/estimate_memory.py)
+# Megatron's native fused loss one FP32 copy of the logits more at its peak (launcher/plan/estimate_memory.py;
+# the lean loss is below the unfused one, so giving it up would not help: _costs_memory)
 MEMORY_KNOBS = (("dispatcher", "overlap_moe_expert_parallel_comm"), ("train", "cross_entropy_loss_fusion"))
+
+
+def _costs_memory(res: Resolved, knob: str) -> bool:
+    if knob == "cross_entropy_loss_fusion":
+        return res.tuned.cross_entropy_loss_fusion and res.tuned.cross_entropy_fusion_impl == "native"
+    return getattr(res.tuned, knob)
 
 
 def fit_tuned_memory(cfg: RunConfig, res: Resolved) -> Resolved:
@@ -145,7 +154,7 @@ def fit_tuned_memory(cfg: RunConfig, res: Resolved) -> Resolved:
     if cfg.launch.skip_memory_check or _predicted_fit(cfg, res) is not False:
         return res
     for group, knob in MEMORY_KNOBS:
-        if str(getattr(getattr(cfg, group), knob)) != "auto" or not getattr(res.tuned, knob):
+        if str(getattr(getattr(cfg, group), knob)) != "auto" or not _costs_memory(res, knob):
             continue
         off = dataclasses.replace(res, tuned=dataclasses.replace(res.tuned, **{knob: False}))
         note = f"{knob}=auto -> false: the predicted peak with it exceeds the memory rule's limit"

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from launcher.config.choices import GroupedGemmImpl, Switch
+from launcher.config.choices import CrossEntropyImpl, GroupedGemmImpl, Switch
 from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
 
@@ -22,6 +22,8 @@ TORCH_EXPERTS = ("perf_results/runs/qwen3_30b_a3b_4l_1gpu_torch_experts_mbs4 (34
 FUSIONS = "perf_results/tuning/qwen3_30b_a3b_4l_1gpu_h200/01_fusions (kept: +1.9% tokens/s over 00_baseline)"
 A2A_OVERLAP = ("perf_results/runs/qwen3_30b_a3b_8l_ep2_torch_experts_a2a_overlap_dropless (323.6 TFLOP/s/GPU vs "
                "310.6 without, +4.2%; forced balance +4.0%)")
+LEAN_LOSS = ("perf_results/runs/qwen3_30b_a3b_4l_1gpu_lean_loss_mbs8 (107,260 tokens/s/GPU, peak 85.4 GiB) vs "
+             "perf_results/runs/qwen3_30b_a3b_4l_1gpu_native_loss_mbs8 (99,327, 113.2 GiB): +8.0%")
 ALLOCATOR = ("no throughput cost measured; the OOM records perf_results/runs/qwen3_30b_a3b_4l_1gpu_mbs4 and "
              "perf_results/tuning/qwen3_30b_a3b_8l_ep2_h200x2/01_micro_batch_mbs8 ask for it against fragmentation")
 
@@ -36,10 +38,11 @@ class Tuned:
     cross_entropy_loss_fusion: bool
     overlap_moe_expert_parallel_comm: bool
     expandable_segments: bool
+    cross_entropy_fusion_impl: str = "native"  # a default: plan.json files written before it rebuild unchanged
 
 
 SAFE = Tuned(moe_grouped_gemm_impl="te", permute_fusion=False, router_fusion=False, cross_entropy_loss_fusion=False,
-             overlap_moe_expert_parallel_comm=False, expandable_segments=False)
+             overlap_moe_expert_parallel_comm=False, expandable_segments=False, cross_entropy_fusion_impl="native")
 """Every knob's safe choice (what the schema defaulted to before issue 17)."""
 
 
@@ -114,7 +117,22 @@ def cross_entropy_loss_fusion(cfg: RunConfig, stack: Stack) -> tuple[bool, Optio
         return False, f"{field}=auto -> false: CPU run (the fused kernel is a GPU path)"
     if t.cross_entropy_fusion_impl == "te" and stack.transformer_impl != "transformer_engine":
         return False, f"{field}=auto -> false: cross_entropy_fusion_impl=te without Transformer Engine"
-    return True, f"{field}=auto -> true: GPU run (Megatron's fused vocab-parallel loss); measured {FUSIONS}"
+    return True, f"{field}=auto -> true: GPU run (a fused vocab-parallel loss); measured {FUSIONS}"
+
+
+def cross_entropy_impl(cfg: RunConfig, stack: Stack, fused: bool) -> tuple[str, Optional[str]]:
+    """train.cross_entropy_fusion_impl: the lean loss (recipes/loss.py) where the fused loss is on and a GPU runs
+    it, else Megatron's native one (what a fused loss meant before)."""
+    field, written = "cross_entropy_fusion_impl", cfg.train.cross_entropy_fusion_impl
+    if written != CrossEntropyImpl.auto:
+        return str(written), None
+    if not fused:
+        return "native", None  # no fused loss: the implementation is not used (no note)
+    if stack.device != "cuda":
+        return "native", f"{field}=auto -> native: CPU run (the lean loss is measured on GPUs)"
+    if cfg.distill.enabled:
+        return "native", f"{field}=auto -> native: distillation (the lean loss is not measured with modelopt's)"
+    return "lean", f"{field}=auto -> lean: no FP32 copy of the logits; measured {LEAN_LOSS}"
 
 
 def _microbatches(cfg: RunConfig, stack: Stack) -> int:
@@ -183,11 +201,13 @@ def resolve_tuned(cfg: RunConfig, stack: Stack) -> tuple[Tuned, list[str]]:
     permute, n2 = te_fusion(cfg, stack, "permute_fusion")
     router, n3 = te_fusion(cfg, stack, "router_fusion")
     ce, n4 = cross_entropy_loss_fusion(cfg, stack)
+    ce_impl, n7 = cross_entropy_impl(cfg, stack, ce)
     overlap, n5 = ep_overlap(cfg, stack)
     alloc, n6 = expandable_segments(cfg, stack)
     tuned = Tuned(moe_grouped_gemm_impl=impl, permute_fusion=permute, router_fusion=router,
-                  cross_entropy_loss_fusion=ce, overlap_moe_expert_parallel_comm=overlap, expandable_segments=alloc)
-    return tuned, [n for n in (n1, n2, n3, n4, n5, n6) if n]
+                  cross_entropy_loss_fusion=ce, overlap_moe_expert_parallel_comm=overlap, expandable_segments=alloc,
+                  cross_entropy_fusion_impl=ce_impl)
+    return tuned, [n for n in (n1, n2, n3, n4, n7, n5, n6) if n]
 
 
 def _concrete(written, value):
@@ -209,6 +229,8 @@ def tuned_config(cfg: RunConfig, tuned: Tuned) -> RunConfig:
                                                          tuned.overlap_moe_expert_parallel_comm)))
     train = dataclasses.replace(
         t, cross_entropy_loss_fusion=_bool(_concrete(t.cross_entropy_loss_fusion, tuned.cross_entropy_loss_fusion)),
+        cross_entropy_fusion_impl=CrossEntropyImpl(_concrete(t.cross_entropy_fusion_impl,
+                                                             tuned.cross_entropy_fusion_impl)),
         expandable_segments=_bool(_concrete(t.expandable_segments, tuned.expandable_segments)))
     return dataclasses.replace(cfg, model=model, dispatcher=disp, train=train)
 

@@ -141,7 +141,6 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     ("train.eval_iters", "--eval-iters", VALUE),
     ("train.eval_interval", "--eval-interval", VALUE),
     ("train.manual_gc", "--manual-gc", TRUE),
-    ("train.cross_entropy_loss_fusion", "--cross-entropy-loss-fusion", TRUE),
     ("train.manual_gc_interval", "--manual-gc-interval", VALUE),
     ("train.profile", "--profile", TRUE),
     ("train.profile_step_start", "--profile-step-start", VALUE),
@@ -210,14 +209,18 @@ def _fsdp(cfg: RunConfig) -> list[str]:
     return ["--use-megatron-fsdp", "--ckpt-format", "fsdp_dtensor"] if cfg.parallel.use_megatron_fsdp else []
 
 
-def _ce_impl(cfg: RunConfig) -> list[str]:
-    # the implementation flag only means something with the fusion on; Megatron's default is native
+def _ce(cfg: RunConfig) -> list[str]:
+    # Megatron's fused losses (native, te) are its flags; the lean one is ours (recipes/loss.py, MOE_CROSS_ENTROPY),
+    # so Megatron sees an unfused loss there. The implementation flag only means something with the fusion on.
     t = cfg.train
-    return ["--cross-entropy-fusion-impl", t.cross_entropy_fusion_impl] if t.cross_entropy_loss_fusion else []
+    if not t.cross_entropy_loss_fusion or t.cross_entropy_fusion_impl == "lean":
+        return []
+    return ["--cross-entropy-loss-fusion", "--cross-entropy-fusion-impl", str(t.cross_entropy_fusion_impl)]
 
 
 SPECIAL: dict[str, Callable[[RunConfig], list[str]]] = {
-    "train.cross_entropy_fusion_impl": _ce_impl,
+    "train.cross_entropy_loss_fusion": _ce,
+    "train.cross_entropy_fusion_impl": _ce,
     "model.num_query_groups": _gqa,
     "model.vocab_size": _vocab,
     "recompute.granularity": _granularity,
@@ -296,6 +299,7 @@ FLAG_FIELDS: dict[str, str] = {
     "--num-virtual-stages-per-pipeline-rank": "parallel.vpp", "--num-layers-per-virtual-pipeline-stage": "parallel.vpp",
     "--no-gradient-accumulation-fusion": "train.gradient_accumulation_fusion",
     "--cross-entropy-fusion-impl": "train.cross_entropy_fusion_impl",
+    "--cross-entropy-loss-fusion": "train.cross_entropy_loss_fusion",
 }
 
 # Every flag a schema field can emit (TABLE, SPECIAL, DERIVED): megatron.extra/raw may not set these.

@@ -6,6 +6,7 @@ export PYTHONUNBUFFERED="${PYTHONUNBUFFERED:-1}"  # the calling shell's value wi
 export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-32}"  # the calling shell's value wins
 export NVTE_FWD_LAYERNORM_SM_MARGIN="${NVTE_FWD_LAYERNORM_SM_MARGIN:-24}"  # the calling shell's value wins
 export NVTE_BWD_LAYERNORM_SM_MARGIN="${NVTE_BWD_LAYERNORM_SM_MARGIN:-24}"  # the calling shell's value wins
+export MOE_CROSS_ENTROPY="${MOE_CROSS_ENTROPY:-lean}"  # the calling shell's value wins
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"  # the calling shell's value wins
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"  # the calling shell's value wins
 export NVTE_ALLOW_NONDETERMINISTIC_ALGO="${NVTE_ALLOW_NONDETERMINISTIC_ALGO:-1}"  # the calling shell's value wins
@@ -76,9 +77,7 @@ exec python -m recipes.pretrain \
   --eval-iters 0 \
   --eval-interval 1000 \
   --manual-gc \
-  --cross-entropy-loss-fusion \
   --manual-gc-interval 10 \
-  --cross-entropy-fusion-impl native \
   --group-query-attention \
   --num-query-groups 4 \
   --vocab-size 151936 \

@@ -23,7 +23,7 @@ PLAIN = ["model=qwen3_30b_a3b", "model.num_layers=8", "train=pretrain", "hardwar
          "train.micro_batch_size=4", "train.global_batch_size=32"]
 PRESET = ["preset=qwen3_30b_a3b_8l_2xh200_ep2_bench_bf16", "train.routing=dropless"]
 FAST = dict(moe_grouped_gemm_impl="torch", permute_fusion=True, router_fusion=True, cross_entropy_loss_fusion=True,
-            overlap_moe_expert_parallel_comm=True, expandable_segments=True)
+            overlap_moe_expert_parallel_comm=True, expandable_segments=True, cross_entropy_fusion_impl="lean")
 
 
 def _plan(overrides: list[str], probe: MachineProbe = H200X2, validate: bool = False):
@@ -42,9 +42,10 @@ def test_the_plain_command_resolves_to_the_tuned_preset():
     plain, preset = _plan(PLAIN, validate=True), _plan(PRESET)
     assert plain.argv == preset.argv and plain.env == preset.env
     assert _tuned(plain) == FAST
-    for flag in ("--moe-permute-fusion", "--moe-router-fusion", "--overlap-moe-expert-parallel-comm",
-                 "--cross-entropy-loss-fusion"):
+    for flag in ("--moe-permute-fusion", "--moe-router-fusion", "--overlap-moe-expert-parallel-comm"):
         assert flag in plain.argv
+    # the lean loss is the recipe's (recipes/loss.py): Megatron's argv has no fused loss of its own
+    assert plain.env["MOE_CROSS_ENTROPY"] == "lean" and "--cross-entropy-loss-fusion" not in plain.argv
     assert plain.env["MOE_GROUPED_GEMM_IMPL"] == "torch"
     assert plain.env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     assert plain.env["CUDA_DEVICE_MAX_CONNECTIONS"] == "32"  # the overlap's streams
@@ -53,7 +54,7 @@ def test_the_plain_command_resolves_to_the_tuned_preset():
 
 def test_each_auto_note_names_a_measurement_that_exists():
     notes = [n for n in _plan(PLAIN).resolved.notes if "=auto -> " in n]
-    assert len(notes) == 6
+    assert len(notes) == 7
     for note in notes:
         paths = re.findall(r"perf_results/[\w./-]+", note)
         assert paths, note
@@ -146,6 +147,28 @@ def test_pinned_choices_stay():
     assert "--moe-permute-fusion" not in plan.argv and "--cross-entropy-loss-fusion" not in plan.argv
 
 
+def test_the_loss_implementation_megatrons_or_the_recipes():
+    """native/te are Megatron's flags; lean is the recipe's (MOE_CROSS_ENTROPY) and may be pinned on CPU too
+    (recipes/loss.py runs its arithmetic eagerly there); auto keeps Megatron's with distillation."""
+    native = _plan(PLAIN + ["train.cross_entropy_fusion_impl=native"])
+    i = native.argv.index("--cross-entropy-loss-fusion")
+    assert native.argv[i + 1:i + 3] == ["--cross-entropy-fusion-impl", "native"]
+    assert "MOE_CROSS_ENTROPY" not in native.env
+    assert not [n for n in native.resolved.notes if n.startswith("cross_entropy_fusion_impl=")]
+    cpu = _plan(["model=tiny_moe", "train.cross_entropy_loss_fusion=true", "train.cross_entropy_fusion_impl=lean"],
+                probe=PROBE)
+    assert cpu.env["MOE_CROSS_ENTROPY"] == "lean" and "--cross-entropy-loss-fusion" not in cpu.argv
+    auto_cpu = _plan(["model=tiny_moe", "train.cross_entropy_loss_fusion=true"], probe=PROBE)
+    assert auto_cpu.resolved.tuned.cross_entropy_fusion_impl == "native"
+    assert "cross_entropy_fusion_impl=auto -> native: CPU run" in " ".join(auto_cpu.resolved.notes)
+    from launcher.plan.tuned import Stack, cross_entropy_impl
+
+    kd = make_cfg(PLAIN + ["distill=kd"])
+    assert kd.distill.enabled
+    impl, note = cross_entropy_impl(kd, Stack("cuda", "transformer_engine", 2), True)
+    assert impl == "native" and "distillation" in note
+
+
 def test_a_pinned_fast_choice_where_it_is_not_valid_is_refused_by_its_rule():
     with pytest.raises(ConfigError) as ei:
         _plan(PLAIN + ["precision=fp8_blockwise", "model.moe_grouped_gemm_impl=torch"])
@@ -162,17 +185,29 @@ def test_a_switch_takes_auto_true_or_false():
     assert "auto, true or false" in ei.value.rule
 
 
+B200 = ["preset=qwen3_30b_a3b_8xb200_ep8_mbs4_alltoall_bf16", "dispatcher.overlap_moe_expert_parallel_comm=auto"]
+
+
 def test_a_knob_that_breaks_the_memory_rule_falls_back():
-    """The B200 EP8 preset at MBS 4 fits only without the overlap's extra micro batch and the native fused
-    loss's FP32 logits copy: auto gives both up, says so, and the run is not refused."""
-    plan = _plan(["preset=qwen3_30b_a3b_8xb200_ep8_mbs4_alltoall_bf16"], probe=PROBE)
+    """The B200 EP8 preset at MBS 4 with Megatron's native fused loss fits only without the overlap's extra micro
+    batch and that loss's FP32 logits copy: auto gives both up, says so, and the run is not refused."""
+    plan = _plan([*B200, "train.cross_entropy_fusion_impl=native"], probe=PROBE)
     t = plan.resolved.tuned
     assert not t.overlap_moe_expert_parallel_comm and not t.cross_entropy_loss_fusion and t.router_fusion
     assert sum("exceeds the memory rule's limit" in n for n in plan.resolved.notes) == 2
     with pytest.raises(ConfigError) as ei:  # pinned on, the memory rule refuses it as before
-        _plan(["preset=qwen3_30b_a3b_8xb200_ep8_mbs4_alltoall_bf16", "train.cross_entropy_loss_fusion=true",
+        _plan([*B200, "train.cross_entropy_fusion_impl=native", "train.cross_entropy_loss_fusion=true",
                "dispatcher.overlap_moe_expert_parallel_comm=true"], probe=PROBE)
     assert ei.value.field == "memory"
+
+
+def test_the_lean_loss_is_never_given_up_for_memory():
+    """With the lean loss (the default) the same run keeps its fused loss and the overlap: the lean loss peaks
+    below the unfused one (launcher/plan/estimate_memory.py), so turning it off could not help."""
+    plan = _plan(B200, probe=PROBE)
+    t = plan.resolved.tuned
+    assert t.cross_entropy_loss_fusion and t.cross_entropy_fusion_impl == "lean" and t.overlap_moe_expert_parallel_comm
+    assert not any("exceeds the memory rule's limit" in n for n in plan.resolved.notes)
 
 
 def _proxies() -> list[tuple[str, list[str]]]:
@@ -194,4 +229,5 @@ def test_every_family_proxy_plans_with_the_rules(name, overrides):
     assert not t.overlap_moe_expert_parallel_comm
     cfg = make_cfg(overrides)
     assert t.moe_grouped_gemm_impl == ("te" if cfg.model.add_bias_linear else "torch")
-    assert len([n for n in plan.resolved.notes if "=auto -> " in n]) == 6
+    assert t.cross_entropy_fusion_impl == "lean"
+    assert len([n for n in plan.resolved.notes if "=auto -> " in n]) == 7
