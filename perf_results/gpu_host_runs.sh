@@ -2,7 +2,8 @@
 # The GPU-host runs behind perf_results/*.md, exactly as executed (after the staging in
 # ../shared/gpu-host/README.md).
 # usage: bash perf_results/gpu_host_runs.sh tests|tiny|qwen3|failures|mbs|dispatch OUTDIR
-#        bash perf_results/gpu_host_runs.sh proxies OUTDIR FIRST LAST   (lines of perf_results/proxies.txt)
+#        bash perf_results/gpu_host_runs.sh proxies OUTDIR FIRST LAST   (lines of perf_results/proxies.txt;
+#          PROXY_EXTRA="k=v ..." adds overrides to every proxy)
 set -uo pipefail
 source /root/gpu-host.env
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -63,11 +64,13 @@ case $what in
     if [ -n "${WHEELS:-}" ]; then python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl; fi
     grep -v '^#' perf_results/proxies.txt | sed -n "${3},${4}p" | while read -r name overrides; do
       python3 -m launcher $overrides train=pretrain train.seq_length=2048 train.global_batch_size=4 \
-        train.train_iters=6 train.lr_warmup_iters=1 cluster.gpus_per_node=1 hardware=h200 \
+        train.train_iters=6 train.lr_warmup_iters=1 train.checkpoint.enabled=false cluster.gpus_per_node=1 hardware=h200 \
+        ${PROXY_EXTRA:-} \
         launch.run_dir=/tmp/runs/proxy_$name > /tmp/proxy_$name.out 2>&1
       echo "$name rc=$?"; grep -E "iteration +6/|recipes.pretrain: error" /tmp/proxy_$name.out | cut -c1-200
+      # after each proxy: a call's time limit keeps the finished ones
+      tar czf "$out/proxies_${3}_${4}.tar.gz" -C /tmp/runs $(cd /tmp/runs && ls -d proxy_*)
     done
-    tar czf "$out/proxies_${3}_${4}.tar.gz" -C /tmp/runs $(cd /tmp/runs && ls -d proxy_*)
     ;;
   mbs)  # issue 6 baseline: Qwen3-30B-A3B shape cut to 4 layers on one GPU, seq 4096, BF16, alltoall
     for mbs in 1 2 4; do

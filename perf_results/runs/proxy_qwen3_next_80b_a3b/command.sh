@@ -3,7 +3,10 @@
 set -euo pipefail
 cd /work/main
 export PYTHONUNBUFFERED="${PYTHONUNBUFFERED:-1}"  # the calling shell's value wins
-exec /opt/torch/.venv/bin/python3 -m torch.distributed.run --nnodes 1 --nproc-per-node 1 --master-addr 127.0.0.1 --master-port 29500 -m recipes.pretrain \
+export MOE_GROUPED_GEMM_IMPL="${MOE_GROUPED_GEMM_IMPL:-torch}"  # the calling shell's value wins
+export MOE_CROSS_ENTROPY="${MOE_CROSS_ENTROPY:-lean}"  # the calling shell's value wins
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"  # the calling shell's value wins
+exec /opt/torch/.venv/bin/python3 -m torch.distributed.run --nnodes 1 --nproc-per-node 1 --master-addr 127.0.0.1 --master-port 58857 -m recipes.pretrain \
   --num-layers 4 \
   --hidden-size 2048 \
   --ffn-hidden-size 5120 \
@@ -51,6 +54,8 @@ exec /opt/torch/.venv/bin/python3 -m torch.distributed.run --nnodes 1 --nproc-pe
   --overlap-grad-reduce \
   --overlap-param-gather \
   --moe-token-dispatcher-type alltoall \
+  --moe-permute-fusion \
+  --moe-router-fusion \
   --split 99,1,0 \
   --tokenizer-type NullTokenizer \
   --num-workers 2 \
@@ -82,4 +87,5 @@ exec /opt/torch/.venv/bin/python3 -m torch.distributed.run --nnodes 1 --nproc-pe
   --moe-grouped-gemm \
   --no-gradient-accumulation-fusion \
   --log-throughput \
-  --no-create-attention-mask-in-dataloader
+  --no-create-attention-mask-in-dataloader \
+  --distributed-timeout-minutes 5

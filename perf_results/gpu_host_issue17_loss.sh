@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Issue 17 on one H200 (after the staging in ../shared/gpu-host/README.md): the lean loss (recipes/loss.py,
+# train.cross_entropy_fusion_impl=lean, the auto choice on GPUs) against Megatron's native fused loss, on the
+# one-GPU bench preset (Qwen3-30B-A3B cut to 4 layers, seq 4096, GBS 16, BF16, dropless, 12 steps), then moe-bench
+# against the transformers peer's MBS 8 (its best micro batch in perf_results/bench/peer_qwen3_30b_a3b_4l_1gpu_h200).
+# usage: bash perf_results/gpu_host_issue17_loss.sh test|ab|bench OUTDIR
+#   test   the GPU test: lean vs native loss and gradient at vocabulary 151,936, and both peaks
+#   ab     moe-launch: native MBS 8, lean MBS 8, lean MBS 16 (fits with the lean loss: predicted 118 GiB; native
+#          is refused at 137), each record into OUTDIR/runs.tar.gz after the run
+#   bench  moe-bench, ours at MBS ${MBS:-8} with the defaults, the peer at MBS 8, one profiled iteration each
+set -uo pipefail
+source /root/gpu-host.env
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+what=$1 out=$2 w=/tmp/i17l
+mkdir -p "$out" "$w/runs"
+steps=(train.train_iters=12 train.lr_warmup_iters=2 train.checkpoint.enabled=false)
+case $what in
+  test)
+    python3 -m pytest -m gpu tests/gpu/test_loss_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$out/test_loss_gpu.log" | tail -8
+    ;;
+  ab)
+    for v in native:8 lean:8 lean:16; do
+      impl=${v%:*} mbs=${v#*:} name=qwen3_30b_a3b_4l_1gpu_${v%:*}_loss_mbs${v#*:}
+      python3 -m launcher preset=qwen3_30b_a3b_4l_1xh200_bench_bf16 train.cross_entropy_fusion_impl=$impl \
+        train.micro_batch_size=$mbs "${steps[@]}" launch.run_dir=$w/runs/$name > $w/$name.out 2>&1
+      echo "$name rc=$?"; grep -E "iteration +12/" $w/$name.out | cut -c1-220
+      python3 -c "import json; r = json.load(open('$w/runs/$name/record.json')); s = r['steady_state']
+print(r['status'], {k: s[k]['median'] for k in ('tokens_per_s_per_gpu', 'tflops_per_gpu', 'step_time_ms') if k in s},
+      'peak MiB', r.get('memory', {}).get('max_allocated_mb'))" 2>&1 | tail -1
+      rm -rf $w/runs/$name/checkpoints
+      tar czf "$out/runs.tar.gz" -C "$w/runs" $(cd $w/runs && ls)
+    done
+    ;;
+  bench)
+    python3 -m launcher.tools.bench --peer-mbs 8 --profile 9:9 --out $w/bench preset=qwen3_30b_a3b_4l_1xh200_bench_bf16 \
+      train.micro_batch_size=${MBS:-8} train.train_iters=9 train.lr_warmup_iters=2 train.checkpoint.enabled=false \
+      > $w/bench.out 2>&1
+    echo "moe-bench rc=$?"; tail -5 $w/bench.out; sed -n 5,12p $w/bench/bench.md
+    head -22 $w/bench/ours/profile/summary_rank0.md
+    tar czf "$out/bench.tar.gz" -C "$w" bench bench.out
+    ;;
+esac
