@@ -146,6 +146,10 @@ def main(argv: list[str]) -> int:
         return 3
     if args.rank == 0 and impl != "te":
         print(f"recipes.pretrain: expert GEMMs through {impl} grouped_mm (recipes/experts.py)", flush=True)
+    from recipes import loss
+
+    if loss.apply() and args.rank == 0:  # MOE_CROSS_ENTROPY (train.cross_entropy_fusion_impl): before the model
+        print("recipes.pretrain: language-model loss without an FP32 copy of the logits (recipes/loss.py)", flush=True)
     config = pretrain_cfg_container_from_args(args, gpt_config_from_args(args))
     try:
         forward_step = _modelopt_hooks(args, config)
