@@ -10,15 +10,16 @@ validator in 0.19.2 ("stability issues").
 
 How: the same arithmetic in two reads of the BF16 logits, all of it in FP32 registers (torch.compile fuses each
 step into one kernel on a GPU; on CPU the same functions run eagerly):
-  1. per row the max m and the sum of exp(x - m) (one reduction kernel); with tensor parallelism the per-rank
-     pairs are combined exactly: M = max over ranks, S = sum of s_r * exp(m_r - M) (two small all-reduces, and
-     one for the target's logit, which lives on one rank);
-  2. the gradient of the mean-free loss, softmax - onehot(target) = exp(x - lse) - [v == target], written once
-     in the logits' dtype; backward only scales it by the incoming per-token gradient.
-Peak 4 bytes per entry (the logits and the gradient being written), 2 kept; loss = lse - x[target] as in
-Megatron's own (log(sum exp(x - m)) - (x[target] - m)). The gradient is rounded to BF16 in forward and again
-after the scale in backward (Megatron's fused loss rounds once, after the scale): the same as Transformer
-Engine's loss does.
+  1. forward: per row the max m and the sum of exp(x - m) (one reduction kernel); with tensor parallelism the
+     per-rank pairs are combined exactly: M = max over ranks, S = sum of s_r * exp(m_r - M) (two small
+     all-reduces, and one for the target's logit, which lives on one rank); the logits are kept, not copied;
+  2. backward: the gradient (exp(x - lse) - [v == target]) * incoming per-token gradient, formed in FP32 and
+     written once in the logits' dtype (one pointwise kernel).
+Peak 4 bytes per entry (the kept logits and the gradient being written, in backward), 2 kept; loss =
+lse - x[target] as in Megatron's own (log(sum exp(x - m)) - (x[target] - m)), and the gradient rounded once,
+after the scale, as Megatron's fused loss does. An earlier version wrote the unscaled gradient in forward and
+scaled it in backward: one more pass over the entries (9.3 ms of a 548 ms step at 65,536 x 151,936 on an H200,
+perf_results/bench/qwen3_30b_a3b_4l_1gpu_h200_allgather_mbs16) and a second rounding.
 
 Used by `apply()` (recipes/pretrain.py, before the model is built) when the launcher sets MOE_CROSS_ENTROPY=lean:
 LanguageModule.compute_language_model_loss is replaced for every GPT model and its MTP layers. The launcher then
@@ -42,11 +43,12 @@ def _row_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return m, torch.exp(xf - m.unsqueeze(-1)).sum(dim=-1)
 
 
-def _softmax_minus_onehot(x: torch.Tensor, lse: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """[rows, V] -> exp(x - lse) - [v == target] in x's dtype; a target of -1 (on another rank) matches nothing."""
+def _loss_grad(x: torch.Tensor, lse: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """[rows, V] -> (exp(x - lse) - [v == target]) * scale per row, in x's dtype; a target of -1 (on another
+    rank) matches nothing."""
     cols = torch.arange(x.shape[-1], device=x.device)
     hit = (cols.unsqueeze(0) == target.unsqueeze(-1)).float()
-    return (torch.exp(x.float() - lse.unsqueeze(-1)) - hit).to(x.dtype)
+    return ((torch.exp(x.float() - lse.unsqueeze(-1)) - hit) * scale.unsqueeze(-1)).to(x.dtype)
 
 
 _compiled: dict = {}
@@ -97,16 +99,14 @@ class _LeanCrossEntropy(torch.autograd.Function):
         t = target.reshape(-1)
         target_local = torch.where((t >= start) & (t < start + vocab), t - start, torch.full_like(t, -1))
         lse, picked = _lse_and_target_logit(x, target_local, group)
-        grad = _kernel(_softmax_minus_onehot, x)(x, lse, target_local)
-        ctx.save_for_backward(grad)
+        ctx.save_for_backward(x, lse, target_local)  # x is a view of the logits: kept, not copied
         ctx.logits_shape = logits.shape
         return (lse - picked).view(target.shape)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        (grad,) = ctx.saved_tensors
-        # in place: the saved gradient is not needed again; the product is formed in FP32, rounded once
-        grad.mul_(grad_output.reshape(-1, 1))
+        x, lse, target_local = ctx.saved_tensors
+        grad = _kernel(_loss_grad, x)(x, lse, target_local, grad_output.reshape(-1).float())
         return grad.view(ctx.logits_shape), None, None
 
 
