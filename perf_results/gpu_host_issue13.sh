@@ -21,7 +21,9 @@
 #   Shows each run's "checkpoint saves" row (training's wait per save, the background write, the wait's share).
 #   Measured 2026-11-30 on the 8-layer shape (kill): the first async save held training 64.1 s; on CPU a run's
 #   first save costs ~10x its later ones, hence several saves here. On one GPU (2026-12-01) the default variant had
-#   not finished after 320 s: give each variant a call of its own (the tarball is rewritten after each variant).
+#   not finished after 320 s: give each variant a call of its own (the tarball is rewritten after each variant);
+#   ITERS=60 (saves at 20, 40 and the final one) and LIMIT=seconds (SIGTERM to moe-launch, which then saves, writes
+#   its record and exits) keep it inside one call.
 set -uo pipefail
 source /root/gpu-host.env
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -50,7 +52,7 @@ case $what in
       r=$w/saves_$v; rm -rf "$r"
       extra=(); [ "$v" = constant ] && extra=('megatron.raw=[--ckpt-assume-constant-structure]')
       MOE_DEBUG_LOGGERS=megatron.training.checkpointing,megatron.core.dist_checkpointing \
-        python3 -m launcher "${q8[@]}" "${shape[@]}" train.train_iters=80 train.save_interval=20 \
+        timeout -s TERM "${LIMIT:-86400}" python3 -m launcher "${q8[@]}" "${shape[@]}" train.train_iters="${ITERS:-80}" train.save_interval=20 \
         train.checkpoint.keep_last=1 "${extra[@]}" launch.run_dir=$r > $w/saves_$v.out 2>&1 &
       launcher_pid=$!; wait $launcher_pid; echo "== saves $v rc=$?"; launcher_pid=
       grep "checkpoint saves" $r/record.md

@@ -39,3 +39,24 @@ def recorded(fn):
     from torch.distributed.elastic.multiprocessing.errors import record
 
     return record(fn)
+
+
+def abort_async_saves() -> bool:
+    """Kill Megatron's persistent checkpoint writer instead of waiting for it; True when there was one.
+
+    Why: a rank that ends by an exception leaves the writer to Python's shutdown, where
+    PersistentAsyncCaller.__del__ puts 'DONE' on its queue and joins the queue. A writer whose save raised has
+    died without acknowledging its item (async_loop has no handler), so the join never returns: the rank hangs
+    after printing its traceback, holding its GPU, and the job does not end (measured on the one-H200 host,
+    2026-12-01: an async save that met a full disk, perf_results/issue13/README.md). The save it was writing is
+    incomplete either way; a resume takes the previous complete one (launcher/run/resume.py)."""
+    try:
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+    except ImportError:
+        return False
+    caller = AsyncCallsQueue._persistent_caller  # the one writer process per rank (class-level in Megatron)
+    if caller is None or caller.process is None:
+        return False
+    caller.close(abort=True)  # kills the process; the later __del__ finds nothing to join
+    AsyncCallsQueue._persistent_caller = None
+    return True

@@ -163,8 +163,13 @@ def main(argv: list[str]) -> int:
     t0 = time.time()
     try:
         pretrain(config, data.datasets_provider, ModelType.encoder_or_decoder, forward_step)
-    except SystemExit as e:  # Megatron exits from inside on signals, exit intervals, checkpoint issues
-        if e.code not in (0, None):
+    except BaseException as e:  # Megatron also exits from inside: signals, exit intervals, checkpoint issues
+        if isinstance(e, SystemExit) and e.code in (0, None):
+            pass
+        else:
+            if lifecycle.abort_async_saves():  # else the exit would wait forever for a failed writer
+                print(f"recipes.pretrain: rank {args.rank}: stopped the checkpoint writer (training ended by "
+                      f"{type(e).__name__}); an unfinished save stays incomplete", file=sys.stderr, flush=True)
             raise
     if keep_last is not None:
         keep_last.set()  # the launcher prunes what the last save left

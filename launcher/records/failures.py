@@ -7,6 +7,8 @@ Classes (FailureInfo.cls):
                    (recipes/backends.py's "recipes.pretrain: error: ...", or the raw import/signature error)
   oom              GPU out of memory; `where` says rank, GPU, iteration, phase and the innermost frame
   nan              NaN/Inf in loss or gradients (Megatron's rerun state machine or its NaN check)
+  checkpoint_save  a checkpoint could not be written: the disk or quota is full, or Megatron's async writer
+                   died (its CheckpointException; no restart: the storage needs a person)
   timeout          a collective or dispatcher timed out (NCCL watchdog, gloo, DeepEP/HybridEP, rendezvous)
   unknown          the run failed and none of the above is in the log
   interrupted, preempted, rank_died   stopped by a signal, or a rank that died without an error in the log:
@@ -27,7 +29,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-CLASSES = ("bad_config", "missing_backend", "oom", "nan", "timeout", "unknown")
+CLASSES = ("bad_config", "missing_backend", "oom", "nan", "checkpoint_save", "timeout", "unknown")
 
 _PREFIX = re.compile(r"^\s*(?:\[rank(\d+)\]:|\[default(\d+)\]:|(\d+):)\s?")
 
@@ -50,6 +52,10 @@ _RULES: list[tuple[str, str, re.Pattern]] = [
                                r"|CUBLAS_STATUS_ALLOC_FAILED|Cuda failure 'out of memory'|NCCL.*out of memory")),
     ("nan", "megatron", re.compile(r"found (NaN|Inf) in|Unexpected result (nan|inf)|"
                                    r"(NaN|Inf) detected in|Loss is (NaN|nan|inf)|is not finite")),
+    # before timeout: a rank whose save failed leaves its peers waiting in the next collective
+    ("checkpoint_save", "disk full", re.compile(r"No space left on device|Disk quota exceeded|\[Errno 28\]")),
+    ("checkpoint_save", "async writer",
+     re.compile(r"CheckpointException|Worker failure: An error is caught while starting worker")),
     ("timeout", "dispatcher", re.compile(r"DeepEP (error: )?timeout|HybridEP.*timeout|timeout \((dispatch|combine)"
                                          r"|deep_ep.*[Tt]imeout")),
     ("timeout", "nccl", re.compile(r"Watchdog caught collective operation timeout|ProcessGroupNCCL.*[Tt]imeout"
@@ -190,6 +196,10 @@ def classify(text: str, returncode: Optional[int] = None, layout: Optional[dict]
     elif cls == "timeout":
         info.summary = f"{kind} timeout" + (f" on rank {rank}" if rank is not None else "") + \
             f" in iteration {info.iteration}: {body.strip()[:240]}"
+    elif cls == "checkpoint_save":
+        info.summary = (f"a checkpoint save failed ({kind}) after iteration {info.iteration - 1}: "
+                        f"{_checkpoint_cause(lines) or body.strip()[:200]}; check the free space and quota where "
+                        f"train.checkpoint.dir points (each save needs room for one more checkpoint)")
     elif cls == "missing_backend":
         info.summary = body.strip()[:400]
     elif cls == "bad_config":
@@ -198,6 +208,18 @@ def classify(text: str, returncode: Optional[int] = None, layout: Optional[dict]
             src = _assert_source(lines, idx)
             info.summary = f"Megatron refused the configuration: {body.strip()[:200]}" + (f" at {src}" if src else "")
     return info
+
+
+_WRITER_ERROR = re.compile(r"(?:Local worker \d+ encountered an error|OSError): (.+)|(No space left on device.*)")
+
+
+def _checkpoint_cause(lines: list[str]) -> Optional[str]:
+    """What the checkpoint writer itself reported (Megatron's CheckpointException only says that it failed)."""
+    for line in lines:
+        m = _WRITER_ERROR.search(_strip(line)[1])
+        if m:
+            return (m.group(1) or m.group(2)).strip()[:200]
+    return None
 
 
 _CONFIG_CODE = ("megatron/training/arguments.py", "transformer_config.py", "model_parallel_config.py")
