@@ -7,7 +7,12 @@
 #   test   the GPU test: lean vs native loss and gradient at vocabulary 151,936, and both peaks
 #   ab     moe-launch: native MBS 8, lean MBS 8, lean MBS 16 (fits with the lean loss: predicted 118 GiB; native
 #          is refused at 137), each record into OUTDIR/runs.tar.gz after the run
-#   bench  moe-bench, ours at MBS ${MBS:-8} with the defaults, the peer at MBS 8, one profiled iteration each
+#   bench  moe-bench, ours at MBS ${MBS:-8} with the defaults (or dispatcher.type=$DISP), the peer at MBS 8, one
+#          profiled iteration each
+#   ab2    (2026-12-01, after the loss's backward scale became one compiled pass) lean MBS 16 with the all-to-all
+#          dispatcher and with the all-gather one (at EP 1 the all-to-all's two chunk sorts per layer are copies that
+#          change nothing); writes the faster one to $w/best_dispatcher for a following `bench` call
+#   fp8gemm recipes/gemm_bench.py at the MBS 8 shape (8 x 4096 tokens x top-8 routed rows, 128 experts)
 set -uo pipefail
 source /root/gpu-host.env
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -33,10 +38,31 @@ print(r['status'], {k: s[k]['median'] for k in ('tokens_per_s_per_gpu', 'tflops_
     ;;
   bench)
     python3 -m launcher.tools.bench --peer-mbs 8 --profile 9:9 --out $w/bench preset=qwen3_30b_a3b_4l_1xh200_bench_bf16 \
-      train.micro_batch_size=${MBS:-8} train.train_iters=9 train.lr_warmup_iters=2 train.checkpoint.enabled=false \
+      train.micro_batch_size=${MBS:-8} ${DISP:+dispatcher.type=$DISP} train.train_iters=9 train.lr_warmup_iters=2 train.checkpoint.enabled=false \
       > $w/bench.out 2>&1
     echo "moe-bench rc=$?"; tail -5 $w/bench.out; sed -n 5,12p $w/bench/bench.md
     head -22 $w/bench/ours/profile/summary_rank0.md
     tar czf "$out/bench.tar.gz" -C "$w" bench bench.out
+    ;;
+  ab2)
+    for d in alltoall allgather; do
+      name=qwen3_30b_a3b_4l_1gpu_lean_loss_mbs16_$d
+      python3 -m launcher preset=qwen3_30b_a3b_4l_1xh200_bench_bf16 dispatcher.type=$d train.micro_batch_size=16 \
+        "${steps[@]}" launch.run_dir=$w/runs/$name > $w/$name.out 2>&1
+      echo "$name rc=$?"; grep -E "iteration +12/" $w/$name.out | cut -c1-220
+      tar czf "$out/runs2.tar.gz" -C "$w/runs" $(cd $w/runs && ls -d *_alltoall *_allgather 2>/dev/null)
+    done
+    python3 - "$w" <<'PY'
+import json, sys
+w = sys.argv[1]
+tok = {d: json.load(open(f"{w}/runs/qwen3_30b_a3b_4l_1gpu_lean_loss_mbs16_{d}/record.json"))["steady_state"]
+       ["tokens_per_s_per_gpu"]["median"] for d in ("alltoall", "allgather")}
+best = max(tok, key=tok.get)
+print("tokens/s/GPU", tok, "best", best)
+open(f"{w}/best_dispatcher", "w").write(best)
+PY
+    ;;
+  fp8gemm)
+    python3 -m recipes.gemm_bench --tokens 262144 --out "$out/gemm_bench_mbs8" 2>&1 | tail -16
     ;;
 esac

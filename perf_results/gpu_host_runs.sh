@@ -56,6 +56,7 @@ case $what in
     fail missing_backend_ncclep dispatcher=ncclep train.train_iters=2
     ;;
   proxies)  # each family's proxy on one GPU: seq 2048, 4 x MBS 1 per step, 6 steps, BF16, alltoall
+    # (PROXY_EXTRA: more overrides; PROXY_TAG: a suffix for the run directory, for A/B runs of one proxy)
     # gated delta net (qwen3_next) needs flash-linear-attention: WHEELS=dir with flash_linear_attention-0.6.0
     # and fla_core-0.6.0 (pip download --no-deps), installed next to the staged stack. On Hopper with the
     # host's Triton 3.6 fla refuses its gated backward (wrong results below Triton 3.7.1) unless tilelang is
@@ -66,7 +67,7 @@ case $what in
       python3 -m launcher $overrides train=pretrain train.seq_length=2048 train.global_batch_size=4 \
         train.train_iters=6 train.lr_warmup_iters=1 train.checkpoint.enabled=false cluster.gpus_per_node=1 hardware=h200 \
         ${PROXY_EXTRA:-} \
-        launch.run_dir=/tmp/runs/proxy_$name > /tmp/proxy_$name.out 2>&1
+        launch.run_dir=/tmp/runs/proxy_$name${PROXY_TAG:-} > /tmp/proxy_$name.out 2>&1
       echo "$name rc=$?"; grep -E "iteration +6/|recipes.pretrain: error" /tmp/proxy_$name.out | cut -c1-200
       # after each proxy: a call's time limit keeps the finished ones
       tar czf "$out/proxies_${3}_${4}.tar.gz" -C /tmp/runs $(cd /tmp/runs && ls -d proxy_*)

@@ -98,7 +98,7 @@ EXPECTED: dict[str, Expect] = {
         Expect("mixtral_8x22b", 128, "h100", 2, 1, 8, 8, 7, 1, 1, 256, 4096, "alltoall", (), tflops="~445"),
     # issue 6's benchmark shapes on the GPU host (measured in perf_results/bench and perf_results/runs)
     "qwen3_30b_a3b_4l_1xh200_bench_bf16":
-        Expect("qwen3_30b_a3b", 1, "h200", 1, 1, 1, 1, None, 1, 8, 16, 4096, "alltoall", ()),
+        Expect("qwen3_30b_a3b", 1, "h200", 1, 1, 1, 1, None, 1, 16, 16, 4096, "allgather", ()),
     "qwen3_30b_a3b_8l_2xh200_ep2_bench_bf16":
         Expect("qwen3_30b_a3b", 2, "h200", 1, 1, 2, 1, None, 1, 4, 32, 4096, "alltoall", (),
                routing="forced_balance", a2a_overlap=True),
