@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moe-launch: the previous attempt's files are in {archived}")
     for note in plan.checkpoint.notes:
         print(f"moe-launch: {note}", file=sys.stderr if note.startswith("warning") else sys.stdout)
+    room = _room_warning(cfg, plan)
+    if room:
+        print(f"moe-launch: {room}", file=sys.stderr)
     if cfg.launch.dry_run:
         print(script.read_text(), end="")
         print(f"moe-launch: dry run: nothing started; run it with: {executor.how_to_run(script)}")
@@ -134,6 +137,16 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     finally:
         lock.close()  # the kernel would drop it at exit anyway; closing says the run is over
+
+
+def _room_warning(cfg, plan) -> Optional[str]:
+    """launcher/run/disk_room.py: whether the run's checkpoints fit the free space (a warning, never a refusal)."""
+    from launcher.run.disk_room import room_warning
+
+    try:
+        return room_warning(cfg, plan.checkpoint) if plan.checkpoint else None
+    except OSError:  # the save path's file system cannot be read from here: nothing to say
+        return None
 
 
 def _plan(cfg, executor, run_dir: Path, resume, probe):
