@@ -42,21 +42,22 @@ def recorded(fn):
 
 
 def abort_async_saves() -> bool:
-    """Kill Megatron's persistent checkpoint writer instead of waiting for it; True when there was one.
+    """Let go of Megatron's persistent checkpoint writer when it has died; True when it had.
 
     Why: a rank that ends by an exception leaves the writer to Python's shutdown, where
     PersistentAsyncCaller.__del__ puts 'DONE' on its queue and joins the queue. A writer whose save raised has
     died without acknowledging its item (async_loop has no handler), so the join never returns: the rank hangs
     after printing its traceback, holding its GPU, and the job does not end (measured on the one-H200 host,
-    2026-12-01: an async save that met a full disk, perf_results/issue13/README.md). The save it was writing is
-    incomplete either way; a resume takes the previous complete one (launcher/run/resume.py)."""
+    2026-12-01: an async save that met a full disk, perf_results/issue13/README.md). Its save is incomplete; a
+    resume takes the previous complete one (launcher/run/resume.py). A writer that is alive is left alone:
+    Megatron's shutdown then waits for it, so a save being written when Ctrl-C arrives still completes."""
     try:
         from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
     except ImportError:
         return False
     caller = AsyncCallsQueue._persistent_caller  # the one writer process per rank (class-level in Megatron)
-    if caller is None or caller.process is None:
+    if caller is None or caller.process is None or caller.process.is_alive():
         return False
-    caller.close(abort=True)  # kills the process; the later __del__ finds nothing to join
+    caller.close(abort=True)  # nothing left to kill; the later __del__ finds nothing to join
     AsyncCallsQueue._persistent_caller = None
     return True

@@ -167,9 +167,9 @@ def main(argv: list[str]) -> int:
         if isinstance(e, SystemExit) and e.code in (0, None):
             pass
         else:
-            if lifecycle.abort_async_saves():  # else the exit would wait forever for a failed writer
-                print(f"recipes.pretrain: rank {args.rank}: stopped the checkpoint writer (training ended by "
-                      f"{type(e).__name__}); an unfinished save stays incomplete", file=sys.stderr, flush=True)
+            if lifecycle.abort_async_saves():  # else the exit would wait forever for the dead writer
+                print(f"recipes.pretrain: rank {args.rank}: the checkpoint writer had died (training ended by "
+                      f"{type(e).__name__}); its save stays incomplete", file=sys.stderr, flush=True)
             raise
     if keep_last is not None:
         keep_last.set()  # the launcher prunes what the last save left
