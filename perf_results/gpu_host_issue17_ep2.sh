@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Issue 17, item 2 on the 2x H200 GPU host (after the staging in ../shared/gpu-host/README.md): the EP2 bench preset
+# (Qwen3-30B-A3B cut to 8 layers, EP 2, seq 4096, GBS 32, BF16, 12 steps) with what one H200 measured on
+# 2026-12-01: the lean loss forming its gradient in backward (MBS 8 now fits: predicted 96.3 GiB per GPU, was an
+# OOM in the native loss's logits), per routing and dispatcher. Targets: 400 TFLOP/s/GPU forced balance, 380 dropless.
+# usage: [DISPATCHERS="alltoall hybridep"] [MBS="4 8"] bash perf_results/gpu_host_issue17_ep2.sh OUTDIR
+#   hybridep needs deep_ep (the hybrid-ep branch, built outside the repository: perf_results/gpu_host_issue16.sh)
+# Each run's record goes into OUTDIR/ep2_runs.tar.gz, rewritten after each run (a call's limit keeps the finished
+# ones); one summary line per run.
+set -uo pipefail
+if [ -f /root/gpu-host.env ]; then source /root/gpu-host.env; fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+out=${1:?usage: bash perf_results/gpu_host_issue17_ep2.sh OUTDIR}
+w=/tmp/i17ep2
+mkdir -p "$out" "$w/runs"
+# measurement runs: no checkpoint (an 8-layer save is ~78 GB and minutes of writing)
+steps=(train.train_iters=12 train.lr_warmup_iters=2 train.checkpoint.enabled=false)
+for d in ${DISPATCHERS:-alltoall}; do for mbs in ${MBS:-4 8}; do for routing in forced_balance dropless; do
+  name=issue17_q30b_8l_ep2_${d}_${routing}_mbs${mbs}
+  python3 -m launcher preset=qwen3_30b_a3b_8l_2xh200_ep2_bench_bf16 dispatcher=$d train.routing=$routing \
+    train.micro_batch_size=$mbs "${steps[@]}" launch.run_dir=$w/runs/$name > $w/$name.out 2>&1
+  echo "$name rc=$?"
+  python3 -c "import json; r = json.load(open('$w/runs/$name/record.json')); s = r['steady_state']
+print(' ', r['status'], {k: s[k]['median'] for k in ('tokens_per_s_per_gpu', 'tflops_per_gpu', 'step_time_ms') if k in s},
+      'peak MiB', r.get('memory', {}).get('max_allocated_mb'), (r.get('failure') or {}).get('summary', '')[:200])" 2>&1 | tail -1
+  tar czf "$out/ep2_runs.tar.gz" -C "$w/runs" $(cd $w/runs && ls)
+done; done; done
