@@ -18,6 +18,8 @@
 #   DEBUG timings of the save (MOE_DEBUG_LOGGERS: state dict, plan, device-to-host copy, finalize), per VARIANT:
 #     default   what moe-launch does (--async-save --async-strategy mcore --use-persistent-ckpt-worker)
 #     constant  + --ckpt-assume-constant-structure (the save plan cached after the first save, parallel writers)
+#     shm       + --async-ckpt-use-cpu-shm (the writer's device-to-host copy into one reused shared-memory buffer:
+#               the wait measured on 2026-12-01 was that copy, 22 GB in 16 s, not the disk)
 #   Shows each run's "checkpoint saves" row (training's wait per save, the background write, the wait's share).
 #   Measured 2026-11-30 on the 8-layer shape (kill): the first async save held training 64.1 s; on CPU a run's
 #   first save costs ~10x its later ones, hence several saves here. On one GPU (2026-12-01) the default variant had
@@ -51,6 +53,7 @@ case $what in
     for v in "${@:-default constant}"; do for v in $v; do
       r=$w/saves_$v; rm -rf "$r"
       extra=(); [ "$v" = constant ] && extra=('megatron.raw=[--ckpt-assume-constant-structure]')
+      [ "$v" = shm ] && extra=('megatron.raw=[--async-ckpt-use-cpu-shm]')
       MOE_DEBUG_LOGGERS=megatron.training.checkpointing,megatron.core.dist_checkpointing \
         timeout -s TERM "${LIMIT:-86400}" python3 -m launcher "${q8[@]}" "${shape[@]}" train.train_iters="${ITERS:-80}" train.save_interval=20 \
         train.checkpoint.keep_last=1 "${extra[@]}" launch.run_dir=$r > $w/saves_$v.out 2>&1 &
