@@ -133,8 +133,10 @@ def logits_per_token(cfg: RunConfig, res: Resolved) -> tuple[float, float]:
     the peak. That term is measured, not derived: the seven GPU runs with the fused loss peak 4 B x vocab x
     tokens above the same shapes without it, independent of the layer count (4 and 8 layers); on CPU the
     compiled functions work in place (checked), so the extra FP32 buffer comes from the GPU (Triton) path.
-    TE's fused loss works in place on the BF16 logits. The lean loss (recipes/loss.py) writes a BF16 gradient
-    next to the BF16 logits and keeps only the gradient."""
+    TE's fused loss works in place on the BF16 logits. The lean loss (recipes/loss.py) keeps the BF16 logits and
+    writes the BF16 gradient next to them in backward (measured on an H200: 2.00 B per entry above the logits,
+    perf_results/gpu_test_loss_h200.log). This is the one place that knows these figures (plan._costs_memory asks
+    it whether the fused loss costs memory)."""
     t = cfg.train
     act = 4 if cfg.precision.params_dtype == "fp32" else 2
     if act == 4:

@@ -137,14 +137,19 @@ def _predicted_fit(cfg: RunConfig, res: Resolved) -> Optional[bool]:
 
 
 # tuned knobs that cost memory, cheapest to give up first: the overlap keeps one micro batch more in flight,
-# Megatron's native fused loss one FP32 copy of the logits more at its peak (launcher/plan/estimate_memory.py;
-# the lean loss is below the unfused one, so giving it up would not help: _costs_memory)
+# Megatron's native fused loss one FP32 copy of the logits more at its peak (the lean loss is below the unfused
+# one, so giving it up would not help: _costs_memory asks the estimator)
 MEMORY_KNOBS = (("dispatcher", "overlap_moe_expert_parallel_comm"), ("train", "cross_entropy_loss_fusion"))
 
 
-def _costs_memory(res: Resolved, knob: str) -> bool:
+def _costs_memory(cfg: RunConfig, res: Resolved, knob: str) -> bool:
+    """Whether the knob, on as tuned, raises the peak: for the loss, the estimator's bytes per logit entry
+    (estimate_memory.logits_per_token, the one place that knows them) with and without the fused loss."""
     if knob == "cross_entropy_loss_fusion":
-        return res.tuned.cross_entropy_loss_fusion and res.tuned.cross_entropy_fusion_impl == "native"
+        from launcher.plan.estimate_memory import logits_per_token
+
+        off = dataclasses.replace(res.tuned, cross_entropy_loss_fusion=False)
+        return logits_per_token(tuned_config(cfg, res.tuned), res)[0] > logits_per_token(tuned_config(cfg, off), res)[0]
     return getattr(res.tuned, knob)
 
 
@@ -154,7 +159,7 @@ def fit_tuned_memory(cfg: RunConfig, res: Resolved) -> Resolved:
     if cfg.launch.skip_memory_check or _predicted_fit(cfg, res) is not False:
         return res
     for group, knob in MEMORY_KNOBS:
-        if str(getattr(getattr(cfg, group), knob)) != "auto" or not _costs_memory(res, knob):
+        if str(getattr(getattr(cfg, group), knob)) != "auto" or not _costs_memory(cfg, res, knob):
             continue
         off = dataclasses.replace(res, tuned=dataclasses.replace(res.tuned, **{knob: False}))
         note = f"{knob}=auto -> false: the predicted peak with it exceeds the memory rule's limit"
