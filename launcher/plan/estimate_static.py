@@ -18,6 +18,13 @@ def dtype_bytes(name: Optional[str], default: int) -> int:
     return default if name is None else _DTYPE_BYTES[str(name).replace("torch.", "")]
 
 
+def master_and_moment_bytes(pr) -> tuple[int, int]:
+    """Per parameter (cfg.precision): the main copy the optimizer steps (none with FP32 params: they are their
+    own master) and Adam's two moments, in the precision-aware optimizer's dtypes where set."""
+    main_b = 0 if pr.params_dtype == "fp32" else dtype_bytes(pr.main_params_dtype, 4)
+    return main_b, dtype_bytes(pr.exp_avg_dtype, 4) + dtype_bytes(pr.exp_avg_sq_dtype, 4)
+
+
 def stage_layouts(cfg: RunConfig, res: Resolved) -> list[list[str]]:
     """Per pipeline rank, the layout of each of its virtual stages (Megatron's order: virtual stage v
     of rank r is stage v * PP + r)."""
@@ -116,8 +123,7 @@ def static_memory(cfg: RunConfig, res: Resolved, prm: RankParams) -> dict[str, i
     # with FP8 parameters the row-wise copy is the parameter itself
     fp8_weights = gemm * (1 if pr.fp8_param_gather else 2) if fp8 else 0
     shard = dense / dp_cp + expert / edp if p.use_distributed_optimizer or p.use_megatron_fsdp else dense + expert
-    main_b = 0 if fp32_params else dtype_bytes(pr.main_params_dtype, 4)  # FP32 params are their own master
-    moment_b = dtype_bytes(pr.exp_avg_dtype, 4) + dtype_bytes(pr.exp_avg_sq_dtype, 4)
+    main_b, moment_b = master_and_moment_bytes(pr)
     main, moments = shard * main_b, shard * moment_b
     host = 0
     if t.optimizer_cpu_offload:

@@ -22,25 +22,17 @@ from typing import Optional
 
 from launcher.config.schema import RunConfig
 from launcher.plan.checkpoint import Checkpointing
+from launcher.plan.estimate_static import dtype_bytes, master_and_moment_bytes
 from launcher.plan.params import count
-
-_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
-
-
-def _dtype_bytes(name: Optional[str], default: int) -> int:
-    return _BYTES.get(str(name).lower(), default) if name else default
 
 
 def bytes_per_parameter(cfg: RunConfig) -> int:
-    """What one parameter costs in a checkpoint with its optimizer state (see the module docstring)."""
-    p = cfg.precision
-    weight = _dtype_bytes(str(p.params_dtype), 2)
-    main = 0 if weight == 4 else _dtype_bytes(p.main_params_dtype, 4)
-    if cfg.train.optimizer == "adam":
-        moments = _dtype_bytes(p.exp_avg_dtype, 4) + _dtype_bytes(p.exp_avg_sq_dtype, 4)
-    else:
+    """What one parameter costs in a checkpoint with its optimizer state (see the module docstring); the same
+    per-parameter terms as the memory estimate's optimizer state (estimate_static.master_and_moment_bytes)."""
+    main, moments = master_and_moment_bytes(cfg.precision)
+    if cfg.train.optimizer != "adam":
         moments = 4  # SGD's momentum
-    return weight + main + moments
+    return dtype_bytes(cfg.precision.params_dtype, 2) + main + moments
 
 
 def checkpoint_bytes(cfg: RunConfig) -> int:
