@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from recipes.experts import grouped_mm
+
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite e4m3 value
 
@@ -46,15 +48,18 @@ def _time_ms(fn: Callable[[], torch.Tensor], iters: int) -> float:
     return start.elapsed_time(end) / iters
 
 
+def _ends(m: int, experts: int) -> torch.Tensor:
+    """Each expert's end row in the sorted tokens (grouped_mm's offs): equal shares, as forced balance gives."""
+    return torch.arange(1, experts + 1, device="cuda", dtype=torch.int32) * (m // experts)
+
+
 def bench_pass(name: str, m: int, k: int, n: int, experts: int, iters: int) -> dict:
     """One grouped GEMM y [M, N] = x [M, K] times w[g] [N, K]^T per expert range, BF16 and FP8 row-wise."""
-    from recipes.experts import grouped_mm
-
     gmm = grouped_mm()
     quantize = torch.compile(_rowwise, dynamic=False)  # one fused pass, as a real FP8 path would do it
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(experts, n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5
-    offs = torch.arange(1, experts + 1, device="cuda", dtype=torch.int32) * (m // experts)
+    offs = _ends(m, experts)
     xq, xs = quantize(x)
     wq, ws = quantize(w)  # [G, N, K]: a scale per expert and output row, along K
 
@@ -88,12 +93,10 @@ def bench_pass(name: str, m: int, k: int, n: int, experts: int, iters: int) -> d
 
 def bench_wgrad(name: str, m: int, k: int, n: int, experts: int, iters: int) -> dict:
     """wgrad dW[g] [N, K] = dy[range g]^T x[range g]: BF16 grouped GEMM over the token axis."""
-    from recipes.experts import grouped_mm
-
     gmm = grouped_mm()
     dy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    offs = torch.arange(1, experts + 1, device="cuda", dtype=torch.int32) * (m // experts)
+    offs = _ends(m, experts)
     ms = _time_ms(lambda: gmm(dy.t(), x, offs=offs), iters)
     return {"pass": name, "m": m, "k": k, "n": n, "experts": experts, "bf16_ms": ms,
             "bf16_tflops": 2.0 * m * k * n / ms / 1e9}
