@@ -18,8 +18,10 @@
 #   DEBUG timings of the save (MOE_DEBUG_LOGGERS: state dict, plan, device-to-host copy, finalize), per VARIANT:
 #     default   what moe-launch does (--async-save --async-strategy mcore --use-persistent-ckpt-worker)
 #     constant  + --ckpt-assume-constant-structure (the save plan cached after the first save, parallel writers)
-#     shm       + --async-ckpt-use-cpu-shm (the writer's device-to-host copy into one reused shared-memory buffer:
-#               the wait measured on 2026-12-01 was that copy, 22 GB in 16 s, not the disk)
+#     shm       + --async-ckpt-use-cpu-shm. Measured 2026-12-01 (second session): first wait 22.1 s, the next 8.4 s,
+#               but by Megatron's code (dist_checkpointing/strategies/torch.py) the flag acts only with
+#               --async-strategy nvrx (nvidia-resiliency-ext), so under mcore this is a second sample of `default`:
+#               the device-to-host copy's time varies run to run (16.1-16.5 s before, 8.4 s here, 26 GB)
 #   Shows each run's "checkpoint saves" row (training's wait per save, the background write, the wait's share).
 #   Measured 2026-11-30 on the 8-layer shape (kill): the first async save held training 64.1 s; on CPU a run's
 #   first save costs ~10x its later ones, hence several saves here. On one GPU (2026-12-01) the default variant had

@@ -7,11 +7,15 @@
 #   test   the GPU test: lean vs native loss and gradient at vocabulary 151,936, and both peaks
 #   ab     moe-launch: native MBS 8, lean MBS 8, lean MBS 16 (fits with the lean loss: predicted 118 GiB; native
 #          is refused at 137), each record into OUTDIR/runs.tar.gz after the run
-#   bench  moe-bench, ours at MBS ${MBS:-8} with the defaults (or dispatcher.type=$DISP), the peer at MBS 8, one
+#   bench  moe-bench, ours at MBS ${MBS:-8} with the defaults (or dispatcher.type=$DISP, and any $EXTRA overrides), the peer at MBS 8, one
 #          profiled iteration each
 #   ab2    (2026-12-01, after the loss's backward scale became one compiled pass) lean MBS 16 with the all-to-all
 #          dispatcher and with the all-gather one (at EP 1 the all-to-all's two chunk sorts per layer are copies that
 #          change nothing); writes the faster one to $w/best_dispatcher for a following `bench` call
+#   ab3    (2026-12-01, third round) lean MBS 16, all-gather, 20 steps: as the preset runs it, then with
+#          parallel.overlap_grad_reduce=false overlap_param_gather=false (at data-parallel size 1 the overlap has no
+#          communication to hide, but its 10 gradient buckets each run Megatron's NaN/Inf check of the bucket's norm,
+#          a host sync in the middle of backward: 20 per step), then that without the NaN check (to size the syncs)
 #   fp8gemm recipes/gemm_bench.py at the MBS 8 shape (8 x 4096 tokens x top-8 routed rows, 128 experts)
 set -uo pipefail
 source /root/gpu-host.env
@@ -38,7 +42,7 @@ print(r['status'], {k: s[k]['median'] for k in ('tokens_per_s_per_gpu', 'tflops_
     ;;
   bench)
     python3 -m launcher.tools.bench --peer-mbs 8 --profile 9:9 --out $w/bench preset=qwen3_30b_a3b_4l_1xh200_bench_bf16 \
-      train.micro_batch_size=${MBS:-8} ${DISP:+dispatcher.type=$DISP} train.train_iters=9 train.lr_warmup_iters=2 train.checkpoint.enabled=false \
+      train.micro_batch_size=${MBS:-8} ${DISP:+dispatcher.type=$DISP} ${EXTRA:-} train.train_iters=9 train.lr_warmup_iters=2 train.checkpoint.enabled=false \
       > $w/bench.out 2>&1
     echo "moe-bench rc=$?"; tail -5 $w/bench.out; sed -n 5,12p $w/bench/bench.md
     head -22 $w/bench/ours/profile/summary_rank0.md
@@ -61,6 +65,20 @@ best = max(tok, key=tok.get)
 print("tokens/s/GPU", tok, "best", best)
 open(f"{w}/best_dispatcher", "w").write(best)
 PY
+    ;;
+  ab3)
+    for v in base:'' no_overlap:'parallel.overlap_grad_reduce=false parallel.overlap_param_gather=false' \
+             no_overlap_no_nan_check:"parallel.overlap_grad_reduce=false parallel.overlap_param_gather=false megatron.raw=[--no-check-for-nan-in-loss-and-grad]"; do
+      name=qwen3_30b_a3b_4l_1gpu_mbs16_allgather_${v%%:*}
+      python3 -m launcher preset=qwen3_30b_a3b_4l_1xh200_bench_bf16 dispatcher.type=allgather train.micro_batch_size=16 \
+        train.train_iters=20 train.lr_warmup_iters=2 train.checkpoint.enabled=false ${v#*:} launch.run_dir=$w/runs/$name \
+        > $w/$name.out 2>&1
+      echo "$name rc=$?"; grep -E "iteration +20/" $w/$name.out | cut -c1-220
+      python3 -c "import json; r = json.load(open('$w/runs/$name/record.json')); s = r['steady_state']
+print(r['status'], {k: s[k]['median'] for k in ('tokens_per_s_per_gpu', 'tflops_per_gpu', 'step_time_ms') if k in s},
+      'peak MiB', r.get('memory', {}).get('max_allocated_mb'))" 2>&1 | tail -1
+      tar czf "$out/runs3.tar.gz" -C "$w/runs" $(cd $w/runs && ls -d *_mbs16_allgather_* 2>/dev/null)
+    done
     ;;
   fp8gemm)
     python3 -m recipes.gemm_bench --tokens 262144 --out "$out/gemm_bench_mbs8" 2>&1 | tail -16
