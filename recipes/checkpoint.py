@@ -10,6 +10,9 @@ the first step after resume is right (its forward uses the model weights) and th
 (measured on CPU: loss 4.04 instead of 3.55 one step later). So the saving run's implementation goes
 into the checkpoint (Megatron pickles its args namespace into the common state), and a resume that would
 map bucket-ordered optimizer state onto the other implementation is refused before anything is built.
+The same formats key that state by gradient bucket, so a resume whose buckets are cut elsewhere (the gradient
+overlap on one side only: parallel.overlap_grad_reduce=auto turns it off at data-parallel size 1; another
+--ddp-bucket-size) fails in Megatron's loader with a shape mismatch: refused here with the fix instead.
 """
 from __future__ import annotations
 
@@ -45,9 +48,35 @@ def checkpoint_dir(load: str, ckpt_step: Optional[int]) -> Optional[str]:
     return path if os.path.isdir(path) else None
 
 
+def bucket_layout(args) -> Optional[str]:
+    """Where Megatron's DDP cuts the gradient buffers into buckets (distributed_data_parallel.py): one bucket
+    without overlap_grad_reduce, else --ddp-num-buckets, else --ddp-bucket-size or max(40M, 1M x data-parallel
+    size) elements. None for args that do not say (a namespace that is not Megatron's)."""
+    if not hasattr(args, "overlap_grad_reduce"):
+        return None
+    if not args.overlap_grad_reduce:
+        return "one bucket (overlap_grad_reduce off)"
+    if getattr(args, "ddp_num_buckets", None):
+        return f"{args.ddp_num_buckets} buckets"
+    return f"buckets of {_bucket_size(args):,} elements"
+
+
+def _bucket_size(args) -> int:
+    return getattr(args, "ddp_bucket_size", None) or max(40_000_000, 1_000_000 * getattr(args, "data_parallel_size", 1))
+
+
+def _same_buckets(saved_args) -> str:
+    """The overrides that cut this run's buckets as the saving run did."""
+    if not saved_args.overlap_grad_reduce:
+        return "parallel.overlap_grad_reduce=false parallel.overlap_param_gather=false"
+    flag = (f"--ddp-num-buckets,{saved_args.ddp_num_buckets}" if getattr(saved_args, "ddp_num_buckets", None)
+            else f"--ddp-bucket-size,{_bucket_size(saved_args)}")
+    return f"parallel.overlap_grad_reduce=true 'megatron.raw=[{flag}]'"
+
+
 def check_resume(args, impl: str) -> None:
-    """Raise ResumeError when args.load would put another implementation's bucket-ordered optimizer
-    state under this run's experts."""
+    """Raise ResumeError when args.load would put bucket-ordered optimizer state under other parameters: another
+    implementation's experts, or other gradient buckets."""
     if not args.load or args.no_load_optim or args.finetune or not args.use_distributed_optimizer:
         return
     path = checkpoint_dir(args.load, args.ckpt_step)
@@ -58,8 +87,26 @@ def check_resume(args, impl: str) -> None:
     common = dist_checkpointing.load_common_state_dict(path)
     fmt = (dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or {}).get(
         "distrib_optim_sharding_type")
-    saved = getattr(common.get("args"), ARG, "te")  # checkpoints from before this stamp: Megatron's own experts
-    if fmt in BUCKET_FORMATS and saved != impl:
+    if fmt in BUCKET_FORMATS:
+        _check_experts(args, impl, path, fmt, common.get("args"))
+        _check_buckets(args, path, fmt, common.get("args"))
+
+
+def _check_buckets(args, path: str, fmt: str, saved_args) -> None:
+    saved, now = bucket_layout(saved_args), bucket_layout(args)
+    if saved is None or now is None or saved == now:
+        return
+    raise ResumeError(
+        f"train.load={args.load}: {os.path.basename(path)} keeps the distributed optimizer's state in the bucket "
+        f"format ({fmt}) of {saved}; this run would cut {now}, and Megatron's loader would fail on the shapes. "
+        f"Fix: resume with {_same_buckets(saved_args)}, or start a fresh optimizer with "
+        "'megatron.raw=[--no-load-optim]' (save with 'megatron.extra={dist_ckpt_optim_fully_reshardable: true}' "
+        "for state that any layout loads)")
+
+
+def _check_experts(args, impl: str, path: str, fmt: str, saved_args) -> None:
+    saved = getattr(saved_args, ARG, "te")  # checkpoints from before this stamp: Megatron's own experts
+    if saved != impl:
         raise ResumeError(
             f"train.load={args.load}: {os.path.basename(path)} was saved with model.moe_grouped_gemm_impl={saved} "
             f"and the distributed optimizer's bucket format ({fmt}), whose optimizer state follows that "

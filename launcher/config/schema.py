@@ -46,8 +46,12 @@ class ParallelConfig:
     sequence_parallel: Optional[bool] = None
     """None = on exactly when tp > 1 (Megatron requires it for MoE with TP)."""
     use_distributed_optimizer: bool = True
-    overlap_grad_reduce: bool = True
-    overlap_param_gather: bool = True
+    overlap_grad_reduce: Union[bool, str] = Switch.auto.value
+    """Reduce gradients in buckets during backward. auto = on, off where every gradient-reduce group has one rank
+    (data-parallel size 1 for dense and expert parameters: nothing to hide; launcher/plan/tuned.py)."""
+    overlap_param_gather: Union[bool, str] = Switch.auto.value
+    """All-gather the distributed optimizer's parameters during forward; auto = with overlap_grad_reduce and
+    the distributed optimizer."""
     use_megatron_fsdp: bool = False
 
 

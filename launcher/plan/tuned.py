@@ -24,6 +24,9 @@ A2A_OVERLAP = ("perf_results/runs/qwen3_30b_a3b_8l_ep2_torch_experts_a2a_overlap
                "310.6 without, +4.2%; forced balance +4.0%)")
 LEAN_LOSS = ("perf_results/runs/qwen3_30b_a3b_4l_1gpu_lean_loss_mbs8 (107,260 tokens/s/GPU, peak 85.4 GiB) vs "
              "perf_results/runs/qwen3_30b_a3b_4l_1gpu_native_loss_mbs8 (99,327, 113.2 GiB): +8.0%")
+GRAD_OVERLAP = ("perf_results/runs/qwen3_30b_a3b_4l_1gpu_mbs16_allgather_no_overlap (124,215 tokens/s/GPU vs 121,837 "
+                "with it, perf_results/runs/qwen3_30b_a3b_4l_1gpu_mbs16_allgather_base: +2.0%; every one-GPU family "
+                "proxy 1.03-1.13x, perf_results/tuning/README.md)")
 ALLOCATOR = ("no throughput cost measured; the OOM records perf_results/runs/qwen3_30b_a3b_4l_1gpu_mbs4 and "
              "perf_results/tuning/qwen3_30b_a3b_8l_ep2_h200x2/01_micro_batch_mbs8 ask for it against fragmentation")
 
@@ -38,7 +41,10 @@ class Tuned:
     cross_entropy_loss_fusion: bool
     overlap_moe_expert_parallel_comm: bool
     expandable_segments: bool
-    cross_entropy_fusion_impl: str = "native"  # a default: plan.json files written before it rebuild unchanged
+    # defaults: plan.json files written before these knobs rebuild unchanged (what they were then)
+    cross_entropy_fusion_impl: str = "native"
+    overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = True
 
 
 SAFE = Tuned(moe_grouped_gemm_impl="te", permute_fusion=False, router_fusion=False, cross_entropy_loss_fusion=False,
@@ -135,10 +141,15 @@ def cross_entropy_impl(cfg: RunConfig, stack: Stack, fused: bool) -> tuple[str, 
     return "lean", f"{field}=auto -> lean: no FP32 copy of the logits; measured {LEAN_LOSS}"
 
 
+def _data_parallel(cfg: RunConfig, stack: Stack) -> tuple[int, int]:
+    """Ranks that reduce each dense and each expert gradient (a degree < 1 is refused by the rules later)."""
+    p, world = cfg.parallel, stack.world_size
+    return max(world // max(p.tp * p.pp * p.cp, 1), 1), max(world // max(p.ep * p.etp * p.pp, 1), 1)
+
+
 def _microbatches(cfg: RunConfig, stack: Stack) -> int:
-    p, t = cfg.parallel, cfg.train
-    dp = max(stack.world_size // max(p.tp * p.pp * p.cp, 1), 1)  # a degree < 1 is refused by the rules later
-    return t.global_batch_size // max(t.micro_batch_size * dp, 1)
+    t = cfg.train
+    return t.global_batch_size // max(t.micro_batch_size * _data_parallel(cfg, stack)[0], 1)
 
 
 def _overlap_blocker(cfg: RunConfig, stack: Stack) -> Optional[str]:
@@ -181,6 +192,30 @@ def ep_overlap(cfg: RunConfig, stack: Stack) -> tuple[bool, Optional[str]]:
     return True, f"{field}=auto -> true: EP {cfg.parallel.ep}, prerequisites hold; measured {A2A_OVERLAP}"
 
 
+def grad_overlap(cfg: RunConfig, stack: Stack) -> tuple[bool, bool, Optional[str]]:
+    """parallel.overlap_grad_reduce and overlap_param_gather: on (Megatron's choice for data-parallel runs), off
+    where every gradient-reduce group has one rank. There the overlap hides no communication and costs: each of its
+    gradient buckets runs Megatron's NaN/Inf check of the bucket's norm (param_and_grad_buffer.check_grads) when
+    the bucket is ready, a host sync in the middle of backward (20 a step on the 4-layer Qwen3-30B-A3B shape, GPU
+    idle 7.3% of the step; 2.7% without). Without the overlap Megatron keeps one bucket and checks it once."""
+    p = cfg.parallel
+    grad = switch("parallel.overlap_grad_reduce", p.overlap_grad_reduce)
+    param = switch("parallel.overlap_param_gather", p.overlap_param_gather)
+    dense, expert = _data_parallel(cfg, stack)
+    note = None
+    if grad is None:
+        grad = stack.device != "cuda" or dense > 1 or expert > 1
+        why = ("CPU run (Megatron's default; the one-rank case is measured on GPUs)" if stack.device != "cuda" else
+               f"data-parallel size {dense} (dense), {expert} (experts): Megatron's default; the one-rank case is "
+               f"measured in {TUNING}" if grad else
+               f"data-parallel size 1 for every parameter: nothing to overlap, one NaN check instead of one per "
+               f"bucket; measured {GRAD_OVERLAP}")
+        note = f"overlap_grad_reduce=auto -> {str(grad).lower()}: {why}"
+    if param is None:
+        param = grad and p.use_distributed_optimizer  # Megatron's prerequisites (plan/rules/features.py)
+    return grad, param, note
+
+
 def expandable_segments(cfg: RunConfig, stack: Stack) -> tuple[bool, Optional[str]]:
     """PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: on for GPU runs, off with TE CUDA graphs (Megatron
     asserts against it there unless NCCL_GRAPH_REGISTER=0: arguments.py, cuda_graphs.py)."""
@@ -204,10 +239,11 @@ def resolve_tuned(cfg: RunConfig, stack: Stack) -> tuple[Tuned, list[str]]:
     ce_impl, n7 = cross_entropy_impl(cfg, stack, ce)
     overlap, n5 = ep_overlap(cfg, stack)
     alloc, n6 = expandable_segments(cfg, stack)
+    grad, param, n8 = grad_overlap(cfg, stack)
     tuned = Tuned(moe_grouped_gemm_impl=impl, permute_fusion=permute, router_fusion=router,
                   cross_entropy_loss_fusion=ce, overlap_moe_expert_parallel_comm=overlap, expandable_segments=alloc,
-                  cross_entropy_fusion_impl=ce_impl)
-    return tuned, [n for n in (n1, n2, n3, n4, n7, n5, n6) if n]
+                  cross_entropy_fusion_impl=ce_impl, overlap_grad_reduce=grad, overlap_param_gather=param)
+    return tuned, [n for n in (n1, n2, n3, n4, n7, n5, n6, n8) if n]
 
 
 def _concrete(written, value):
@@ -219,7 +255,7 @@ def tuned_config(cfg: RunConfig, tuned: Tuned) -> RunConfig:
     """A copy of the config with every `auto` knob replaced by its tuned value: what the rules, the flag table,
     run_env and the estimates read, so an `auto` never reaches them (the user's config is not changed).
     Pinned values stay as written, so applying it twice, or to a config that has none, changes nothing."""
-    m, d, t = cfg.model, cfg.dispatcher, cfg.train
+    m, d, t, p = cfg.model, cfg.dispatcher, cfg.train, cfg.parallel
     model = dataclasses.replace(m, moe_grouped_gemm_impl=GroupedGemmImpl(
         _concrete(m.moe_grouped_gemm_impl, tuned.moe_grouped_gemm_impl)))
     disp = dataclasses.replace(
@@ -232,7 +268,10 @@ def tuned_config(cfg: RunConfig, tuned: Tuned) -> RunConfig:
         cross_entropy_fusion_impl=CrossEntropyImpl(_concrete(t.cross_entropy_fusion_impl,
                                                              tuned.cross_entropy_fusion_impl)),
         expandable_segments=_bool(_concrete(t.expandable_segments, tuned.expandable_segments)))
-    return dataclasses.replace(cfg, model=model, dispatcher=disp, train=train)
+    par = dataclasses.replace(
+        p, overlap_grad_reduce=_bool(_concrete(p.overlap_grad_reduce, tuned.overlap_grad_reduce)),
+        overlap_param_gather=_bool(_concrete(p.overlap_param_gather, tuned.overlap_param_gather)))
+    return dataclasses.replace(cfg, model=model, dispatcher=disp, train=train, parallel=par)
 
 
 def _bool(value: Union[bool, str]) -> bool:

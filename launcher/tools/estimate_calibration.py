@@ -34,9 +34,9 @@ KNOWN_MISSES: dict[str, tuple[str, int]] = {
         "keeps (BF16 softmax, 4 heads x 2048^2 x 2 B x 5 layers incl. MTP = 160 MiB), i.e. TE choosing its "
         "unfused backend for MLA head dims 96/64. The record does not say which backend ran, so the estimator "
         "assumes the fused one every other MLA proxy shows", 200 * MiB),
-    # issue 17's tuned-vs-safe reruns of that proxy (one session, 2026-12-01): the same gap, 163-173 MiB
-    **{f"proxy_tiny_deepseek_ab_{t}": ("a rerun of proxy_tiny_deepseek (same unfused-attention gap)", 200 * MiB)
-       for t in ("safe", "safe2", "tuned", "tuned2")},
+    # issue 17's reruns of that proxy (tuned vs safe, gradient overlap on vs off; 2026-12-01): the same gap
+    **{f"proxy_tiny_deepseek_{t}": ("a rerun of proxy_tiny_deepseek (same unfused-attention gap)", 200 * MiB)
+       for t in ("ab_safe", "ab_safe2", "ab_tuned", "ab_tuned2", "no_overlap", "overlap")},
 }
 
 

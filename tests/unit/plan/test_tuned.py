@@ -23,7 +23,8 @@ PLAIN = ["model=qwen3_30b_a3b", "model.num_layers=8", "train=pretrain", "hardwar
          "train.micro_batch_size=4", "train.global_batch_size=32"]
 PRESET = ["preset=qwen3_30b_a3b_8l_2xh200_ep2_bench_bf16", "train.routing=dropless"]
 FAST = dict(moe_grouped_gemm_impl="torch", permute_fusion=True, router_fusion=True, cross_entropy_loss_fusion=True,
-            overlap_moe_expert_parallel_comm=True, expandable_segments=True, cross_entropy_fusion_impl="lean")
+            overlap_moe_expert_parallel_comm=True, expandable_segments=True, cross_entropy_fusion_impl="lean",
+            overlap_grad_reduce=True, overlap_param_gather=True)
 
 
 def _plan(overrides: list[str], probe: MachineProbe = H200X2, validate: bool = False):
@@ -54,7 +55,7 @@ def test_the_plain_command_resolves_to_the_tuned_preset():
 
 def test_each_auto_note_names_a_measurement_that_exists():
     notes = [n for n in _plan(PLAIN).resolved.notes if "=auto -> " in n]
-    assert len(notes) == 7
+    assert len(notes) == 8
     for note in notes:
         paths = re.findall(r"perf_results/[\w./-]+", note)
         assert paths, note
@@ -128,6 +129,38 @@ def test_the_overlap_stays_off_where_it_is_not_valid(extra, why):
     assert plan.env.get("CUDA_DEVICE_MAX_CONNECTIONS") != "32"
 
 
+ONE_GPU = ["preset=qwen3_30b_a3b_4l_1xh200_bench_bf16"]
+
+
+def test_the_gradient_overlap_is_off_where_every_reduce_group_has_one_rank():
+    """One GPU: Megatron gets neither overlap flag (one gradient bucket, one NaN check a step); the note names the
+    A/B records. Megatron accepts the argv."""
+    plan = _plan(ONE_GPU, probe=H200X1, validate=True)
+    t = plan.resolved.tuned
+    assert (t.overlap_grad_reduce, t.overlap_param_gather) == (False, False)
+    assert "--overlap-grad-reduce" not in plan.argv and "--overlap-param-gather" not in plan.argv
+    note = next(n for n in plan.resolved.notes if n.startswith("overlap_grad_reduce=auto -> false"))
+    assert "data-parallel size 1 for every parameter" in note and "allgather_no_overlap" in note
+
+
+@pytest.mark.parametrize("extra,probe,grad,param", [
+    ([], H200X2, True, True),                                           # EP 2 on 2 GPUs: dense gradients reduce over 2
+    (["parallel=single", "parallel.tp=2", "cluster.gpus_per_node=2", "train.global_batch_size=8"], H200X2, True,
+     True),                                                             # TP 2: dense data-parallel 1, experts' 2
+    (["parallel.use_distributed_optimizer=false"], H200X2, True, False),  # the param gather needs it
+    (["parallel.overlap_grad_reduce=false"], H200X2, False, False),    # pinned off: the gather follows
+])
+def test_the_gradient_overlap_stays_on_where_a_reduce_group_has_ranks(extra, probe, grad, param):
+    t = _plan(PLAIN + extra, probe=probe).resolved.tuned
+    assert (t.overlap_grad_reduce, t.overlap_param_gather) == (grad, param)
+
+
+def test_a_pinned_gradient_overlap_stays_on_one_gpu():
+    plan = _plan(ONE_GPU + ["parallel.overlap_grad_reduce=true", "parallel.overlap_param_gather=true"], probe=H200X1)
+    assert "--overlap-grad-reduce" in plan.argv and "--overlap-param-gather" in plan.argv
+    assert not [n for n in plan.resolved.notes if n.startswith("overlap_grad_reduce=auto")]
+
+
 def test_cuda_graphs_turn_the_allocator_setting_off():
     plan = _plan(PLAIN + ["+preset/with=cuda_graph_moe_router"])
     assert not plan.resolved.tuned.expandable_segments and "PYTORCH_CUDA_ALLOC_CONF" not in plan.env
@@ -141,7 +174,8 @@ def test_a_cluster_env_allocator_value_keeps_its_place():
 def test_pinned_choices_stay():
     pins = ["model.moe_grouped_gemm_impl=te", "dispatcher.permute_fusion=false", "dispatcher.router_fusion=false",
             "dispatcher.overlap_moe_expert_parallel_comm=false", "train.cross_entropy_loss_fusion=false",
-            "train.expandable_segments=false"]
+            "train.expandable_segments=false", "parallel.overlap_grad_reduce=true",
+            "parallel.overlap_param_gather=true"]
     plan = _plan(PLAIN + pins)
     assert plan.resolved.tuned == SAFE and not [n for n in plan.resolved.notes if "=auto -> " in n]
     assert "--moe-permute-fusion" not in plan.argv and "--cross-entropy-loss-fusion" not in plan.argv
@@ -219,8 +253,8 @@ def _proxies() -> list[tuple[str, list[str]]]:
 @pytest.mark.parametrize("name,overrides", _proxies(), ids=[n for n, _ in _proxies()])
 def test_every_family_proxy_plans_with_the_rules(name, overrides):
     """gpu_host_runs.sh proxies: one H200, seq 2048, 4 x MBS 1. Every proxy plans with Megatron's validator;
-    the fusions are on, the torch experts wherever the family allows them (BF16, no expert bias), the overlap
-    off (EP 1), and each choice says why."""
+    the fusions are on, the torch experts wherever the family allows them (BF16, no expert bias), the EP overlap
+    and the gradient overlap off (EP 1, data-parallel 1), and each choice says why."""
     plan = _plan([*overrides, "train=pretrain", "train.seq_length=2048", "train.global_batch_size=4",
                   "train.train_iters=6", "train.lr_warmup_iters=1", "cluster.gpus_per_node=1", "hardware=h200"],
                  probe=H200X1, validate=True)
@@ -230,4 +264,5 @@ def test_every_family_proxy_plans_with_the_rules(name, overrides):
     cfg = make_cfg(overrides)
     assert t.moe_grouped_gemm_impl == ("te" if cfg.model.add_bias_linear else "torch")
     assert t.cross_entropy_fusion_impl == "lean"
-    assert len([n for n in plan.resolved.notes if "=auto -> " in n]) == 7
+    assert not t.overlap_grad_reduce and "--overlap-grad-reduce" not in plan.argv  # one GPU: nothing to overlap
+    assert len([n for n in plan.resolved.notes if "=auto -> " in n]) == 8

@@ -150,7 +150,7 @@ def test_checkpoint_loads_across_implementations(groups, tmp_path, direction, mo
 
 # --------------------------------------------------------------- resume across implementations (recipes/checkpoint)
 
-def _checkpoint(root, monkeypatch, impl, fmt) -> str:
+def _checkpoint(root, monkeypatch, impl, fmt, **saved) -> str:
     """A distributed checkpoint as Megatron writes one: args in the common state, the optimizer format in the
     content metadata, latest_checkpointed_iteration.txt beside iter_0000010."""
     from argparse import Namespace
@@ -158,7 +158,8 @@ def _checkpoint(root, monkeypatch, impl, fmt) -> str:
     if not torch.cuda.is_available():
         monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
         monkeypatch.setattr(torch.cuda, "current_device", lambda: torch.device("cpu"))
-    args = Namespace(iteration=10) if impl is None else Namespace(iteration=10, moe_grouped_gemm_impl=impl)
+    args = Namespace(iteration=10, **saved) if impl is None else Namespace(iteration=10, moe_grouped_gemm_impl=impl,
+                                                                           **saved)
     path = root / "iter_0000010"
     path.mkdir(parents=True)
     state = {"args": args, "w": ShardedTensor.from_rank_offsets("w", torch.zeros(4))}
@@ -191,6 +192,42 @@ def test_resume_refuses_bucket_optimizer_state_of_the_other_implementation(group
             checkpoint.check_resume(args, impl)
         args.no_load_optim = True  # a fresh optimizer: only the model loads, and that layout is shared
     checkpoint.check_resume(args, impl)
+
+
+def _buckets(overlap=True, dp=1, size=None, num=None) -> dict:
+    return dict(overlap_grad_reduce=overlap, data_parallel_size=dp, ddp_bucket_size=size, ddp_num_buckets=num)
+
+
+@pytest.mark.parametrize("saved, now, fix", [
+    # a one-GPU run (parallel.overlap_grad_reduce=auto -> false) resumed on more GPUs, and back
+    (_buckets(overlap=False), _buckets(dp=2), "parallel.overlap_grad_reduce=false parallel.overlap_param_gather=false"),
+    (_buckets(dp=2), _buckets(overlap=False),
+     "parallel.overlap_grad_reduce=true 'megatron.raw=[--ddp-bucket-size,40000000]'"),
+    # Megatron's default size grows past 40 data-parallel ranks
+    (_buckets(dp=8), _buckets(dp=64), "'megatron.raw=[--ddp-bucket-size,40000000]'"),
+    (_buckets(size=1000), _buckets(), "'megatron.raw=[--ddp-bucket-size,1000]'"),
+    (_buckets(num=4), _buckets(), "'megatron.raw=[--ddp-num-buckets,4]'"),
+    (_buckets(dp=2), _buckets(dp=8), None),       # the same 40M-element buckets: data-parallel resharding loads
+    (_buckets(overlap=False), _buckets(overlap=False, dp=4), None),
+])
+def test_resume_refuses_optimizer_state_of_other_gradient_buckets(groups, tmp_path, monkeypatch, saved, now, fix):
+    """Megatron's loader fails on such a resume with a shape mismatch of bucket_idx_0 (CPU, overlap on with
+    --ddp-bucket-size 20000 -> off: 'Global shape mismatch for loaded (torch.Size([65536])) and expected
+    ((1906304,))'); the check names the overrides that cut the buckets as the saving run did."""
+    from recipes import checkpoint
+
+    args = _args(_checkpoint(tmp_path / "ckpt", monkeypatch, "torch", "dp_reshardable", **saved), **now)
+    if fix is None:
+        checkpoint.check_resume(args, "torch")
+        return
+    with pytest.raises(checkpoint.ResumeError, match="bucket format") as e:
+        checkpoint.check_resume(args, "torch")
+    assert fix in str(e.value) and "\n" not in str(e.value)
+    args.no_load_optim = True  # a fresh optimizer: only the model loads
+    checkpoint.check_resume(args, "torch")
+    args.no_load_optim = None
+    _checkpoint(tmp_path / "full", monkeypatch, "torch", "fully_reshardable", **saved)
+    checkpoint.check_resume(_args(str(tmp_path / "full"), **now), "torch")  # per-parameter state: any layout
 
 
 def test_resume_check_without_a_checkpoint(tmp_path):

@@ -22,7 +22,9 @@ def _copy_perf(tmp_path: Path) -> Path:
     for run in sorted((PERF / "runs").iterdir()):
         (dst / "runs" / run.name).mkdir(parents=True)
         for f in run.iterdir():
-            if f.name not in ("record.json", "record.md"):
+            if f.is_dir():  # attempts/N of a relaunched run (moe-launch keeps every earlier attempt)
+                shutil.copytree(f, dst / "runs" / run.name / f.name)
+            elif f.name not in ("record.json", "record.md"):
                 shutil.copy(f, dst / "runs" / run.name / f.name)
     shutil.copy(PERF / "README.md", dst / "README.md")
     shutil.copy(PERF / "references.yaml", dst / "references.yaml")
