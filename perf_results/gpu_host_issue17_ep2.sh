@@ -9,6 +9,7 @@
 # ones); one summary line per run.
 set -uo pipefail
 if [ -f /root/gpu-host.env ]; then source /root/gpu-host.env; fi
+source perf_results/gpu_host_lib.sh
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 out=${1:?usage: bash perf_results/gpu_host_issue17_ep2.sh OUTDIR}
 w=/tmp/i17ep2
@@ -20,8 +21,6 @@ for d in ${DISPATCHERS:-alltoall}; do for mbs in ${MBS:-4 8}; do for routing in 
   python3 -m launcher preset=qwen3_30b_a3b_8l_2xh200_ep2_bench_bf16 dispatcher=$d train.routing=$routing \
     train.micro_batch_size=$mbs "${steps[@]}" launch.run_dir=$w/runs/$name > $w/$name.out 2>&1
   echo "$name rc=$?"
-  python3 -c "import json; r = json.load(open('$w/runs/$name/record.json')); s = r['steady_state']
-print(' ', r['status'], {k: s[k]['median'] for k in ('tokens_per_s_per_gpu', 'tflops_per_gpu', 'step_time_ms') if k in s},
-      'peak MiB', r.get('memory', {}).get('max_allocated_mb'), (r.get('failure') or {}).get('summary', '')[:200])" 2>&1 | tail -1
+  record_summary $w/runs/$name
   tar czf "$out/ep2_runs.tar.gz" -C "$w/runs" $(cd $w/runs && ls)
 done; done; done

@@ -19,6 +19,7 @@
 #   fp8gemm recipes/gemm_bench.py at the MBS 8 shape (8 x 4096 tokens x top-8 routed rows, 128 experts)
 set -uo pipefail
 source /root/gpu-host.env
+source perf_results/gpu_host_lib.sh
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 what=$1 out=$2 w=/tmp/i17l
 mkdir -p "$out" "$w/runs"
@@ -33,9 +34,7 @@ case $what in
       python3 -m launcher preset=qwen3_30b_a3b_4l_1xh200_bench_bf16 train.cross_entropy_fusion_impl=$impl \
         train.micro_batch_size=$mbs "${steps[@]}" launch.run_dir=$w/runs/$name > $w/$name.out 2>&1
       echo "$name rc=$?"; grep -E "iteration +12/" $w/$name.out | cut -c1-220
-      python3 -c "import json; r = json.load(open('$w/runs/$name/record.json')); s = r['steady_state']
-print(r['status'], {k: s[k]['median'] for k in ('tokens_per_s_per_gpu', 'tflops_per_gpu', 'step_time_ms') if k in s},
-      'peak MiB', r.get('memory', {}).get('max_allocated_mb'))" 2>&1 | tail -1
+      record_summary $w/runs/$name
       rm -rf $w/runs/$name/checkpoints
       tar czf "$out/runs.tar.gz" -C "$w/runs" $(cd $w/runs && ls)
     done
@@ -74,9 +73,7 @@ PY
         train.train_iters=20 train.lr_warmup_iters=2 train.checkpoint.enabled=false ${v#*:} launch.run_dir=$w/runs/$name \
         > $w/$name.out 2>&1
       echo "$name rc=$?"; grep -E "iteration +20/" $w/$name.out | cut -c1-220
-      python3 -c "import json; r = json.load(open('$w/runs/$name/record.json')); s = r['steady_state']
-print(r['status'], {k: s[k]['median'] for k in ('tokens_per_s_per_gpu', 'tflops_per_gpu', 'step_time_ms') if k in s},
-      'peak MiB', r.get('memory', {}).get('max_allocated_mb'))" 2>&1 | tail -1
+      record_summary $w/runs/$name
       tar czf "$out/runs3.tar.gz" -C "$w/runs" $(cd $w/runs && ls -d *_mbs16_allgather_* 2>/dev/null)
     done
     ;;
