@@ -201,19 +201,23 @@ def grad_overlap(cfg: RunConfig, stack: Stack) -> tuple[bool, bool, Optional[str
     p = cfg.parallel
     grad = switch("parallel.overlap_grad_reduce", p.overlap_grad_reduce)
     param = switch("parallel.overlap_param_gather", p.overlap_param_gather)
-    dense, expert = _data_parallel(cfg, stack)
     note = None
     if grad is None:
-        grad = stack.device != "cuda" or dense > 1 or expert > 1
-        why = ("CPU run (Megatron's default; the one-rank case is measured on GPUs)" if stack.device != "cuda" else
-               f"data-parallel size {dense} (dense), {expert} (experts): Megatron's default; the one-rank case is "
-               f"measured in {TUNING}" if grad else
-               f"data-parallel size 1 for every parameter: nothing to overlap, one NaN check instead of one per "
-               f"bucket; measured {GRAD_OVERLAP}")
+        grad, why = _grad_overlap_auto(*_data_parallel(cfg, stack), gpu=stack.device == "cuda")
         note = f"overlap_grad_reduce=auto -> {str(grad).lower()}: {why}"
     if param is None:
         param = grad and p.use_distributed_optimizer  # Megatron's prerequisites (plan/rules/features.py)
     return grad, param, note
+
+
+def _grad_overlap_auto(dense: int, expert: int, gpu: bool) -> tuple[bool, str]:
+    if not gpu:
+        return True, "CPU run (Megatron's default; the one-rank case is measured on GPUs)"
+    if dense > 1 or expert > 1:
+        return True, (f"data-parallel size {dense} (dense), {expert} (experts): Megatron's default; the one-rank "
+                      f"case is measured in {TUNING}")
+    return False, ("data-parallel size 1 for every parameter: nothing to overlap, one NaN check instead of one per "
+                   f"bucket; measured {GRAD_OVERLAP}")
 
 
 def expandable_segments(cfg: RunConfig, stack: Stack) -> tuple[bool, Optional[str]]:
