@@ -22,6 +22,9 @@
 #               but by Megatron's code (dist_checkpointing/strategies/torch.py) the flag acts only with
 #               --async-strategy nvrx (nvidia-resiliency-ext), so under mcore this is a second sample of `default`:
 #               the device-to-host copy's time varies run to run (16.1-16.5 s before, 8.4 s here, 26 GB)
+#     pinreg    + torch's pinned-memory allocator registering pages with 8 threads (PYTORCH_CUDA_ALLOC_CONF
+#               pinned_use_cuda_host_register, pinned_num_register_threads): the wait is Megatron's preload_tensors,
+#               `tensor.to("cpu", non_blocking=True)`, which allocates pinned host memory for each save
 #   Shows each run's "checkpoint saves" row (training's wait per save, the background write, the wait's share).
 #   Measured 2026-11-30 on the 8-layer shape (kill): the first async save held training 64.1 s; on CPU a run's
 #   first save costs ~10x its later ones, hence several saves here. On one GPU (2026-12-01) the default variant had
@@ -56,6 +59,7 @@ case $what in
       r=$w/saves_$v; rm -rf "$r"
       extra=(); [ "$v" = constant ] && extra=('megatron.raw=[--ckpt-assume-constant-structure]')
       [ "$v" = shm ] && extra=('megatron.raw=[--async-ckpt-use-cpu-shm]')
+      [ "$v" = pinreg ] && extra=('+cluster.env.PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True,pinned_use_cuda_host_register:True,pinned_num_register_threads:8"')
       MOE_DEBUG_LOGGERS=megatron.training.checkpointing,megatron.core.dist_checkpointing \
         timeout -s TERM "${LIMIT:-86400}" python3 -m launcher "${q8[@]}" "${shape[@]}" train.train_iters="${ITERS:-80}" train.save_interval=20 \
         train.checkpoint.keep_last=1 "${extra[@]}" launch.run_dir=$r > $w/saves_$v.out 2>&1 &
