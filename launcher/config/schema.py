@@ -48,7 +48,7 @@ class ParallelConfig:
     use_distributed_optimizer: bool = True
     overlap_grad_reduce: Union[bool, str] = Switch.auto.value
     """Reduce gradients in buckets during backward. auto = on, off where every gradient-reduce group has one rank
-    (data-parallel size 1 for dense and expert parameters: nothing to hide; launcher/plan/tuned.py)."""
+    (data x context parallel 1 for dense weights, expert data parallel 1: nothing to hide; launcher/plan/tuned.py)."""
     overlap_param_gather: Union[bool, str] = Switch.auto.value
     """All-gather the distributed optimizer's parameters during forward; auto = with overlap_grad_reduce and
     the distributed optimizer."""

@@ -141,15 +141,17 @@ def cross_entropy_impl(cfg: RunConfig, stack: Stack, fused: bool) -> tuple[str, 
     return "lean", f"{field}=auto -> lean: no FP32 copy of the logits; measured {LEAN_LOSS}"
 
 
-def _data_parallel(cfg: RunConfig, stack: Stack) -> tuple[int, int]:
-    """Ranks that reduce each dense and each expert gradient (a degree < 1 is refused by the rules later)."""
+def _reduce_ranks(cfg: RunConfig, stack: Stack) -> tuple[int, int]:
+    """Ranks that reduce each dense gradient (data x context parallel: context-parallel ranks hold the same weights)
+    and each expert gradient (expert data parallel). A degree < 1 is refused by the rules later."""
     p, world = cfg.parallel, stack.world_size
-    return max(world // max(p.tp * p.pp * p.cp, 1), 1), max(world // max(p.ep * p.etp * p.pp, 1), 1)
+    return max(world // max(p.tp * p.pp, 1), 1), max(world // max(p.ep * p.etp * p.pp, 1), 1)
 
 
 def _microbatches(cfg: RunConfig, stack: Stack) -> int:
-    t = cfg.train
-    return t.global_batch_size // max(t.micro_batch_size * _data_parallel(cfg, stack)[0], 1)
+    p, t = cfg.parallel, cfg.train
+    dp = max(stack.world_size // max(p.tp * p.pp * p.cp, 1), 1)  # a degree < 1 is refused by the rules later
+    return t.global_batch_size // max(t.micro_batch_size * dp, 1)
 
 
 def _overlap_blocker(cfg: RunConfig, stack: Stack) -> Optional[str]:
@@ -194,7 +196,8 @@ def ep_overlap(cfg: RunConfig, stack: Stack) -> tuple[bool, Optional[str]]:
 
 def grad_overlap(cfg: RunConfig, stack: Stack) -> tuple[bool, bool, Optional[str]]:
     """parallel.overlap_grad_reduce and overlap_param_gather: on (Megatron's choice for data-parallel runs), off
-    where every gradient-reduce group has one rank. There the overlap hides no communication and costs: each of its
+    where every gradient-reduce group has one rank (data x context parallel for dense weights, expert data parallel
+    for experts). There the overlap hides no communication and costs: each of its
     gradient buckets runs Megatron's NaN/Inf check of the bucket's norm (param_and_grad_buffer.check_grads) when
     the bucket is ready, a host sync in the middle of backward (20 a step on the 4-layer Qwen3-30B-A3B shape, GPU
     idle 7.3% of the step; 2.7% without). Without the overlap Megatron keeps one bucket and checks it once."""
@@ -203,7 +206,7 @@ def grad_overlap(cfg: RunConfig, stack: Stack) -> tuple[bool, bool, Optional[str
     param = switch("parallel.overlap_param_gather", p.overlap_param_gather)
     note = None
     if grad is None:
-        grad, why = _grad_overlap_auto(*_data_parallel(cfg, stack), gpu=stack.device == "cuda")
+        grad, why = _grad_overlap_auto(*_reduce_ranks(cfg, stack), gpu=stack.device == "cuda")
         note = f"overlap_grad_reduce=auto -> {str(grad).lower()}: {why}"
     if param is None:
         param = grad and p.use_distributed_optimizer  # Megatron's prerequisites (plan/rules/features.py)
@@ -214,9 +217,9 @@ def _grad_overlap_auto(dense: int, expert: int, gpu: bool) -> tuple[bool, str]:
     if not gpu:
         return True, "CPU run (Megatron's default; the one-rank case is measured on GPUs)"
     if dense > 1 or expert > 1:
-        return True, (f"data-parallel size {dense} (dense), {expert} (experts): Megatron's default; the one-rank "
-                      f"case is measured in {TUNING}")
-    return False, ("data-parallel size 1 for every parameter: nothing to overlap, one NaN check instead of one per "
+        return True, (f"gradients reduce over {dense} ranks (dense) and {expert} (experts): Megatron's default; the "
+                      f"one-rank case is measured in {TUNING}")
+    return False, ("every gradient-reduce group has one rank: nothing to overlap, one NaN check instead of one per "
                    f"bucket; measured {GRAD_OVERLAP}")
 
 

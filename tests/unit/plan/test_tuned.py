@@ -140,13 +140,15 @@ def test_the_gradient_overlap_is_off_where_every_reduce_group_has_one_rank():
     assert (t.overlap_grad_reduce, t.overlap_param_gather) == (False, False)
     assert "--overlap-grad-reduce" not in plan.argv and "--overlap-param-gather" not in plan.argv
     note = next(n for n in plan.resolved.notes if n.startswith("overlap_grad_reduce=auto -> false"))
-    assert "data-parallel size 1 for every parameter" in note and "allgather_no_overlap" in note
+    assert "every gradient-reduce group has one rank" in note and "allgather_no_overlap" in note
 
 
 @pytest.mark.parametrize("extra,probe,grad,param", [
     ([], H200X2, True, True),                                           # EP 2 on 2 GPUs: dense gradients reduce over 2
     (["parallel=single", "parallel.tp=2", "cluster.gpus_per_node=2", "train.global_batch_size=8"], H200X2, True,
      True),                                                             # TP 2: dense data-parallel 1, experts' 2
+    (["parallel.cp=2", "train.global_batch_size=8"], H200X2, True, True),  # EP 2 over CP 2: dense weights reduce
+                                                                        # over the 2 context-parallel ranks
     (["parallel.use_distributed_optimizer=false"], H200X2, True, False),  # the param gather needs it
     (["parallel.overlap_grad_reduce=false"], H200X2, False, False),    # pinned off: the gather follows
 ])
