@@ -48,7 +48,8 @@ class _Group:
 
 @pytest.fixture(scope="module")
 def groups():
-    if not torch.distributed.is_initialized():
+    started = not torch.distributed.is_initialized()
+    if started:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -57,6 +58,8 @@ def groups():
     parallel_state.initialize_model_parallel()
     yield ProcessGroupCollection.use_mpu_process_groups()
     parallel_state.destroy_model_parallel()
+    if started:  # the next test file in this process (pytest-xdist mixes their order) starts its own group
+        torch.distributed.destroy_process_group()
 
 
 def _config(gated: bool) -> TransformerConfig:
