@@ -7,8 +7,8 @@
 #   test   the GPU test: lean vs native loss and gradient at vocabulary 151,936, and both peaks
 #   ab     moe-launch: native MBS 8, lean MBS 8, lean MBS 16 (fits with the lean loss: predicted 118 GiB; native
 #          is refused at 137), each record into OUTDIR/runs.tar.gz after the run
-#   bench  moe-bench, ours at MBS ${MBS:-8} with the defaults (or dispatcher.type=$DISP, and any $EXTRA overrides), the peer at MBS 8, one
-#          profiled iteration each
+#   bench  moe-bench, ours at MBS ${MBS:-8} with the defaults (or dispatcher.type=$DISP, and any $EXTRA overrides),
+#          the peer at MBS 8, one profiled iteration each
 #   ab2    (2026-12-01, after the loss's backward scale became one compiled pass) lean MBS 16 with the all-to-all
 #          dispatcher and with the all-gather one (at EP 1 the all-to-all's two chunk sorts per layer are copies that
 #          change nothing); writes the faster one to $w/best_dispatcher for a following `bench` call
@@ -23,19 +23,22 @@ source perf_results/gpu_host_lib.sh
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 what=$1 out=$2 w=/tmp/i17l
 mkdir -p "$out" "$w/runs"
-steps=(train.train_iters=12 train.lr_warmup_iters=2 train.checkpoint.enabled=false)
+run_preset() {  # run_preset NAME ITERS OVERRIDE...: the one-H200 bench preset without checkpoints; rc, last line, record
+  local name=$1 iters=$2; shift 2
+  python3 -m launcher preset=qwen3_30b_a3b_4l_1xh200_bench_bf16 train.train_iters=$iters train.lr_warmup_iters=2 \
+    train.checkpoint.enabled=false "$@" launch.run_dir=$w/runs/$name > $w/$name.out 2>&1
+  echo "$name rc=$?"; grep -E "iteration +$iters/" $w/$name.out | cut -c1-220
+  record_summary $w/runs/$name
+}
 case $what in
   test)
     python3 -m pytest -m gpu tests/gpu/test_loss_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$out/test_loss_gpu.log" | tail -8
     ;;
   ab)
     for v in native:8 lean:8 lean:16; do
-      impl=${v%:*} mbs=${v#*:} name=qwen3_30b_a3b_4l_1gpu_${v%:*}_loss_mbs${v#*:}
-      python3 -m launcher preset=qwen3_30b_a3b_4l_1xh200_bench_bf16 train.cross_entropy_fusion_impl=$impl \
-        train.micro_batch_size=$mbs "${steps[@]}" launch.run_dir=$w/runs/$name > $w/$name.out 2>&1
-      echo "$name rc=$?"; grep -E "iteration +12/" $w/$name.out | cut -c1-220
-      record_summary $w/runs/$name
-      rm -rf $w/runs/$name/checkpoints
+      impl=${v%:*} mbs=${v#*:}
+      run_preset qwen3_30b_a3b_4l_1gpu_${impl}_loss_mbs$mbs 12 train.cross_entropy_fusion_impl=$impl \
+        train.micro_batch_size=$mbs
       tar czf "$out/runs.tar.gz" -C "$w/runs" $(cd $w/runs && ls)
     done
     ;;
@@ -49,10 +52,7 @@ case $what in
     ;;
   ab2)
     for d in alltoall allgather; do
-      name=qwen3_30b_a3b_4l_1gpu_lean_loss_mbs16_$d
-      python3 -m launcher preset=qwen3_30b_a3b_4l_1xh200_bench_bf16 dispatcher.type=$d train.micro_batch_size=16 \
-        "${steps[@]}" launch.run_dir=$w/runs/$name > $w/$name.out 2>&1
-      echo "$name rc=$?"; grep -E "iteration +12/" $w/$name.out | cut -c1-220
+      run_preset qwen3_30b_a3b_4l_1gpu_lean_loss_mbs16_$d 12 dispatcher.type=$d train.micro_batch_size=16
       tar czf "$out/runs2.tar.gz" -C "$w/runs" $(cd $w/runs && ls -d *_alltoall *_allgather 2>/dev/null)
     done
     python3 - "$w" <<'PY'
@@ -68,12 +68,9 @@ PY
   ab3)
     for v in base:'' no_overlap:'parallel.overlap_grad_reduce=false parallel.overlap_param_gather=false' \
              no_overlap_no_nan_check:"parallel.overlap_grad_reduce=false parallel.overlap_param_gather=false megatron.raw=[--no-check-for-nan-in-loss-and-grad]"; do
-      name=qwen3_30b_a3b_4l_1gpu_mbs16_allgather_${v%%:*}
-      python3 -m launcher preset=qwen3_30b_a3b_4l_1xh200_bench_bf16 dispatcher.type=allgather train.micro_batch_size=16 \
-        train.train_iters=20 train.lr_warmup_iters=2 train.checkpoint.enabled=false ${v#*:} launch.run_dir=$w/runs/$name \
-        > $w/$name.out 2>&1
-      echo "$name rc=$?"; grep -E "iteration +20/" $w/$name.out | cut -c1-220
-      record_summary $w/runs/$name
+      # ${v#*:} unquoted: the variant's overrides as separate words
+      run_preset qwen3_30b_a3b_4l_1gpu_mbs16_allgather_${v%%:*} 20 dispatcher.type=allgather train.micro_batch_size=16 \
+        ${v#*:}
       tar czf "$out/runs3.tar.gz" -C "$w/runs" $(cd $w/runs && ls -d *_mbs16_allgather_* 2>/dev/null)
     done
     ;;
