@@ -164,9 +164,7 @@ def main(argv: list[str]) -> int:
     try:
         pretrain(config, data.datasets_provider, ModelType.encoder_or_decoder, forward_step)
     except BaseException as e:  # Megatron also exits from inside: signals, exit intervals, checkpoint issues
-        if isinstance(e, SystemExit) and e.code in (0, None):
-            pass
-        else:
+        if not (isinstance(e, SystemExit) and e.code in (0, None)):  # a clean exit from inside goes on below
             if lifecycle.abort_async_saves():  # else the exit would wait forever for the dead writer
                 print(f"recipes.pretrain: rank {args.rank}: the checkpoint writer had died (training ended by "
                       f"{type(e).__name__}); its save stays incomplete", file=sys.stderr, flush=True)
