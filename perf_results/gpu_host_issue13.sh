@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13 on the 2x H200 GPU host (after the staging in ../shared/gpu-host/README.md): checkpoints, a dead
 # rank, resume, and what checkpointing costs, on the Qwen3-30B-A3B 8-layer EP2 shape.
-# usage: bash perf_results/gpu_host_issue13.sh kill|saves OUTDIR [VARIANT ...]
+# usage: bash perf_results/gpu_host_issue13.sh kill|saves|d2h OUTDIR [VARIANT ...]
 #   One 8-layer checkpoint (model, FP32 main params and Adam moments) is 74 GB and the 2-GPU host has 128 GiB of
 #   disk, so the run may hold one checkpoint at a time. Measured 2026-11-30: the async save of iteration 30 was
 #   still being written when iteration 60 began the next one (> 36 s of training at 1.2 s/step), and the disk
@@ -16,7 +16,8 @@
 # saves: what repeated async saves cost, on the 4-layer shape (37 GB a checkpoint: with keep_last=1 during the
 #   run the disk holds the complete one and the one being written). 80 iterations, a save every 20, Megatron's
 #   DEBUG timings of the save (MOE_DEBUG_LOGGERS: state dict, plan, device-to-host copy, finalize), per VARIANT:
-#     default   what moe-launch does (--async-save --async-strategy mcore --use-persistent-ckpt-worker)
+#     default   moe-launch's async save (--async-save --async-strategy mcore --use-persistent-ckpt-worker) with
+#               torch's default pinned allocator (train.checkpoint.host_register=false, as before the rule)
 #     constant  + --ckpt-assume-constant-structure (the save plan cached after the first save, parallel writers)
 #     shm       + --async-ckpt-use-cpu-shm. Measured 2026-12-01 (second session): first wait 22.1 s, the next 8.4 s,
 #               but by Megatron's code (dist_checkpointing/strategies/torch.py) the flag acts only with
@@ -24,7 +25,11 @@
 #               the device-to-host copy's time varies run to run (16.1-16.5 s before, 8.4 s here, 26 GB)
 #     pinreg    + torch's pinned-memory allocator registering pages with 8 threads (PYTORCH_CUDA_ALLOC_CONF
 #               pinned_use_cuda_host_register, pinned_num_register_threads): the wait is Megatron's preload_tensors,
-#               `tensor.to("cpu", non_blocking=True)`, which allocates pinned host memory for each save
+#               `tensor.to("cpu", non_blocking=True)`, which allocates pinned host memory on the first save.
+#               Measured 2026-12-01 (ninth session): first save 6.9 s vs 18.6 s, the next 1.3 vs 1.2 s, and now the
+#               default (train.checkpoint.host_register=auto); `default` there pins it off
+#   INTERVAL: iterations between saves (20); 45 lets the previous write (25-30 s) finish before the next save, as
+#   at the default interval, so a later save reuses the cached pinned blocks
 #   Shows each run's "checkpoint saves" row (training's wait per save, the background write, the wait's share).
 #   Measured 2026-11-30 on the 8-layer shape (kill): the first async save held training 64.1 s; on CPU a run's
 #   first save costs ~10x its later ones, hence several saves here. On one GPU (2026-12-01) the default variant had
@@ -50,6 +55,32 @@ kill_rank() {  # kill_rank RANK: SIGKILL the worker whose environment says RANK=
 launcher_pid=
 trap '[ -n "$launcher_pid" ] && kill -TERM $launcher_pid 2>/dev/null; exit 143' TERM INT  # no launcher outlives us
 case $what in
+  d2h)  # what the save's wait is made of: Megatron's preload_tensors copies each tensor with
+    # tensor.to("cpu", non_blocking=True), which takes pinned host memory from torch's caching host allocator.
+    # 24 tensors of 1 GiB (a 2-layer checkpoint is 26 GB), three rounds each (the first allocates, later ones may
+    # reuse the cache), under the default allocator and with pinned_use_cuda_host_register (8 threads); then the
+    # copy alone into pinned buffers allocated beforehand, and a pageable copy
+    for conf in "expandable_segments:True" \
+        "expandable_segments:True,pinned_use_cuda_host_register:True,pinned_num_register_threads:8"; do
+      PYTORCH_CUDA_ALLOC_CONF=$conf python3 - <<'PY' 2>&1 | tee -a "$out/d2h.txt"
+import os, time, torch
+n, gib = 24, 1 << 30
+src = [torch.empty(gib // 4, dtype=torch.float32, device="cuda") for _ in range(n)]
+print("PYTORCH_CUDA_ALLOC_CONF", os.environ["PYTORCH_CUDA_ALLOC_CONF"])
+def timed(label, copy):
+    torch.cuda.synchronize(); t = time.perf_counter(); out = copy(); torch.cuda.synchronize()
+    dt = time.perf_counter() - t
+    print(f"  {label}: {dt:.2f} s, {n / dt:.1f} GiB/s"); return out
+for r in range(3):
+    dst = timed(f"round {r}: to(cpu, non_blocking=True)", lambda: [s.to("cpu", non_blocking=True) for s in src])
+    del dst
+pinned = [torch.empty(gib // 4, dtype=torch.float32, pin_memory=True) for _ in range(n)]
+timed("copy into pinned buffers allocated before", lambda: [d.copy_(s, non_blocking=True) for d, s in zip(pinned, src)])
+del pinned
+timed("pageable to(cpu)", lambda: [s.to("cpu") for s in src])
+PY
+    done
+    ;;
   saves)
     shift 2
     # one GPU (the only kind lent on 2026-12-01): no EP; 2 layers, about 1.9B parameters and 22 GB a checkpoint (12 bytes each), so that the
@@ -59,9 +90,10 @@ case $what in
       r=$w/saves_$v; rm -rf "$r"
       extra=(); [ "$v" = constant ] && extra=('megatron.raw=[--ckpt-assume-constant-structure]')
       [ "$v" = shm ] && extra=('megatron.raw=[--async-ckpt-use-cpu-shm]')
-      [ "$v" = pinreg ] && extra=('+cluster.env.PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True,pinned_use_cuda_host_register:True,pinned_num_register_threads:8"')
+      [ "$v" = pinreg ] && extra=('train.checkpoint.host_register=true')
+      [ "$v" = default ] && extra=('train.checkpoint.host_register=false')  # the allocator before the rule
       MOE_DEBUG_LOGGERS=megatron.training.checkpointing,megatron.core.dist_checkpointing \
-        timeout -s TERM "${LIMIT:-86400}" python3 -m launcher "${q8[@]}" "${shape[@]}" train.train_iters="${ITERS:-80}" train.save_interval=20 \
+        timeout -s TERM "${LIMIT:-86400}" python3 -m launcher "${q8[@]}" "${shape[@]}" train.train_iters="${ITERS:-80}" train.save_interval="${INTERVAL:-20}" \
         train.checkpoint.keep_last=1 "${extra[@]}" launch.run_dir=$r > $w/saves_$v.out 2>&1 &
       launcher_pid=$!; wait $launcher_pid; echo "== saves $v rc=$?"; launcher_pid=
       grep "checkpoint saves" $r/record.md
