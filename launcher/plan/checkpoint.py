@@ -18,6 +18,7 @@ from typing import Optional
 
 from launcher.config.schema import RunConfig
 from launcher.plan.resolve import Resolved
+from launcher.plan.tuned import async_saves
 
 CHECKPOINT_SUBDIR = "checkpoints"
 SMOKE_ITERS = 100  # at most this many iterations: a smoke run (short collective timeout)
@@ -98,10 +99,8 @@ def checkpointing(cfg: RunConfig, res: Resolved, run_dir: Optional[Path] = None,
         # an empty directory: Megatron starts fresh; a requeued Slurm job (same script) finds its checkpoints
         load = save
     interval = t.save_interval or default_interval(t.train_iters)
-    # auto: on GPUs in torch_dist (Megatron FSDP saves fsdp_dtensor, which has no async path)
-    auto_async = res.device != "cpu" and not cfg.parallel.use_megatron_fsdp
-    async_save = ck.async_save if ck.async_save is not None else auto_async
-    return Checkpointing(save=save, interval=interval, load=load, ckpt_step=step, async_save=async_save,
+    return Checkpointing(save=save, interval=interval, load=load, ckpt_step=step,
+                         async_save=async_saves(cfg, res.device),
                          keep_last=ck.keep_last, exit_signal_handler=ck.exit_signal_handler, resumed_from=resumed,
                          notes=tuple(notes))
 

@@ -22,7 +22,7 @@ from launcher.plan.resolve import Resolved, resolve
 from launcher.plan.secrets import PLACEHOLDER, is_secret, secret_env
 from launcher.plan.rules import validate
 from launcher.plan.dispatch_tuned import apply_tuned
-from launcher.plan.tuned import tuned_config
+from launcher.plan.tuned import Tuned, tuned_config
 
 ENTRY_MODULE = "recipes.pretrain"
 
@@ -90,9 +90,9 @@ def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
         env["MOE_GROUPED_GEMM_IMPL"] = res.tuned.moe_grouped_gemm_impl  # read by recipes/experts.py
     if res.tuned.cross_entropy_loss_fusion and res.tuned.cross_entropy_fusion_impl == "lean":
         env["MOE_CROSS_ENTROPY"] = "lean"  # read by recipes/loss.py; Megatron's argv has no fused loss then
-    if res.tuned.expandable_segments and "PYTORCH_CUDA_ALLOC_CONF" not in cfg.cluster.env:
-        # less fragmentation (launcher/plan/tuned.py); a cluster.env value keeps its own place below
-        env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+    alloc = allocator_conf(res.tuned)
+    if alloc and "PYTORCH_CUDA_ALLOC_CONF" not in cfg.cluster.env:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = alloc  # a cluster.env value keeps its own place below
     if cfg.train.kernel_profile:
         env["MOE_PROFILE_STEPS"] = cfg.train.kernel_profile  # read by recipes/profiling.py on every rank
     env.update(modelopt_env(cfg))
@@ -102,6 +102,15 @@ def run_env(cfg: RunConfig, res: Resolved) -> dict[str, str]:
     env.update({k: PLACEHOLDER if is_secret(k, cfg.cluster.secret_names) else str(v)
                 for k, v in cfg.cluster.env.items()})
     return env
+
+
+def allocator_conf(tuned: Tuned) -> str:
+    """PYTORCH_CUDA_ALLOC_CONF from the tuned allocator knobs (launcher/plan/tuned.py): expandable segments
+    against fragmentation; the async save's pinned host memory registered by 8 threads."""
+    parts = ["expandable_segments:True"] if tuned.expandable_segments else []
+    if tuned.host_register:
+        parts += ["pinned_use_cuda_host_register:True", "pinned_num_register_threads:8"]
+    return ",".join(parts)
 
 
 def modelopt_env(cfg: RunConfig) -> dict[str, str]:

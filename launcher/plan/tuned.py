@@ -30,6 +30,10 @@ GRAD_OVERLAP = ("perf_results/runs/qwen3_30b_a3b_4l_1gpu_mbs16_allgather_no_over
 ALLOCATOR = ("no throughput cost measured; the OOM records perf_results/runs/qwen3_30b_a3b_4l_1gpu_mbs4 and "
              "perf_results/tuning/qwen3_30b_a3b_8l_ep2_h200x2/01_micro_batch_mbs8 ask for it against fragmentation")
 
+HOST_REGISTER = ("perf_results/issue13/saves_1gpu_2l_every45_pinreg (a first async save held training 6.9 s vs 18.6 "
+                 "s in perf_results/issue13/saves_1gpu_2l_every45_default, 26.2 GB; perf_results/issue13/d2h_h200.txt:"
+                 " 24 GiB to new pinned memory in 3.7 s vs 18.1 s)")
+
 
 @dataclass(frozen=True)
 class Tuned:
@@ -45,6 +49,7 @@ class Tuned:
     cross_entropy_fusion_impl: str = "native"
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True
+    host_register: bool = False
 
 
 SAFE = Tuned(moe_grouped_gemm_impl="te", permute_fusion=False, router_fusion=False, cross_entropy_loss_fusion=False,
@@ -237,6 +242,31 @@ def expandable_segments(cfg: RunConfig, stack: Stack) -> tuple[bool, Optional[st
     return True, f"{field}=auto -> true: GPU run; {ALLOCATOR}"
 
 
+def async_saves(cfg: RunConfig, device: str) -> bool:
+    """Whether the run's checkpoints are written in the background (launcher/plan/checkpoint.py): as pinned, else
+    on GPUs in torch_dist (Megatron FSDP saves fsdp_dtensor, which has no async path; async save hangs on gloo)."""
+    ck = cfg.train.checkpoint
+    if not ck.enabled:
+        return False
+    return ck.async_save if ck.async_save is not None else device != "cpu" and not cfg.parallel.use_megatron_fsdp
+
+
+def host_register(cfg: RunConfig, stack: Stack) -> tuple[bool, Optional[str]]:
+    """torch's pinned host allocator registering malloc'd pages with 8 threads instead of one cudaHostAlloc per
+    block: the async save's device-to-host copy (Megatron's preload_tensors, tensor.to("cpu", non_blocking=True))
+    allocates its pinned memory on the first save (1.3 GiB/s on H200; with registration 6.5 GiB/s), and a later
+    save reuses the cached blocks (51 GiB/s) once the previous write has finished."""
+    field = "train.checkpoint.host_register"
+    pinned = switch(field, cfg.train.checkpoint.host_register)
+    if pinned is not None:
+        return pinned, None
+    if stack.device != "cuda":
+        return False, f"{field}=auto -> false: CPU run"
+    if not async_saves(cfg, stack.device):
+        return False, f"{field}=auto -> false: no background checkpoint saves"
+    return True, f"{field}=auto -> true: async checkpoint saves copy to pinned host memory; measured {HOST_REGISTER}"
+
+
 def resolve_tuned(cfg: RunConfig, stack: Stack) -> tuple[Tuned, list[str]]:
     """Every tuned knob's value, and the notes of those that were auto."""
     impl, n1 = grouped_gemm_impl(cfg, stack)
@@ -247,10 +277,12 @@ def resolve_tuned(cfg: RunConfig, stack: Stack) -> tuple[Tuned, list[str]]:
     overlap, n5 = ep_overlap(cfg, stack)
     alloc, n6 = expandable_segments(cfg, stack)
     grad, param, n8 = grad_overlap(cfg, stack)
+    register, n9 = host_register(cfg, stack)
     tuned = Tuned(moe_grouped_gemm_impl=impl, permute_fusion=permute, router_fusion=router,
                   cross_entropy_loss_fusion=ce, overlap_moe_expert_parallel_comm=overlap, expandable_segments=alloc,
-                  cross_entropy_fusion_impl=ce_impl, overlap_grad_reduce=grad, overlap_param_gather=param)
-    return tuned, [n for n in (n1, n2, n3, n4, n7, n5, n6, n8) if n]
+                  cross_entropy_fusion_impl=ce_impl, overlap_grad_reduce=grad, overlap_param_gather=param,
+                  host_register=register)
+    return tuned, [n for n in (n1, n2, n3, n4, n7, n5, n6, n8, n9) if n]
 
 
 def _concrete(written, value):
@@ -278,6 +310,8 @@ def tuned_config(cfg: RunConfig, tuned: Tuned) -> RunConfig:
     par = dataclasses.replace(
         p, overlap_grad_reduce=_bool(_concrete(p.overlap_grad_reduce, tuned.overlap_grad_reduce)),
         overlap_param_gather=_bool(_concrete(p.overlap_param_gather, tuned.overlap_param_gather)))
+    train = dataclasses.replace(train, checkpoint=dataclasses.replace(
+        t.checkpoint, host_register=_bool(_concrete(t.checkpoint.host_register, tuned.host_register))))
     return dataclasses.replace(cfg, model=model, dispatcher=disp, train=train, parallel=par)
 
 

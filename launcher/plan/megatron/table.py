@@ -269,6 +269,8 @@ LAUNCHER_ONLY: dict[str, str] = {
                                    ".py, MOE_KEEP_LAST), the launcher after it"),
     "train.checkpoint.async_save": "--async-save --async-strategy mcore --use-persistent-ckpt-worker in launch_flags",
     "train.checkpoint.exit_signal_handler": "--exit-signal-handler in launch_flags",
+    "train.checkpoint.host_register": "the pinned host allocator setting, passed as PYTORCH_CUDA_ALLOC_CONF "
+                                      "(launcher/plan/tuned.py)",
     "train.distributed_timeout_minutes": "--distributed-timeout-minutes (auto: smoke or real run) in launch_flags",
 }
 

@@ -7,7 +7,7 @@ export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-32}"  # the c
 export NVTE_FWD_LAYERNORM_SM_MARGIN="${NVTE_FWD_LAYERNORM_SM_MARGIN:-24}"  # the calling shell's value wins
 export NVTE_BWD_LAYERNORM_SM_MARGIN="${NVTE_BWD_LAYERNORM_SM_MARGIN:-24}"  # the calling shell's value wins
 export MOE_CROSS_ENTROPY="${MOE_CROSS_ENTROPY:-lean}"  # the calling shell's value wins
-export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"  # the calling shell's value wins
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True,pinned_use_cuda_host_register:True,pinned_num_register_threads:8}"  # the calling shell's value wins
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"  # the calling shell's value wins
 export NVTE_ALLOW_NONDETERMINISTIC_ALGO="${NVTE_ALLOW_NONDETERMINISTIC_ALGO:-1}"  # the calling shell's value wins
 # this rank's place in the job, from the process launcher

@@ -24,7 +24,8 @@ PLAIN = ["model=qwen3_30b_a3b", "model.num_layers=8", "train=pretrain", "hardwar
 PRESET = ["preset=qwen3_30b_a3b_8l_2xh200_ep2_bench_bf16", "train.routing=dropless"]
 FAST = dict(moe_grouped_gemm_impl="torch", permute_fusion=True, router_fusion=True, cross_entropy_loss_fusion=True,
             overlap_moe_expert_parallel_comm=True, expandable_segments=True, cross_entropy_fusion_impl="lean",
-            overlap_grad_reduce=True, overlap_param_gather=True)
+            overlap_grad_reduce=True, overlap_param_gather=True, host_register=True)
+REGISTER = "pinned_use_cuda_host_register:True,pinned_num_register_threads:8"
 
 
 def _plan(overrides: list[str], probe: MachineProbe = H200X2, validate: bool = False):
@@ -48,14 +49,14 @@ def test_the_plain_command_resolves_to_the_tuned_preset():
     # the lean loss is the recipe's (recipes/loss.py): Megatron's argv has no fused loss of its own
     assert plain.env["MOE_CROSS_ENTROPY"] == "lean" and "--cross-entropy-loss-fusion" not in plain.argv
     assert plain.env["MOE_GROUPED_GEMM_IMPL"] == "torch"
-    assert plain.env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert plain.env["PYTORCH_CUDA_ALLOC_CONF"] == f"expandable_segments:True,{REGISTER}"
     assert plain.env["CUDA_DEVICE_MAX_CONNECTIONS"] == "32"  # the overlap's streams
     assert plain.facts["tuned"] == FAST and plain.megatron["num_microbatches"] == 4
 
 
 def test_each_auto_note_names_a_measurement_that_exists():
     notes = [n for n in _plan(PLAIN).resolved.notes if "=auto -> " in n]
-    assert len(notes) == 8
+    assert len(notes) == 9
     for note in notes:
         paths = re.findall(r"perf_results/[\w./-]+", note)
         assert paths, note
@@ -165,7 +166,25 @@ def test_a_pinned_gradient_overlap_stays_on_one_gpu():
 
 def test_cuda_graphs_turn_the_allocator_setting_off():
     plan = _plan(PLAIN + ["+preset/with=cuda_graph_moe_router"])
-    assert not plan.resolved.tuned.expandable_segments and "PYTORCH_CUDA_ALLOC_CONF" not in plan.env
+    assert not plan.resolved.tuned.expandable_segments
+    # Megatron asserts only against expandable segments there; the save's host memory stays registered
+    assert plan.env["PYTORCH_CUDA_ALLOC_CONF"] == REGISTER
+
+
+def test_the_save_host_memory_is_registered_only_where_saves_are_async():
+    """train.checkpoint.host_register: auto follows async saves (GPU, torch_dist); off with synchronous saves,
+    without checkpoints and on CPU; a pinned value stays."""
+    for off in (["train.checkpoint.async_save=false"], ["train.checkpoint.enabled=false"],
+                ["train.checkpoint.host_register=false"]):
+        plan = _plan(PLAIN + off)
+        assert not plan.resolved.tuned.host_register, off
+        assert plan.env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True", off
+    notes = " ".join(_plan(PLAIN + ["train.checkpoint.async_save=false"]).resolved.notes)
+    assert "host_register=auto -> false: no background checkpoint saves" in notes
+    fsdp = _plan(PLAIN + ["parallel.use_megatron_fsdp=true"])
+    assert not fsdp.resolved.tuned.host_register  # fsdp_dtensor saves synchronously
+    pinned = _plan(["model=tiny_moe", "train.checkpoint.host_register=true"], probe=PROBE)
+    assert pinned.resolved.tuned.host_register and pinned.env["PYTORCH_CUDA_ALLOC_CONF"] == REGISTER
 
 
 def test_a_cluster_env_allocator_value_keeps_its_place():
@@ -177,7 +196,7 @@ def test_pinned_choices_stay():
     pins = ["model.moe_grouped_gemm_impl=te", "dispatcher.permute_fusion=false", "dispatcher.router_fusion=false",
             "dispatcher.overlap_moe_expert_parallel_comm=false", "train.cross_entropy_loss_fusion=false",
             "train.expandable_segments=false", "parallel.overlap_grad_reduce=true",
-            "parallel.overlap_param_gather=true"]
+            "parallel.overlap_param_gather=true", "train.checkpoint.host_register=false"]
     plan = _plan(PLAIN + pins)
     assert plan.resolved.tuned == SAFE and not [n for n in plan.resolved.notes if "=auto -> " in n]
     assert "--moe-permute-fusion" not in plan.argv and "--cross-entropy-loss-fusion" not in plan.argv
@@ -267,4 +286,5 @@ def test_every_family_proxy_plans_with_the_rules(name, overrides):
     assert t.moe_grouped_gemm_impl == ("te" if cfg.model.add_bias_linear else "torch")
     assert t.cross_entropy_fusion_impl == "lean"
     assert not t.overlap_grad_reduce and "--overlap-grad-reduce" not in plan.argv  # one GPU: nothing to overlap
-    assert len([n for n in plan.resolved.notes if "=auto -> " in n]) == 8
+    assert t.host_register  # async saves by default on a GPU
+    assert len([n for n in plan.resolved.notes if "=auto -> " in n]) == 9
