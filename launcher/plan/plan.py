@@ -45,7 +45,7 @@ class LaunchPlan:
     launcher: list[str] = field(default_factory=list)
     """The process launcher in front of the entry (torchrun), bound by the executor (launcher.run)."""
     rank_env: dict[str, str] = field(default_factory=dict)
-    """Per-rank variables read from the process launcher's variables (Slurm: RANK <- SLURM_PROCID)."""
+    """Per-rank variables as shell expressions of the process launcher's variables (Slurm: RANK="${SLURM_PROCID}")."""
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)
     """Credential values of cluster.env: handed to the launch's environment, never written (not in plan.json)."""
     checkpoint: Checkpointing = field(default_factory=Checkpointing)

@@ -21,7 +21,7 @@ def render_script(plan: LaunchPlan, workdir: Path) -> str:
             lines.append(f'export {k}="${{{k}:-{_dq(v)}}}"  # the calling shell\'s value wins')
     if plan.rank_env:
         lines.append("# this rank's place in the job, from the process launcher")
-        lines += [f'export {k}="${{{v}}}"' for k, v in plan.rank_env.items()]
+        lines += [f'export {k}="{v}"' for k, v in plan.rank_env.items()]  # shell expressions of its variables
     head = [shlex.quote(t) for t in plan.launcher] + ["-m", ENTRY_MODULE]
     lines.append("exec " + " ".join(head) + " \\")
     lines += _argv_lines(plan.argv)

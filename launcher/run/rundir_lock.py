@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import IO
 
 from launcher.errors import ConfigError
+from launcher.records.error_file import NAME as ERROR_FILE, RANK_ERRORS
 
 LOCK = ".lock"
 ATTEMPTS = "attempts"
 # what one attempt writes into the run directory (checkpoints/ stays: the next attempt resumes from it)
 ATTEMPT_FILES = ("config.yaml", "plan.json", "argv.txt", "estimate.json", "command.sh", "sbatch.sh", "container.sh",
                  "train.log", "exit.json", "record.json", "record.md", "versions.json", "job.json",
-                 "torchrun_error.json")
+                 ERROR_FILE, RANK_ERRORS)
 RAN = ("train.log", "exit.json", "job.json")  # an attempt that started (a dry run writes none of these)
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Optional
 
 from launcher.errors import ConfigError
 from launcher.plan.rules.cluster import check_directive
+from launcher.records.error_file import RANK_ERRORS
 from launcher.run.base import Executor
 from launcher.run.container import container_mounts
 
@@ -38,9 +39,13 @@ if TYPE_CHECKING:
     from launcher.plan.resolve import Resolved
 
 SLURM_PORT = 29500  # cluster.master_port=null: every allocation is its own, so the usual port is free
-# torch.distributed's env:// rendezvous and Megatron read these; srun sets one task per GPU
-SLURM_RANK_ENV = {"RANK": "SLURM_PROCID", "WORLD_SIZE": "SLURM_NTASKS", "LOCAL_RANK": "SLURM_LOCALID",
-                  "LOCAL_WORLD_SIZE": "SLURM_NTASKS_PER_NODE"}
+# torch.distributed's env:// rendezvous and Megatron read these; srun sets one task per GPU. There is no torchrun
+# to collect the ranks' structured error files, so each rank's torch elastic @record (recipes/lifecycle.py) writes
+# its own into the directory sbatch.sh makes for this run of the job (launcher/records/error_file.py reads them)
+SLURM_RANK_ENV = {"RANK": "${SLURM_PROCID}", "WORLD_SIZE": "${SLURM_NTASKS}", "LOCAL_RANK": "${SLURM_LOCALID}",
+                  "LOCAL_WORLD_SIZE": "${SLURM_NTASKS_PER_NODE}",
+                  # empty (no file) where command.sh runs under an srun of the user's own, without sbatch.sh
+                  "TORCHELASTIC_ERROR_FILE": "${MOE_RANK_ERRORS:+${MOE_RANK_ERRORS}/rank_${SLURM_PROCID}.json}"}
 
 
 class SlurmExecutor(Executor):
@@ -162,6 +167,9 @@ def render_sbatch(cfg: "RunConfig", plan: "LaunchPlan", run_dir: Path, workdir: 
         "export MASTER_ADDR",
         f"export MASTER_PORT={int(cfg.cluster.master_port or SLURM_PORT)}",
         f"export MOE_RUN_DIR={shlex.quote(str(run_dir))}  # rank 0 records its versions there",
+        "# each rank's exception, if one raises; a requeued job (SLURM_RESTART_COUNT) writes beside the earlier ones",
+        f'export MOE_RANK_ERRORS="$MOE_RUN_DIR/{RANK_ERRORS}/${{SLURM_RESTART_COUNT:-0}}"',
+        'mkdir -p "$MOE_RANK_ERRORS"',
         'echo "moe-launch: Slurm job $SLURM_JOB_ID, $SLURM_JOB_NUM_NODES node(s) x $SLURM_NTASKS_PER_NODE tasks,'
         ' rendezvous $MASTER_ADDR:$MASTER_PORT"',
         "exec srun " + " \\\n  ".join(srun),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -135,6 +136,35 @@ def test_a_failing_job_is_reported_failed(cluster, tmp_path):
     rec = json.loads((run_dir / "exit.json").read_text())
     assert rec["state"] == "FAILED" and rec["returncode"] == 1
     assert "COMPLETED" not in real.stdout
+
+
+RAISING_RANK = """
+import os
+from recipes.lifecycle import recorded
+
+def main():
+    if os.environ["RANK"] == "1":
+        raise ValueError("rank 1 read a truncated shard")
+    return 0
+
+raise SystemExit(recorded(main)())
+"""
+
+
+def test_a_rank_that_raises_is_named_in_the_record(cluster, tmp_path):
+    """No torchrun under srun: rank 1's own torch elastic @record writes rank_errors/0/rank_1.json (the path
+    command.sh gives it), and the record names the rank and its exception, as torchrun's error file does locally."""
+    run_dir, py = tmp_path / "raises", tmp_path / "python"
+    py.write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -c {shlex.quote(RAISING_RANK)}\n")
+    py.chmod(0o755)
+    real = _launch("cluster=slurm", "cluster.device=cpu", "cluster.nproc_cpu=2", "cluster.exclusive=false",
+                   "cluster.follow=true", "cluster.follow_timeout_s=300", f"cluster.python={py}",
+                   f"launch.run_dir={run_dir}", "launch.megatron_validate=false", timeout=400)
+    assert real.returncode == 1, real.stdout + real.stderr
+    assert [p.name for p in (run_dir / "rank_errors" / "0").iterdir()] == ["rank_1.json"]
+    failure = json.loads((run_dir / "record.json").read_text())["failure"]
+    assert failure["rank"] == 1, failure
+    assert "ValueError: rank 1 read a truncated shard" in failure["summary"] + " ".join(failure["evidence"])
 
 
 def test_a_requeued_job_resumes_from_its_checkpoint_and_completes(cluster, tmp_path):

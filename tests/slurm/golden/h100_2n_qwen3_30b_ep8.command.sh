@@ -16,6 +16,7 @@ export RANK="${SLURM_PROCID}"
 export WORLD_SIZE="${SLURM_NTASKS}"
 export LOCAL_RANK="${SLURM_LOCALID}"
 export LOCAL_WORLD_SIZE="${SLURM_NTASKS_PER_NODE}"
+export TORCHELASTIC_ERROR_FILE="${MOE_RANK_ERRORS:+${MOE_RANK_ERRORS}/rank_${SLURM_PROCID}.json}"
 exec python -m recipes.pretrain \
   --num-layers 48 \
   --hidden-size 2048 \

@@ -15,6 +15,9 @@ MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 export MASTER_ADDR
 export MASTER_PORT=29500
 export MOE_RUN_DIR=/runs/job  # rank 0 records its versions there
+# each rank's exception, if one raises; a requeued job (SLURM_RESTART_COUNT) writes beside the earlier ones
+export MOE_RANK_ERRORS="$MOE_RUN_DIR/rank_errors/${SLURM_RESTART_COUNT:-0}"
+mkdir -p "$MOE_RANK_ERRORS"
 echo "moe-launch: Slurm job $SLURM_JOB_ID, $SLURM_JOB_NUM_NODES node(s) x $SLURM_NTASKS_PER_NODE tasks, rendezvous $MASTER_ADDR:$MASTER_PORT"
 exec srun --kill-on-bad-exit=1 \
   --nodes=2 \

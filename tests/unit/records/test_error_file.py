@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.records.error_file import NAME, read_error_file, with_error_file, without_launcher
+from launcher.records.error_file import NAME, RANK_ERRORS, read_error_file, with_error_file, without_launcher
 from launcher.records.failures import FailureInfo
+from launcher.run.slurm import SLURM_RANK_ENV
 
 REPO = Path(__file__).resolve().parents[3]
 RANK_SCRIPT = textwrap.dedent("""
@@ -68,6 +69,38 @@ def test_the_failure_gets_the_exception_and_an_unknown_one_its_summary(tmp_path)
     killed = with_error_file(FailureInfo(cls="rank_died", kind="signal", rank=3, summary="killed"), tmp_path)
     assert killed.summary == "killed"
     assert with_error_file(None, tmp_path) is None  # a run that succeeded stays so
+
+
+def _slurm_rank(tmp_path, script, restart: int, rank: int, failing: int):
+    """One Slurm task as command.sh runs it: TORCHELASTIC_ERROR_FILE from the rendered expression, with
+    MOE_RANK_ERRORS as sbatch.sh exports it for this run of the job."""
+    errors = tmp_path / RANK_ERRORS / str(restart)
+    errors.mkdir(parents=True, exist_ok=True)
+    expr = SLURM_RANK_ENV["TORCHELASTIC_ERROR_FILE"]
+    cmd = f'export TORCHELASTIC_ERROR_FILE="{expr}"; exec {sys.executable} {script}'
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MOE_RANK_ERRORS": str(errors), "SLURM_PROCID": str(rank),
+           "RANK": str(rank), "FAILING_RANK": str(failing)}
+    env.pop("TORCHELASTIC_ERROR_FILE", None)
+    return subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True).returncode
+
+
+def test_under_slurm_each_rank_writes_its_own_file_and_the_first_stands_for_the_job(tmp_path):
+    """No torchrun under srun: ranks 2 and then 1 raise, each into rank_errors/<restart>/rank_<N>.json; the record
+    takes rank 2's (first by torch's timestamp, then the file's time), from the newest run of the job only."""
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT.replace('"the data file ends mid-record"', 'f"rank {os.environ[\'RANK\']} broke"'))
+    assert _slurm_rank(tmp_path, script, restart=0, rank=0, failing=0) == 1  # an earlier run of the job
+    assert _slurm_rank(tmp_path, script, restart=1, rank=0, failing=1) == 0  # rank 0 is fine: no file
+    assert _slurm_rank(tmp_path, script, restart=1, rank=2, failing=2) == 1
+    assert _slurm_rank(tmp_path, script, restart=1, rank=1, failing=1) == 1
+    assert sorted(p.name for p in (tmp_path / RANK_ERRORS / "1").iterdir()) == ["rank_1.json", "rank_2.json"]
+    err = read_error_file(tmp_path)
+    assert err["message"] == "ValueError: rank 2 broke" and err["rank"] == 2
+    failure = with_error_file(FailureInfo(cls="unknown", summary="srun: task 2: Exited with exit code 1"), tmp_path)
+    assert failure.summary == ("rank 2 (the first to raise) raised ValueError: rank 2 broke; "
+                               "srun: task 2: Exited with exit code 1")
+    assert failure.rank == 2 and failure.evidence[0] == ("rank 2's error file (first of 2 that raised): "
+                                                         "ValueError: rank 2 broke")
 
 
 @pytest.mark.parametrize("text", ["", "{", "[]", '{"message": "plain"}', '{"message": {"extraInfo": {}}}'])

@@ -39,7 +39,11 @@ def test_each_relaunch_moves_the_previous_attempt_to_its_own_folder(tmp_path):
     run_dir.mkdir()
     (run_dir / "checkpoints").mkdir()
     _attempt(run_dir, "first")
+    (run_dir / "rank_errors" / "0").mkdir(parents=True)  # a Slurm attempt's per-rank error files
+    (run_dir / "rank_errors" / "0" / "rank_1.json").write_text("{}")
     assert archive_attempt(run_dir) == run_dir / "attempts" / "1"
+    assert (run_dir / "attempts" / "1" / "rank_errors" / "0" / "rank_1.json").exists()
+    assert not (run_dir / "rank_errors").exists()  # the next attempt's record reads only its own
     _attempt(run_dir, "second")
     assert archive_attempt(run_dir) == run_dir / "attempts" / "2"
     assert (run_dir / "attempts" / "1" / "train.log").read_text() == "first train.log"

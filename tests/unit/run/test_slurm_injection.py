@@ -150,6 +150,7 @@ def test_env_values_reach_every_rank_literally(tmp_path):
     env = json.loads(out.stdout)
     assert {k: env[k] for k in values} == values
     assert not (tmp_path / "CANARY").exists()
+    assert env["TORCHELASTIC_ERROR_FILE"] == ""  # no sbatch.sh exported MOE_RANK_ERRORS: torch writes no file
 
 
 def test_container_script_values_reach_docker_literally(tmp_path):

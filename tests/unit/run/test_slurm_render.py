@@ -120,7 +120,8 @@ def test_every_rank_gets_its_place_from_slurm(name, tmp_path):
     for k in sorted({0, 1, per_node - 1, per_node, world - 1}):
         slurm = {"SLURM_PROCID": str(k), "SLURM_NTASKS": str(world), "SLURM_LOCALID": str(k % per_node),
                  "SLURM_NTASKS_PER_NODE": str(per_node), "SLURM_NODEID": str(k // per_node),
-                 "MASTER_ADDR": "node0001", "MASTER_PORT": "29500", "RANK": "999"}
+                 "MASTER_ADDR": "node0001", "MASTER_PORT": "29500", "RANK": "999",
+                 "MOE_RANK_ERRORS": "/runs/job/rank_errors/0"}  # exported by sbatch.sh
         out = subprocess.run(["bash", str(script)], env={"PATH": os.environ["PATH"], **slurm}, capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 0, out.stderr
@@ -128,6 +129,7 @@ def test_every_rank_gets_its_place_from_slurm(name, tmp_path):
         env = got["env"]
         assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == \
             (str(k), str(world), str(k % per_node), str(per_node))
+        assert env["TORCHELASTIC_ERROR_FILE"] == f"/runs/job/rank_errors/0/rank_{k}.json"  # one file per rank
         assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("node0001", "29500")  # exported by sbatch.sh
         assert got["argv"] == ["-m", "recipes.pretrain", *plan.argv]
         for key, value in plan.env.items():
@@ -137,9 +139,11 @@ def test_every_rank_gets_its_place_from_slurm(name, tmp_path):
 
 def test_sbatch_script_runs_srun_with_the_rendezvous(tmp_path):
     """sbatch.sh's own body with scontrol/srun stand-ins: MASTER_ADDR is the first host of the node list,
-    srun gets exactly the rendered arguments."""
+    srun gets exactly the rendered arguments; the ranks' error-file directory of this run of the job exists (the
+    third: SLURM_RESTART_COUNT=2)."""
     cfg, plan = _plan(CASES["h100_2n_qwen3_30b_ep8"])
-    text = render_sbatch(cfg, plan, RUN_DIR, WORKDIR)
+    run_dir = tmp_path / "job"
+    text = render_sbatch(cfg, plan, run_dir, WORKDIR)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\n[ \"$*\" = 'show hostnames gpu-[017-018]' ] && "
@@ -150,7 +154,7 @@ def test_sbatch_script_runs_srun_with_the_rendezvous(tmp_path):
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-[017-018]", "SLURM_JOB_ID": "7",
-           "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "8"}
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "8", "SLURM_RESTART_COUNT": "2"}
     out = subprocess.run(["bash", "-c", text], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -159,9 +163,10 @@ def test_sbatch_script_runs_srun_with_the_rendezvous(tmp_path):
     assert (addr, port) == ("gpu-017", "29500")
     assert args == ["--kill-on-bad-exit=1", "--nodes=2", "--ntasks-per-node=8",
                     "--container-image=/images/moe-recipes+h100.sqsh",
-                    "--container-mounts=/lustre/data:/data:ro,/work/moe-recipes:/work/moe-recipes,/runs/job:/runs/job",
+                    f"--container-mounts=/lustre/data:/data:ro,/work/moe-recipes:/work/moe-recipes,{run_dir}:{run_dir}",
                     "--container-workdir=/work/moe-recipes", "--no-container-mount-home", "bash",
-                    "/runs/job/command.sh"]
+                    f"{run_dir}/command.sh"]
+    assert (run_dir / "rank_errors" / "2").is_dir()
 
 
 def test_dry_run_prints_exactly_the_file_it_would_submit(tmp_path):
