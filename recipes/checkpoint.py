@@ -12,7 +12,9 @@ into the checkpoint (Megatron pickles its args namespace into the common state),
 map bucket-ordered optimizer state onto the other implementation is refused before anything is built.
 The same formats key that state by gradient bucket, so a resume whose buckets are cut elsewhere (the gradient
 overlap on one side only: parallel.overlap_grad_reduce=auto turns it off at data-parallel size 1; another
---ddp-bucket-size) fails in Megatron's loader with a shape mismatch: refused here with the fix instead.
+--ddp-bucket-size) fails in Megatron's loader with a shape mismatch: refused here with the fix instead. A relaunch
+into the run's own directory already cuts them as its checkpoint did where they were left to auto
+(launcher/plan/resume_buckets.py); what reaches this check is a pinned value or another run's train.load.
 """
 from __future__ import annotations
 

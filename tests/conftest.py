@@ -25,6 +25,27 @@ from launcher.config.schema import RunConfig
 os.environ["MOE_CACHE_DIR"] = tempfile.mkdtemp(prefix="moe-test-cache-")
 atexit.register(shutil.rmtree, os.environ["MOE_CACHE_DIR"], True)
 
+@pytest.fixture(scope="module")
+def gloo_world():
+    """A one-rank gloo process group (what Megatron's dist_checkpointing needs to save and load on CPU), on a free
+    port; destroyed after the module when this fixture started it, since pytest-xdist mixes test files in one
+    process and the next one starts its own."""
+    import socket
+
+    import torch
+
+    started = not torch.distributed.is_initialized()
+    if started:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    if started:
+        torch.distributed.destroy_process_group()
+
+
 PROBE = MachineProbe(gpus=0, transformer_engine=False, apex_fused_wgrad=False, deep_ep=False, cpu_count=2)
 
 HAVE_TE = importlib.util.find_spec("transformer_engine") is not None

@@ -7,6 +7,7 @@ which checkpoint it starts from. No side effects: the run directory's checkpoint
   load      the save directory when it holds a complete checkpoint (a relaunch continues), else train.load
             (another run's checkpoints); in the save directory a newer
             but incomplete checkpoint there is skipped with --ckpt-step (Megatron would read the tracker file)
+  buckets   a resume cuts its gradient buckets as its checkpoint's run did (launcher/plan/resume_buckets.py)
   async     GPUs only: --async-save --async-strategy mcore --use-persistent-ckpt-worker (validate_args turns
             --async-save off without the persistent worker; the nvrx strategy needs nvidia-resiliency-ext)
 """
@@ -18,6 +19,7 @@ from typing import Optional
 
 from launcher.config.schema import RunConfig
 from launcher.plan.resolve import Resolved
+from launcher.plan.resume_buckets import SavedBuckets, bucket_flags
 from launcher.plan.tuned import async_saves
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -34,6 +36,8 @@ class ResumePoint:
     """What latest_checkpointed_iteration.txt says (None: missing or unreadable)."""
     skipped: tuple[str, ...] = ()
     """Newer iter_* directories that are incomplete (a save that was killed)."""
+    buckets: Optional[SavedBuckets] = None
+    """How its run cut the gradient buckets its optimizer state follows (None: not kept per bucket, or unread)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class Checkpointing:
     exit_signal_handler: bool = False
     resumed_from: Optional[int] = None
     """Iteration of the checkpoint this run resumes from (None: fresh start or train.load)."""
+    bucket_flags: tuple[str, ...] = ()
+    """--ddp-bucket-size/--ddp-num-buckets of the checkpoint resumed from (launcher/plan/resume_buckets.py)."""
     notes: tuple[str, ...] = ()
 
 
@@ -81,11 +87,14 @@ def checkpointing(cfg: RunConfig, res: Resolved, run_dir: Optional[Path] = None,
     ck, t = cfg.train.checkpoint, cfg.train
     save = save_dir(cfg, run_dir)
     notes: list[str] = []
-    load, step, resumed = t.load, None, None
+    load, step, resumed, buckets = t.load, None, None, ()
     # the run's own newest checkpoint wins over train.load: a relaunch continues, it does not start over
     if save is not None and ck.resume and resume is not None:
         load, resumed = resume.directory, resume.iteration
         notes.append(f"resuming from {resume.directory} iteration {resume.iteration}")
+        flags, why = bucket_flags(cfg, res, resume.buckets)
+        buckets = tuple(flags)
+        notes += [why] if why else []
         for skipped in resume.skipped:
             notes.append(f"warning: skipping incomplete checkpoint {skipped}")
         if resume.tracker != resume.iteration:
@@ -100,7 +109,7 @@ def checkpointing(cfg: RunConfig, res: Resolved, run_dir: Optional[Path] = None,
         load = save
     interval = t.save_interval or default_interval(t.train_iters)
     return Checkpointing(save=save, interval=interval, load=load, ckpt_step=step,
-                         async_save=async_saves(cfg, res.device),
+                         async_save=async_saves(cfg, res.device), bucket_flags=buckets,
                          keep_last=ck.keep_last, exit_signal_handler=ck.exit_signal_handler, resumed_from=resumed,
                          notes=tuple(notes))
 
@@ -114,6 +123,7 @@ def checkpoint_flags(c: Checkpointing) -> list[str]:
         argv += ["--load", c.load]
     if c.ckpt_step is not None:
         argv += ["--ckpt-step", str(c.ckpt_step)]
+    argv += list(c.bucket_flags)
     if c.async_save:
         argv += ["--async-save", "--async-strategy", "mcore", "--use-persistent-ckpt-worker"]
     if c.exit_signal_handler:

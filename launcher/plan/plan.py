@@ -19,6 +19,7 @@ from launcher.plan.checkpoint import Checkpointing, ResumePoint, checkpointing
 from launcher.plan.megatron.table import OWNED_FLAGS, launch_flags, resolved_flags, table_flags
 from launcher.plan.probe import MachineProbe
 from launcher.plan.resolve import Resolved, resolve
+from launcher.plan.resume_buckets import follow_overlap
 from launcher.plan.secrets import PLACEHOLDER, is_secret, secret_env
 from launcher.plan.rules import validate
 from launcher.plan.dispatch_tuned import apply_tuned
@@ -178,10 +179,10 @@ def fit_tuned_memory(cfg: RunConfig, res: Resolved) -> Resolved:
     return res
 
 
-def resolve_and_validate(cfg: RunConfig, probe: MachineProbe) -> Resolved:
-    """resolve, then every rule; where only the memory rule (the last) refuses, the tuned knobs that cost memory
-    fall back (fit_tuned_memory) and the rules run again."""
-    res = resolve(cfg, probe)
+def resolve_and_validate(cfg: RunConfig, probe: MachineProbe, resume: Optional[ResumePoint] = None) -> Resolved:
+    """resolve (a resume's gradient overlap following its checkpoint), then every rule; where only the memory rule
+    (the last) refuses, the tuned knobs that cost memory fall back (fit_tuned_memory) and the rules run again."""
+    res = follow_overlap(cfg, resolve(cfg, probe), resume.buckets if resume is not None else None)
     try:
         validate(cfg, res)
     except ConfigError as e:
@@ -199,7 +200,9 @@ def build_plan(cfg: RunConfig, probe: MachineProbe, run_dir: Optional[Path] = No
     moe-launch passes) the run saves there and resumes from `resume`; without, the argv is the layout's alone
     unless train.save or train.load name a directory."""
     cfg = apply_tuned(cfg)  # dispatcher.tuned: a dispatcher benchmark's best knobs become fields and flags first
-    res = resolve_and_validate(cfg, probe)
+    ck_cfg = cfg.train.checkpoint
+    resuming = resume if run_dir is not None and ck_cfg.enabled and ck_cfg.resume else None  # as checkpointing()
+    res = resolve_and_validate(cfg, probe, resuming)
     cfg = tuned_config(cfg, res.tuned)
     explicit = cfg.train.save is not None or cfg.train.load is not None
     ck = checkpointing(cfg, res, run_dir, resume) if run_dir is not None or explicit else None

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.plan.checkpoint import ResumePoint
+from launcher.plan.resume_buckets import read_saved_buckets
 from launcher.records.checkpoint_dir import is_complete, iterations, tracker_iteration
 
 
@@ -17,6 +18,6 @@ def find_resume(ckpt_dir: Optional[Path]) -> Optional[ResumePoint]:
     for it, path in reversed(iterations(ckpt_dir)):
         if is_complete(path):
             return ResumePoint(directory=str(ckpt_dir), iteration=it, tracker=tracker_iteration(ckpt_dir),
-                               skipped=tuple(skipped))
+                               skipped=tuple(skipped), buckets=read_saved_buckets(path))
         skipped.append(path.name)
     return None

@@ -116,6 +116,19 @@ def test_other_implementations_bucket_optimizer_state_is_refused_before_training
     assert "iteration       11/" not in out
 
 
+def test_a_checkpoint_of_one_bucket_resumes_where_auto_would_cut_several(tmp_path):
+    """A run saved with the gradient overlap off (one bucket: what auto gives a one-GPU run) and relaunched with
+    parallel.overlap_grad_reduce=auto (on here: CPU): moe-launch follows the checkpoint (launcher/plan/
+    resume_buckets.py) instead of the recipe refusing it, and iterations 11-20 equal the saving run's."""
+    off = ("parallel.overlap_grad_reduce=false", "parallel.overlap_param_gather=false")
+    _launch(tmp_path / "saving", tmp_path / "saving_ckpt", *off)
+    _killed_at_15(tmp_path / "saving_ckpt", tmp_path / "ckpt")
+    proc = _launch(tmp_path / "run", tmp_path / "ckpt")
+    assert "overlap_grad_reduce=auto -> false: follows the checkpoint" in (tmp_path / "run" / "plan.json").read_text()
+    assert "--overlap-grad-reduce" not in (tmp_path / "run" / "argv.txt").read_text(), proc.stdout[-2000:]
+    _assert_resumed_exactly(_iterations(tmp_path / "saving"), _iterations(tmp_path / "run"), 11)
+
+
 # ------------------------------------------------ EP 2 on two processes, the torch expert implementation, SIGTERM
 # torch.nn.functional.grouped_mm runs on CPU (BF16, forward and backward); recipes/experts.py puts Megatron's
 # TEGroupedMLP with the torch linears into the local spec. The optimizer state is saved per parameter

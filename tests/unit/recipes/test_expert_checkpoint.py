@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import socket
 
 import pytest
 import torch
@@ -47,19 +45,10 @@ class _Group:
 
 
 @pytest.fixture(scope="module")
-def groups():
-    started = not torch.distributed.is_initialized()
-    if started:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+def groups(gloo_world):
     parallel_state.initialize_model_parallel()
     yield ProcessGroupCollection.use_mpu_process_groups()
     parallel_state.destroy_model_parallel()
-    if started:  # the next test file in this process (pytest-xdist mixes their order) starts its own group
-        torch.distributed.destroy_process_group()
 
 
 def _config(gated: bool) -> TransformerConfig:

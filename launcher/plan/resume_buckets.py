@@ -1,0 +1,111 @@
+"""A resume cuts its gradient buckets as the checkpoint's run did, where the user left that to us.
+
+Megatron's distributed optimizer saves its state per gradient bucket in its default formats (dp_reshardable and
+the other BUCKET_FORMATS), so a run whose DDP cuts the buckets elsewhere cannot load it: Megatron's loader fails on
+a shape mismatch, and recipes/checkpoint.py refuses such a resume first with the overrides that fix it. The cut:
+one bucket without --overlap-grad-reduce, else --ddp-num-buckets, else --ddp-bucket-size, else Megatron's default
+max(40M, 1M x data-parallel size) elements (distributed_data_parallel.py). Two ordinary launches change it:
+
+  parallel.overlap_grad_reduce=auto  resolves by the GPU count (launcher/plan/tuned.py grad_overlap), so a one-GPU
+                                     run's checkpoint (one bucket) meets 40M-element buckets on more GPUs
+  the default size                   grows with the data-parallel size past 40 ranks, so resuming a large run on
+                                     fewer or more nodes (a node lost in week three) moves every bucket
+
+Here, before anything starts: overlap_grad_reduce=auto follows the checkpoint, and where the checkpoint's run
+used Megatron's default size and this run's default differs, --ddp-bucket-size pins the checkpoint's. A pinned
+overlap_grad_reduce or an explicit --ddp-bucket-size/--ddp-num-buckets in megatron.raw/extra stays as written
+(the recipe's check still answers for it). The checkpoint's own arguments are read from its common state
+(megatron.core.dist_checkpointing, imported only on a resume).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from launcher.config.schema import RunConfig
+from launcher.plan.resolve import Resolved
+
+BUCKET_FORMATS = ("dp_reshardable", "dp_zero_gather_scatter", "fully_sharded_bucket_space")
+BUCKET_FLAGS = ("--ddp-bucket-size", "--ddp-num-buckets")
+
+
+@dataclass(frozen=True)
+class SavedBuckets:
+    """How the checkpoint's run cut its gradient buckets (its Megatron arguments)."""
+
+    overlap_grad_reduce: bool
+    bucket_size: Optional[int]
+    """--ddp-bucket-size as given (None: Megatron's default for its data-parallel size)."""
+    num_buckets: Optional[int]
+    data_parallel_size: int
+
+
+def default_bucket_size(data_parallel_size: int) -> int:
+    """Megatron's default: 40M elements, 1M per data-parallel rank past 40 (larger NCCL ring chunks)."""
+    return max(40_000_000, 1_000_000 * data_parallel_size)
+
+
+def read_saved_buckets(iter_dir: Path) -> Optional[SavedBuckets]:
+    """The bucket cut of a Megatron distributed checkpoint whose optimizer state is kept per bucket; None where it
+    is not one (no distributed optimizer, a per-parameter format, another format) or cannot be read: then the
+    resume goes ahead as configured and the recipe's own check answers."""
+    if not (iter_dir / "metadata.json").is_file():
+        return None
+    try:
+        from megatron.core import dist_checkpointing
+
+        common = dist_checkpointing.load_common_state_dict(str(iter_dir))
+        meta = dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or {}
+    except Exception:  # noqa: BLE001 - a checkpoint we cannot read here is Megatron's loader's to judge
+        return None
+    args = common.get("args") if isinstance(common, dict) else None
+    if meta.get("distrib_optim_sharding_type") not in BUCKET_FORMATS or not hasattr(args, "overlap_grad_reduce"):
+        return None
+    return SavedBuckets(overlap_grad_reduce=bool(args.overlap_grad_reduce),
+                        bucket_size=getattr(args, "ddp_bucket_size", None),
+                        num_buckets=getattr(args, "ddp_num_buckets", None),
+                        data_parallel_size=int(getattr(args, "data_parallel_size", 1)))
+
+
+def _explicit_bucket_flags(cfg: RunConfig) -> bool:
+    m = cfg.megatron
+    extra = {k.replace("_", "-") for k in (m.extra or {})}
+    return any(f in (m.raw or []) or f[2:] in extra for f in BUCKET_FLAGS)
+
+
+def _follows(cfg: RunConfig, saved: Optional[SavedBuckets]) -> bool:
+    return saved is not None and cfg.parallel.use_distributed_optimizer and not _explicit_bucket_flags(cfg)
+
+
+def follow_overlap(cfg: RunConfig, res: Resolved, saved: Optional[SavedBuckets]) -> Resolved:
+    """res with overlap_grad_reduce=auto resolved as the checkpoint's run had it (and overlap_param_gather=auto
+    with it: Megatron's prerequisite), the note saying so; unchanged where it already agrees or was pinned."""
+    if not _follows(cfg, saved) or str(cfg.parallel.overlap_grad_reduce) != "auto":
+        return res
+    on = saved.overlap_grad_reduce
+    if res.tuned.overlap_grad_reduce == on:
+        return res
+    param = on if str(cfg.parallel.overlap_param_gather) == "auto" else res.tuned.overlap_param_gather
+    notes = [n for n in res.notes if not n.startswith("overlap_grad_reduce=auto")]
+    notes.append(f"overlap_grad_reduce=auto -> {str(on).lower()}: follows the checkpoint being resumed, whose "
+                 "distributed optimizer state is kept per gradient bucket (launcher/plan/resume_buckets.py)")
+    tuned = dataclasses.replace(res.tuned, overlap_grad_reduce=on, overlap_param_gather=param)
+    return dataclasses.replace(res, tuned=tuned, notes=tuple(notes))
+
+
+def bucket_flags(cfg: RunConfig, res: Resolved, saved: Optional[SavedBuckets]) -> tuple[list[str], Optional[str]]:
+    """The flags that cut this run's buckets as the checkpoint's run did (after follow_overlap), and why; none
+    where Megatron's defaults already agree."""
+    if not _follows(cfg, saved) or not (res.tuned.overlap_grad_reduce and saved.overlap_grad_reduce):
+        return [], None
+    if saved.num_buckets:
+        flags = ["--ddp-num-buckets", str(saved.num_buckets)]
+    else:
+        size = saved.bucket_size or default_bucket_size(saved.data_parallel_size)
+        if saved.bucket_size is None and size == default_bucket_size(res.data_parallel_size(cfg)):
+            return [], None
+        flags = ["--ddp-bucket-size", str(size)]
+    return flags, (f"{' '.join(flags)}: the gradient buckets of the checkpoint being resumed (saved at data-parallel "
+                   f"size {saved.data_parallel_size}; launcher/plan/resume_buckets.py)")
