@@ -1,5 +1,6 @@
-"""On the 2-GPU host (`python -m pytest -m gpu tests/gpu`): a checkpoint of the torch grouped-GEMM experts
-loads into Transformer Engine's GroupedLinear and back (issue 13).
+"""On the GPU host (`python -m pytest -m gpu tests/gpu`): a checkpoint of the torch grouped-GEMM experts
+loads into Transformer Engine's GroupedLinear and back (2 GPUs), and Megatron FSDP's fsdp_dtensor checkpoint
+resumes (1 GPU) (issue 13).
 
 What the CPU suite cannot show: TE's own TEGroupedLinear producing the sharded entries that
 recipes/expert_checkpoint.py reproduces (tests/unit/test_expert_checkpoint.py compares against Megatron's
@@ -81,3 +82,33 @@ def test_bucket_format_checkpoint_of_te_is_refused_by_torch(tmp_path):
     run = _launch(tmp_path / "resumed", tmp_path / "ckpt", "torch")
     out = run.stdout + run.stderr
     assert run.returncode != 0 and "Fix: resume with model.moe_grouped_gemm_impl=te" in out, out[-3000:]
+
+
+FSDP = ("cluster.gpus_per_node=1", "hardware=h200", "parallel.use_megatron_fsdp=true", "train.train_iters=6",
+        "train.save_interval=3", "train.lr_warmup_iters=1")
+
+
+def _launch_fsdp(run_dir: Path, ckpt: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launcher", *FSDP, f"train.save={ckpt}", f"train.load={ckpt}",
+                           f"launch.run_dir={run_dir}"], capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.skipif("_gpus() < 1")
+def test_megatron_fsdp_checkpoint_resumes(tmp_path):
+    """The tiny MoE under Megatron FSDP (--ckpt-format fsdp_dtensor, saved synchronously: it has no async path)
+    trains 6 iterations saving every 3; a relaunch from iteration 3's checkpoint (what a kill at 4-5 leaves)
+    continues the uninterrupted run: iteration 4 from the loaded weights, 5-6 also through the loaded optimizer."""
+    ref = _launch_fsdp(tmp_path / "ref", tmp_path / "ref_ckpt")
+    assert ref.returncode == 0, (ref.stdout + ref.stderr)[-3000:]
+    assert (tmp_path / "ref_ckpt" / "iter_0000003" / ".metadata").is_file()  # torch DCP: the fsdp_dtensor format
+    uninterrupted = _losses(tmp_path / "ref")
+    _latest_is_3(tmp_path / "ref_ckpt", tmp_path / "ckpt")
+    run = _launch_fsdp(tmp_path / "resumed", tmp_path / "ckpt")
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    resumed = _losses(tmp_path / "resumed")
+    print(f"\nuninterrupted {uninterrupted}\nresumed {resumed}")
+    assert sorted(resumed) == [4, 5, 6]
+    assert resumed[4] == pytest.approx(uninterrupted[4], rel=1e-3), (resumed, uninterrupted)
+    assert resumed[5] == pytest.approx((uninterrupted[4] + uninterrupted[5]) / 2, rel=1e-3), (resumed, uninterrupted)
+    assert resumed[6] == pytest.approx(uninterrupted[6], rel=1e-3), (resumed, uninterrupted)
