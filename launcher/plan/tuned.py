@@ -95,6 +95,7 @@ def grouped_gemm_impl(cfg: RunConfig, stack: Stack) -> tuple[str, Optional[str]]
         (f"precision {cfg.precision.name} (the torch experts are BF16 only)",
          cfg.precision.params_dtype != "bf16" or cfg.precision.fp8_format is not None),
         (f"parallel.etp={cfg.parallel.etp}", cfg.parallel.etp != 1),
+        ("Megatron FSDP (its fsdp_dtensor checkpoints name TE's per-expert weights)", cfg.parallel.use_megatron_fsdp),
         ("expert biases (model.add_bias_linear)", m.add_bias_linear),
         ("dispatcher.delay_wgrad_compute", cfg.dispatcher.delay_wgrad_compute),
         (f"compute capability {cfg.hardware.compute_capability} (measured on Hopper only)", not _hopper(cfg)),

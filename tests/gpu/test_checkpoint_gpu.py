@@ -97,7 +97,10 @@ def _launch_fsdp(run_dir: Path, ckpt: Path) -> subprocess.CompletedProcess:
 def test_megatron_fsdp_checkpoint_resumes(tmp_path):
     """The tiny MoE under Megatron FSDP (--ckpt-format fsdp_dtensor, saved synchronously: it has no async path)
     trains 6 iterations saving every 3; a relaunch from iteration 3's checkpoint (what a kill at 4-5 leaves)
-    continues the uninterrupted run: iteration 4 from the loaded weights, 5-6 also through the loaded optimizer."""
+    continues the uninterrupted run: iteration 4 from the loaded weights, 5-6 also through the loaded optimizer.
+    Its first run on H200 (perf_results/gpu_test_fsdp_checkpoint_torch_experts_h200.log) had the torch experts
+    (auto then) and failed at the first save; now auto gives TE's experts under FSDP and pinned torch is refused
+    (perf_results/gpu_test_fsdp_checkpoint_h200.log: passed, losses 4-6 equal to the printed digit)."""
     ref = _launch_fsdp(tmp_path / "ref", tmp_path / "ref_ckpt")
     assert ref.returncode == 0, (ref.stdout + ref.stderr)[-3000:]
     assert (tmp_path / "ref_ckpt" / "iter_0000003" / ".metadata").is_file()  # torch DCP: the fsdp_dtensor format

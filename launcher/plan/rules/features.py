@@ -352,6 +352,10 @@ def check_torch_grouped_gemm(cfg: RunConfig, res: Resolved) -> None:
          "FP8 expert GEMMs need Transformer Engine's grouped linear"),
         ("dispatcher.delay_wgrad_compute", True, cfg.dispatcher.delay_wgrad_compute,
          "delayed weight gradients are a TE grouped-linear feature"),
+        # measured on H200 (perf_results/gpu_test_fsdp_checkpoint_torch_experts_h200.log): the first save fails
+        ("parallel.use_megatron_fsdp", True, cfg.parallel.use_megatron_fsdp,
+         "Megatron FSDP's fsdp_dtensor checkpoints name each expert by TE's per-expert weights (weight0..N-1, "
+         "megatron/core/transformer/fsdp_dtensor_checkpoint.py), not the torch experts' one [N, out, in] weight"),
     )
     for field, value, bad, rule in conflicts:
         if bad:

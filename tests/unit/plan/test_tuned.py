@@ -85,6 +85,8 @@ def test_without_transformer_engine_on_the_gpu_host_the_te_kernels_stay_off():
     (["hardware=b200"], "te", "compute capability 10.0"),
     (["dispatcher.delay_wgrad_compute=true"], "te", "delay_wgrad_compute"),
     (["model.moe_grouped_gemm=false"], "te", "moe_grouped_gemm=false"),
+    # measured: the torch experts' weight fails Megatron FSDP's first checkpoint save on H200
+    (["parallel.use_megatron_fsdp=true"], "te", "Megatron FSDP"),
 ])
 def test_expert_gemms_fall_back_to_te_where_torch_is_not_valid(extra, impl, why):
     plan = _plan(PLAIN + extra)
@@ -104,6 +106,14 @@ def test_expert_biases_resolve_te_and_are_refused_by_the_moe_rule():
     assert any(n.startswith("moe_grouped_gemm_impl=auto -> te") and "expert biases" in n for n in res.notes)
     with pytest.raises(ConfigError, match="take no linear bias"):
         _plan(PLAIN + ["model.add_bias_linear=true"])
+
+
+def test_pinned_torch_experts_under_megatron_fsdp_are_refused():
+    from launcher.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="parallel.use_megatron_fsdp.*fsdp_dtensor checkpoints name each expert") as e:
+        _plan(PLAIN + ["parallel.use_megatron_fsdp=true", "model.moe_grouped_gemm_impl=torch"])
+    assert "set model.moe_grouped_gemm_impl=te" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_expert_tensor_parallelism_keeps_te():
