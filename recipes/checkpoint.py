@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from launcher.records.checkpoint_buckets import BUCKET_FORMATS, default_bucket_size
+
 ARG = "moe_grouped_gemm_impl"       # attribute added to Megatron's args, saved with them
-BUCKET_FORMATS = ("dp_reshardable", "dp_zero_gather_scatter", "fully_sharded_bucket_space")
 
 
 class ResumeError(ValueError):
@@ -64,7 +65,7 @@ def bucket_layout(args) -> Optional[str]:
 
 
 def _bucket_size(args) -> int:
-    return getattr(args, "ddp_bucket_size", None) or max(40_000_000, 1_000_000 * getattr(args, "data_parallel_size", 1))
+    return getattr(args, "ddp_bucket_size", None) or default_bucket_size(getattr(args, "data_parallel_size", 1))
 
 
 def _same_buckets(saved_args) -> str:

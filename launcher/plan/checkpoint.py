@@ -19,7 +19,8 @@ from typing import Optional
 
 from launcher.config.schema import RunConfig
 from launcher.plan.resolve import Resolved
-from launcher.plan.resume_buckets import SavedBuckets, bucket_flags
+from launcher.plan.resume_buckets import bucket_flags
+from launcher.records.checkpoint_buckets import SavedBuckets
 from launcher.plan.tuned import async_saves
 
 CHECKPOINT_SUBDIR = "checkpoints"

@@ -14,59 +14,19 @@ max(40M, 1M x data-parallel size) elements (distributed_data_parallel.py). Two o
 Here, before anything starts: overlap_grad_reduce=auto follows the checkpoint, and where the checkpoint's run
 used Megatron's default size and this run's default differs, --ddp-bucket-size pins the checkpoint's. A pinned
 overlap_grad_reduce or an explicit --ddp-bucket-size/--ddp-num-buckets in megatron.raw/extra stays as written
-(the recipe's check still answers for it). The checkpoint's own arguments are read from its common state
-(megatron.core.dist_checkpointing, imported only on a resume).
+(the recipe's check still answers for it). The checkpoint's own arguments are read from its common state by
+launcher/records/checkpoint_buckets.py (launcher/run/resume.py, on a resume only).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import RunConfig
 from launcher.plan.resolve import Resolved
+from launcher.records.checkpoint_buckets import SavedBuckets, default_bucket_size
 
-BUCKET_FORMATS = ("dp_reshardable", "dp_zero_gather_scatter", "fully_sharded_bucket_space")
 BUCKET_FLAGS = ("--ddp-bucket-size", "--ddp-num-buckets")
-
-
-@dataclass(frozen=True)
-class SavedBuckets:
-    """How the checkpoint's run cut its gradient buckets (its Megatron arguments)."""
-
-    overlap_grad_reduce: bool
-    bucket_size: Optional[int]
-    """--ddp-bucket-size as given (None: Megatron's default for its data-parallel size)."""
-    num_buckets: Optional[int]
-    data_parallel_size: int
-
-
-def default_bucket_size(data_parallel_size: int) -> int:
-    """Megatron's default: 40M elements, 1M per data-parallel rank past 40 (larger NCCL ring chunks)."""
-    return max(40_000_000, 1_000_000 * data_parallel_size)
-
-
-def read_saved_buckets(iter_dir: Path) -> Optional[SavedBuckets]:
-    """The bucket cut of a Megatron distributed checkpoint whose optimizer state is kept per bucket; None where it
-    is not one (no distributed optimizer, a per-parameter format, another format) or cannot be read: then the
-    resume goes ahead as configured and the recipe's own check answers."""
-    if not (iter_dir / "metadata.json").is_file():
-        return None
-    try:
-        from megatron.core import dist_checkpointing
-
-        common = dist_checkpointing.load_common_state_dict(str(iter_dir))
-        meta = dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or {}
-    except Exception:  # noqa: BLE001 - a checkpoint we cannot read here is Megatron's loader's to judge
-        return None
-    args = common.get("args") if isinstance(common, dict) else None
-    if meta.get("distrib_optim_sharding_type") not in BUCKET_FORMATS or not hasattr(args, "overlap_grad_reduce"):
-        return None
-    return SavedBuckets(overlap_grad_reduce=bool(args.overlap_grad_reduce),
-                        bucket_size=getattr(args, "ddp_bucket_size", None),
-                        num_buckets=getattr(args, "ddp_num_buckets", None),
-                        data_parallel_size=int(getattr(args, "data_parallel_size", 1)))
 
 
 def _explicit_bucket_flags(cfg: RunConfig) -> bool:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.plan.checkpoint import ResumePoint
-from launcher.plan.resume_buckets import read_saved_buckets
+from launcher.records.checkpoint_buckets import read_saved_buckets
 from launcher.records.checkpoint_dir import is_complete, iterations, tracker_iteration
 
 

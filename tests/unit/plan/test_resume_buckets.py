@@ -14,7 +14,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from conftest import make_cfg
 from launcher.plan.plan import build_plan
 from launcher.plan.probe import MachineProbe
-from launcher.plan.resume_buckets import SavedBuckets, read_saved_buckets
+from launcher.records.checkpoint_buckets import SavedBuckets, read_saved_buckets
 from launcher.run.resume import find_resume
 
 H200X2 = MachineProbe(gpus=2, transformer_engine=True, apex_fused_wgrad=False, deep_ep=False, cpu_count=16)

@@ -1,0 +1,54 @@
+"""How a Megatron distributed checkpoint's run cut its gradient buckets, for the launcher (launcher/run/resume.py,
+launcher/plan/resume_buckets.py: a resume follows it) and the ranks (recipes/checkpoint.py: a resume that cuts
+them otherwise is refused).
+
+Megatron's distributed optimizer keeps its state per gradient bucket in the BUCKET_FORMATS (dp_reshardable is
+the default); per-parameter formats (fully_reshardable) load into any buckets. DDP's cut: one bucket without
+--overlap-grad-reduce, else --ddp-num-buckets, else --ddp-bucket-size, else default_bucket_size
+(distributed_data_parallel.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+BUCKET_FORMATS = ("dp_reshardable", "dp_zero_gather_scatter", "fully_sharded_bucket_space")
+
+
+@dataclass(frozen=True)
+class SavedBuckets:
+    """How the checkpoint's run cut its gradient buckets (its Megatron arguments)."""
+
+    overlap_grad_reduce: bool
+    bucket_size: Optional[int]
+    """--ddp-bucket-size as given (None: Megatron's default for its data-parallel size)."""
+    num_buckets: Optional[int]
+    data_parallel_size: int
+
+
+def default_bucket_size(data_parallel_size: int) -> int:
+    """Megatron's default: 40M elements, 1M per data-parallel rank past 40 (larger NCCL ring chunks)."""
+    return max(40_000_000, 1_000_000 * data_parallel_size)
+
+
+def read_saved_buckets(iter_dir: Path) -> Optional[SavedBuckets]:
+    """The bucket cut of a Megatron distributed checkpoint whose optimizer state is kept per bucket; None where it
+    is not one (no distributed optimizer, a per-parameter format, another format) or cannot be read: then the
+    resume goes ahead as configured and the recipe's own check answers."""
+    if not (iter_dir / "metadata.json").is_file():
+        return None
+    try:
+        from megatron.core import dist_checkpointing
+
+        common = dist_checkpointing.load_common_state_dict(str(iter_dir))
+        meta = dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or {}
+    except Exception:  # noqa: BLE001 - a checkpoint we cannot read here is Megatron's loader's to judge
+        return None
+    args = common.get("args") if isinstance(common, dict) else None
+    if meta.get("distrib_optim_sharding_type") not in BUCKET_FORMATS or not hasattr(args, "overlap_grad_reduce"):
+        return None
+    return SavedBuckets(overlap_grad_reduce=bool(args.overlap_grad_reduce),
+                        bucket_size=getattr(args, "ddp_bucket_size", None),
+                        num_buckets=getattr(args, "ddp_num_buckets", None),
+                        data_parallel_size=int(getattr(args, "data_parallel_size", 1)))
