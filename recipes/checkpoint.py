@@ -22,6 +22,7 @@ import os
 from typing import Optional
 
 from launcher.records.checkpoint_buckets import BUCKET_FORMATS, default_bucket_size
+from launcher.records.checkpoint_dir import TRACKER
 
 ARG = "moe_grouped_gemm_impl"       # attribute added to Megatron's args, saved with them
 
@@ -40,7 +41,7 @@ def checkpoint_dir(load: str, ckpt_step: Optional[int]) -> Optional[str]:
     if ckpt_step is not None:
         step = ckpt_step
     else:
-        tracker = os.path.join(load, "latest_checkpointed_iteration.txt")
+        tracker = os.path.join(load, TRACKER)
         if not os.path.isfile(tracker):
             return None
         text = open(tracker).read().strip()
