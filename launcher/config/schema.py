@@ -163,8 +163,8 @@ class CheckpointConfig:
     host_register: Union[bool, str] = Switch.auto.value
     """The background save's device-to-host copy takes pinned host memory from torch's caching host allocator;
     true = its pages are registered by 8 threads (PYTORCH_CUDA_ALLOC_CONF pinned_use_cuda_host_register,
-    pinned_num_register_threads): a first save's copy 5x faster; auto = on for GPU runs that save in the
-    background (launcher/plan/tuned.py). cluster.env and the calling shell win."""
+    pinned_num_register_threads): a first save held training 6.9 s instead of 18.6 s on H200; auto = on for GPU
+    runs that save in the background (launcher/plan/tuned.py). cluster.env and the calling shell win."""
     init_from: Optional[str] = None
     """A Megatron checkpoint directory to take the starting weights from (moe-convert import writes one), at any
     layout; Megatron's --pretrained-checkpoint: read only while the run's own load directory holds no checkpoint,
