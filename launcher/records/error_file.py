@@ -81,9 +81,10 @@ def with_error_file(failure, run_dir: Path):
         failure.summary = f"{_who(err)} raised {err['message'][:300]}" + (
             f"; {failure.summary}" if failure.summary else "")
     elif failure.cls == "rank_died" and failure.kind == "exit":  # "rank N exited with 1": say what it raised
-        failure.summary = (f"rank {failure.rank} raised {err['message'][:300]} (torchrun's first observed "
-                           "failure); the job ended")
-    if failure.rank is None and err.get("rank") is not None:
+        first = "the first to raise" if err.get("rank") is not None else "torchrun's first observed failure"
+        failure.summary = (f"rank {err.get('rank', failure.rank)} raised {err['message'][:300]} ({first}); "
+                           "the job ended")
+    if err.get("rank") is not None:  # a Slurm rank's own file: the rank that raised first
         failure.rank = err["rank"]
     return failure
 

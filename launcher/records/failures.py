@@ -67,6 +67,9 @@ _RULES: list[tuple[str, str, re.Pattern]] = [
                                          r"|Socket Timeout|timed out after .* waiting for clients")),
 ]
 
+# srun, where it is the process launcher (no torchrun): "srun: error: node7: task 1: Killed",
+# "srun: error: node7: tasks 0-3: Exited with exit code 1"; the first such line is the first failed task
+SRUN_TASK = re.compile(r"srun: error: (\S+): tasks? (\d+)[0-9,\-]*: (.+?)\s*$")
 _OOM_ALLOC = re.compile(r"Tried to allocate ([0-9.]+ [KMGT]i?B)")
 _OOM_GPU = re.compile(r"GPU (\d+) has a total capacity of ([0-9.]+ [KMGT]i?B) of which ([0-9.]+ [KMGT]i?B) is free")
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
@@ -322,6 +325,11 @@ def _unknown(lines: list[str], returncode: Optional[int]) -> FailureInfo:
         elif "exitcode" in root:
             bits.append(f"root cause rank {root['rank']} exited with {root['exitcode']}")
         info.evidence.append(f"torchrun root cause: {root}")
+    srun = None if root else next((m for m in map(SRUN_TASK.search, lines) if m), None)
+    if srun:  # a Slurm job: srun's first failed task (launcher/records/stops.py names the rank from it)
+        info.rank = int(srun.group(2))
+        info.evidence.append(srun.group(0).strip())
+        bits.append(f"srun's first failed task {srun.group(2)}: {srun.group(3)}")
     for line in lines:
         rank, body = _strip(line)
         m = _EXC.match(body.strip())

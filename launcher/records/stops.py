@@ -5,7 +5,8 @@ lines alone cannot tell (launcher/records/failures.py classifies those).
   preempted    SIGTERM: moe-launch got it (a scheduler, `kill`), or Megatron's --exit-signal-handler logged
                "exiting program after receiving SIGTERM" (it saved and exited with code 4)
   rank_died    a rank ended by a signal or a nonzero exit with no error in the log (torchrun's root-cause
-               block, its structured summary of the first failed worker, names the rank)
+               block, its structured summary of the first failed worker, names the rank; under Slurm, srun's
+               first "task N: Killed" / "task N: Exited with exit code K" line)
   killed       torchrun itself was killed from outside (exit.json's return code is minus the signal)
 
 exit.json's "signal" is the signal moe-launch received (launcher/run/stop.py). Text only.
@@ -16,11 +17,14 @@ import re
 import signal
 from typing import Optional
 
-from launcher.records.failures import FailureInfo, root_cause
+from launcher.records.failures import SRUN_TASK, FailureInfo, root_cause
 
 STOP_CLASSES = ("interrupted", "preempted", "rank_died", "killed")
 MEGATRON_SIGTERM = re.compile(r"exiting program after receiving SIGTERM")
 _ROOT_SIGNAL = re.compile(r"Signal (\d+) \((SIG\w+)\)")
+_SRUN_EXIT = re.compile(r"Exited with exit code (\d+)")
+_SRUN_SIGNALS = {"Killed": "SIGKILL", "Terminated": "SIGTERM", "Aborted": "SIGABRT", "Segmentation fault": "SIGSEGV",
+                 "Bus error": "SIGBUS"}
 
 
 def classify_stop(text: str, exit_info: Optional[dict], base: Optional[FailureInfo]) -> Optional[FailureInfo]:
@@ -39,7 +43,8 @@ def classify_stop(text: str, exit_info: Optional[dict], base: Optional[FailureIn
         what = "; Megatron saved a checkpoint and exited" if saved else ""
         return _stopped("preempted", f"stopped by {by}{what}{killed}", sig, saved, base)
     if base is None or base.cls == "unknown":
-        return _rank_died(lines, base) or _killed(exit_info.get("returncode"), base) or base
+        return (_rank_died(lines, base) or _srun_task_died(lines, base) or _killed(exit_info.get("returncode"), base)
+                or base)
     return base
 
 
@@ -76,3 +81,18 @@ def _rank_died(lines: list[str], base: Optional[FailureInfo]) -> Optional[Failur
                        iteration=base.iteration if base else None,
                        summary=f"rank {root['rank']} {how} (torchrun's first observed failure); the job ended",
                        evidence=[f"torchrun root cause: {root}"], also=[])
+
+
+def _srun_task_died(lines: list[str], base: Optional[FailureInfo]) -> Optional[FailureInfo]:
+    """A Slurm job's first failed task, as srun reports it (the task number is the rank: launcher/run/slurm.py)."""
+    found = next((m for m in map(SRUN_TASK.search, lines) if m), None)
+    if found is None:
+        return None
+    host, rank, what = found.group(1), int(found.group(2)), found.group(3)
+    code = _SRUN_EXIT.match(what)
+    sig = next((name for text, name in _SRUN_SIGNALS.items() if what.startswith(text)), what)
+    how = f"exited with {code.group(1)}" if code else f"killed by {sig}"
+    return FailureInfo(cls="rank_died", kind="exit" if code else "signal", rank=rank,
+                       iteration=base.iteration if base else None,
+                       summary=f"rank {rank} {how} on {host} (srun's first failed task); the job ended",
+                       evidence=[found.group(0).strip()], also=[])

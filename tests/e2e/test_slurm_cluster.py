@@ -167,6 +167,33 @@ def test_a_rank_that_raises_is_named_in_the_record(cluster, tmp_path):
     assert "ValueError: rank 1 read a truncated shard" in failure["summary"] + " ".join(failure["evidence"])
 
 
+KILLED_RANK = """
+import os, signal, time
+if os.environ["RANK"] == "1":
+    time.sleep(1)
+    os.kill(os.getpid(), signal.SIGKILL)
+time.sleep(120)
+"""
+
+
+def test_a_rank_killed_by_a_signal_is_named_and_counts_for_a_restart(cluster, tmp_path):
+    """srun, not torchrun, starts the ranks: its first failed-task line ("task 1: Killed") makes the record
+    rank_died / signal with rank 1, the class launch.max_restarts restarts after; this job saved no checkpoint to
+    restart from, and moe-launch says so instead of starting over."""
+    run_dir, py = tmp_path / "killed", tmp_path / "python"
+    py.write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -c {shlex.quote(KILLED_RANK)}\n")
+    py.chmod(0o755)
+    real = _launch("cluster=slurm", "cluster.device=cpu", "cluster.nproc_cpu=2", "cluster.exclusive=false",
+                   "cluster.follow=true", "cluster.follow_timeout_s=300", f"cluster.python={py}",
+                   "launch.max_restarts=1", f"launch.run_dir={run_dir}", "launch.megatron_validate=false",
+                   timeout=400)
+    assert real.returncode != 0, real.stdout + real.stderr
+    failure = json.loads((run_dir / "record.json").read_text())["failure"]
+    assert (failure["class"], failure["kind"], failure["rank"]) == ("rank_died", "signal", 1), failure
+    assert "rank 1 killed by SIGKILL" in failure["summary"], failure
+    assert "not restarting: there is no complete checkpoint" in real.stderr, real.stderr[-2000:]
+
+
 def test_a_requeued_job_resumes_from_its_checkpoint_and_completes(cluster, tmp_path):
     """cluster.requeue=true: `scontrol requeue` after the checkpoint of iteration 10 stops the job and queues
     it again; the same sbatch.sh runs, Megatron loads <run_dir>/checkpoints (the argv always has --load

@@ -1,5 +1,5 @@
 """interrupted, preempted and rank_died (launcher/records/stops.py): from exit.json's signal, Megatron's
-exit-signal line and torchrun's root-cause block."""
+exit-signal line, torchrun's root-cause block and, under Slurm, srun's first failed task."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,6 +38,20 @@ def test_a_rank_killed_by_a_signal_is_rank_died_with_its_rank():
     text = (LOGS / "unknown_cpu_sigkill_rank1_ep2.log").read_text()
     info = _cls(text, {"returncode": 1})
     assert info.cls == "rank_died" and info.rank == 1 and "SIGKILL" in info.summary
+
+
+def test_a_slurm_rank_killed_by_a_signal_is_rank_died_from_sruns_line():
+    """A real job on the one-node Slurm cluster (tests/e2e/test_slurm_cluster.py): rank 1 SIGKILLed, srun then
+    terminated rank 0 ("task 0: Terminated" comes second)."""
+    info = _cls((LOGS / "unknown_slurm_cpu_sigkill_rank1.log").read_text(), {"returncode": 1})
+    assert (info.cls, info.kind, info.rank) == ("rank_died", "signal", 1)
+    assert info.summary == "rank 1 killed by SIGKILL on vm (srun's first failed task); the job ended"
+
+
+def test_a_slurm_rank_that_exited_nonzero_is_rank_died_exit():
+    info = _cls((LOGS / "unknown_slurm_cpu_rank1_raised.log").read_text(), {"returncode": 1})
+    assert (info.cls, info.kind, info.rank) == ("rank_died", "exit", 1)
+    assert info.summary.startswith("rank 1 exited with 1 on vm")
 
 
 def test_a_known_failure_keeps_its_class_and_success_stays_success():
