@@ -84,7 +84,7 @@ def with_error_file(failure, run_dir: Path):
         first = "the first to raise" if err.get("rank") is not None else "torchrun's first observed failure"
         failure.summary = (f"rank {err.get('rank', failure.rank)} raised {err['message'][:300]} ({first}); "
                            "the job ended")
-    if err.get("rank") is not None:  # a Slurm rank's own file: the rank that raised first
+    if failure.rank is None and err.get("rank") is not None:  # the log named no rank: the first to raise
         failure.rank = err["rank"]
     return failure
 

@@ -229,6 +229,45 @@ def test_a_requeued_job_resumes_from_its_checkpoint_and_completes(cluster, tmp_p
     assert first_logged >= 11, first_logged  # it continued from a checkpoint, not from iteration 1
 
 
+def test_a_rank_killed_after_a_checkpoint_is_restarted_and_the_run_completes(cluster, tmp_path):
+    """launch.max_restarts=1 under Slurm: rank 1 is SIGKILLed once iteration 10's checkpoint is complete and 2 more
+    iterations are logged; the record says rank_died / signal, rank 1; moe-launch submits the next attempt, which
+    resumes from iteration 10 and completes; the first attempt's log and record stay in attempts/1/."""
+    import signal
+    import time
+
+    import psutil
+
+    run_dir, iters = tmp_path / "restart", 16
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "cluster=slurm", "cluster.device=cpu",
+                             "cluster.nproc_cpu=2", "cluster.exclusive=false", "cluster.follow=true",
+                             "cluster.follow_timeout_s=600", "launch.max_restarts=1", f"train.train_iters={iters}",
+                             "train.save_interval=10", "train.seq_length=128", "data.num_workers=0",
+                             f"launch.run_dir={run_dir}", "launch.megatron_validate=false"],
+                            cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    tracker, log = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt", run_dir / "train.log"
+    deadline = time.monotonic() + 600
+    while not (tracker.exists() and tracker.read_text().strip() == "10" and log.exists()
+               and max((it["iteration"] for it in parse_file_text(log.read_text())), default=0) >= 12):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else ""
+        time.sleep(0.5)
+    ranks = [p for p in psutil.process_iter(["cmdline", "environ"])
+             if "recipes.pretrain" in " ".join(p.info["cmdline"] or [])
+             and (p.info["environ"] or {}).get("RANK") == "1"]
+    assert len(ranks) == 1, ranks
+    ranks[0].send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, (out + err)[-3000:]
+    first = json.loads((run_dir / "attempts" / "1" / "record.json").read_text())["failure"]
+    assert (first["class"], first["kind"], first["rank"]) == ("rank_died", "signal", 1), first
+    assert "moe-launch: restart 1/1: rank 1 was killed by a signal" in err and "resuming from iteration 10" in err
+    text = log.read_text()
+    assert "loading distributed checkpoint from" in text and f"done, iteration {iters}/{iters}" in text
+    assert min(it["iteration"] for it in parse_file_text(text)) >= 11  # the second attempt's own log
+    assert json.loads((run_dir / "exit.json").read_text())["state"] == "COMPLETED"
+
+
 def parse_file_text(text: str) -> list[dict]:
     from launcher.records.logparse import parse_iteration_line
 
