@@ -252,9 +252,11 @@ def test_a_rank_killed_after_a_checkpoint_is_restarted_and_the_run_completes(clu
                and max((it["iteration"] for it in parse_file_text(log.read_text())), default=0) >= 12):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else ""
         time.sleep(0.5)
+    # this job's rank 1 (other tests may train beside it: the environment sbatch.sh gives it tells them apart)
     ranks = [p for p in psutil.process_iter(["cmdline", "environ"])
              if "recipes.pretrain" in " ".join(p.info["cmdline"] or [])
-             and (p.info["environ"] or {}).get("RANK") == "1"]
+             and (p.info["environ"] or {}).get("RANK") == "1"
+             and (p.info["environ"] or {}).get("MOE_RUN_DIR") == str(run_dir)]
     assert len(ranks) == 1, ranks
     ranks[0].send_signal(signal.SIGKILL)
     out, err = proc.communicate(timeout=900)
