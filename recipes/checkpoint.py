@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from launcher.records.checkpoint_buckets import BUCKET_FORMATS, default_bucket_size
+from launcher.records.checkpoint_buckets import BUCKET_FORMATS, BucketCut, read_common
 from launcher.records.checkpoint_dir import TRACKER
 
 ARG = "moe_grouped_gemm_impl"       # attribute added to Megatron's args, saved with them
@@ -52,29 +52,11 @@ def checkpoint_dir(load: str, ckpt_step: Optional[int]) -> Optional[str]:
     return path if os.path.isdir(path) else None
 
 
-def bucket_layout(args) -> Optional[str]:
-    """Where Megatron's DDP cuts the gradient buffers into buckets (distributed_data_parallel.py): one bucket
-    without overlap_grad_reduce, else --ddp-num-buckets, else --ddp-bucket-size or max(40M, 1M x data-parallel
-    size) elements. None for args that do not say (a namespace that is not Megatron's)."""
-    if not hasattr(args, "overlap_grad_reduce"):
-        return None
-    if not args.overlap_grad_reduce:
-        return "one bucket (overlap_grad_reduce off)"
-    if getattr(args, "ddp_num_buckets", None):
-        return f"{args.ddp_num_buckets} buckets"
-    return f"buckets of {_bucket_size(args):,} elements"
-
-
-def _bucket_size(args) -> int:
-    return getattr(args, "ddp_bucket_size", None) or default_bucket_size(getattr(args, "data_parallel_size", 1))
-
-
-def _same_buckets(saved_args) -> str:
+def _same_buckets(saved: BucketCut) -> str:
     """The overrides that cut this run's buckets as the saving run did."""
-    if not saved_args.overlap_grad_reduce:
+    if not saved.overlap_grad_reduce:
         return "parallel.overlap_grad_reduce=false parallel.overlap_param_gather=false"
-    flag = (f"--ddp-num-buckets,{saved_args.ddp_num_buckets}" if getattr(saved_args, "ddp_num_buckets", None)
-            else f"--ddp-bucket-size,{_bucket_size(saved_args)}")
+    flag = f"--ddp-num-buckets,{saved.num_buckets}" if saved.num_buckets else f"--ddp-bucket-size,{saved.size}"
     return f"parallel.overlap_grad_reduce=true 'megatron.raw=[{flag}]'"
 
 
@@ -86,24 +68,20 @@ def check_resume(args, impl: str) -> None:
     path = checkpoint_dir(args.load, args.ckpt_step)
     if path is None or not os.path.isfile(os.path.join(path, "metadata.json")):
         return  # nothing to resume, or not Megatron's distributed format (its own loader answers)
-    from megatron.core import dist_checkpointing
-
-    common = dist_checkpointing.load_common_state_dict(path)
-    fmt = (dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or {}).get(
-        "distrib_optim_sharding_type")
+    fmt, saved_args = read_common(path)
     if fmt in BUCKET_FORMATS:
-        _check_experts(args, impl, path, fmt, common.get("args"))
-        _check_buckets(args, path, fmt, common.get("args"))
+        _check_experts(args, impl, path, fmt, saved_args)
+        _check_buckets(args, path, fmt, saved_args)
 
 
 def _check_buckets(args, path: str, fmt: str, saved_args) -> None:
-    saved, now = bucket_layout(saved_args), bucket_layout(args)
-    if saved is None or now is None or saved == now:
+    saved, now = BucketCut.of(saved_args), BucketCut.of(args)
+    if saved is None or now is None or saved.describe() == now.describe():
         return
     raise ResumeError(
         f"train.load={args.load}: {os.path.basename(path)} keeps the distributed optimizer's state in the bucket "
-        f"format ({fmt}) of {saved}; this run would cut {now}, and Megatron's loader would fail on the shapes. "
-        f"Fix: resume with {_same_buckets(saved_args)}, or start a fresh optimizer with "
+        f"format ({fmt}) of {saved.describe()}; this run would cut {now.describe()}, and Megatron's loader would "
+        f"fail on the shapes. Fix: resume with {_same_buckets(saved)}, or start a fresh optimizer with "
         "'megatron.raw=[--no-load-optim]' (save with 'megatron.extra={dist_ckpt_optim_fully_reshardable: true}' "
         "for state that any layout loads)")
 

@@ -20,7 +20,7 @@ from typing import Optional
 from launcher.config.schema import RunConfig
 from launcher.plan.resolve import Resolved
 from launcher.plan.resume_buckets import bucket_flags
-from launcher.records.checkpoint_buckets import SavedBuckets
+from launcher.records.checkpoint_buckets import BucketCut
 from launcher.plan.tuned import async_saves
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -37,7 +37,7 @@ class ResumePoint:
     """What latest_checkpointed_iteration.txt says (None: missing or unreadable)."""
     skipped: tuple[str, ...] = ()
     """Newer iter_* directories that are incomplete (a save that was killed)."""
-    buckets: Optional[SavedBuckets] = None
+    buckets: Optional[BucketCut] = None
     """How its run cut the gradient buckets its optimizer state follows (None: not kept per bucket, or unread)."""
 
 

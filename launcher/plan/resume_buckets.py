@@ -24,7 +24,7 @@ from typing import Optional
 
 from launcher.config.schema import RunConfig
 from launcher.plan.resolve import Resolved
-from launcher.records.checkpoint_buckets import SavedBuckets, default_bucket_size
+from launcher.records.checkpoint_buckets import BucketCut, default_bucket_size
 
 BUCKET_FLAGS = ("--ddp-bucket-size", "--ddp-num-buckets")
 
@@ -35,11 +35,11 @@ def _explicit_bucket_flags(cfg: RunConfig) -> bool:
     return any(f in (m.raw or []) or f[2:] in extra for f in BUCKET_FLAGS)
 
 
-def _follows(cfg: RunConfig, saved: Optional[SavedBuckets]) -> bool:
+def _follows(cfg: RunConfig, saved: Optional[BucketCut]) -> bool:
     return saved is not None and cfg.parallel.use_distributed_optimizer and not _explicit_bucket_flags(cfg)
 
 
-def follow_overlap(cfg: RunConfig, res: Resolved, saved: Optional[SavedBuckets]) -> Resolved:
+def follow_overlap(cfg: RunConfig, res: Resolved, saved: Optional[BucketCut]) -> Resolved:
     """res with overlap_grad_reduce=auto resolved as the checkpoint's run had it (and overlap_param_gather=auto
     with it: Megatron's prerequisite), the note saying so; unchanged where it already agrees or was pinned."""
     if not _follows(cfg, saved) or str(cfg.parallel.overlap_grad_reduce) != "auto":
@@ -55,7 +55,7 @@ def follow_overlap(cfg: RunConfig, res: Resolved, saved: Optional[SavedBuckets])
     return dataclasses.replace(res, tuned=tuned, notes=tuple(notes))
 
 
-def bucket_flags(cfg: RunConfig, res: Resolved, saved: Optional[SavedBuckets]) -> tuple[list[str], Optional[str]]:
+def bucket_flags(cfg: RunConfig, res: Resolved, saved: Optional[BucketCut]) -> tuple[list[str], Optional[str]]:
     """The flags that cut this run's buckets as the checkpoint's run did (after follow_overlap), and why; none
     where Megatron's defaults already agree."""
     if not _follows(cfg, saved) or not (res.tuned.overlap_grad_reduce and saved.overlap_grad_reduce):
@@ -63,9 +63,8 @@ def bucket_flags(cfg: RunConfig, res: Resolved, saved: Optional[SavedBuckets]) -
     if saved.num_buckets:
         flags = ["--ddp-num-buckets", str(saved.num_buckets)]
     else:
-        size = saved.bucket_size or default_bucket_size(saved.data_parallel_size)
-        if saved.bucket_size is None and size == default_bucket_size(res.data_parallel_size(cfg)):
+        if saved.bucket_size is None and saved.size == default_bucket_size(res.data_parallel_size(cfg)):
             return [], None
-        flags = ["--ddp-bucket-size", str(size)]
+        flags = ["--ddp-bucket-size", str(saved.size)]
     return flags, (f"{' '.join(flags)}: the gradient buckets of the checkpoint being resumed (saved at data-parallel "
                    f"size {saved.data_parallel_size}; launcher/plan/resume_buckets.py)")

@@ -17,8 +17,8 @@ BUCKET_FORMATS = ("dp_reshardable", "dp_zero_gather_scatter", "fully_sharded_buc
 
 
 @dataclass(frozen=True)
-class SavedBuckets:
-    """How the checkpoint's run cut its gradient buckets (its Megatron arguments)."""
+class BucketCut:
+    """How a run cuts its gradient buckets (its Megatron arguments): a checkpoint's run, or the run at hand."""
 
     overlap_grad_reduce: bool
     bucket_size: Optional[int]
@@ -26,29 +26,52 @@ class SavedBuckets:
     num_buckets: Optional[int]
     data_parallel_size: int
 
+    @classmethod
+    def of(cls, args) -> Optional["BucketCut"]:
+        """From Megatron's args namespace; None for one that does not say (not Megatron's)."""
+        if not hasattr(args, "overlap_grad_reduce"):
+            return None
+        return cls(overlap_grad_reduce=bool(args.overlap_grad_reduce),
+                   bucket_size=getattr(args, "ddp_bucket_size", None),
+                   num_buckets=getattr(args, "ddp_num_buckets", None),
+                   data_parallel_size=int(getattr(args, "data_parallel_size", 1)))
+
+    @property
+    def size(self) -> int:
+        """Elements a bucket holds where the overlap is on and no bucket count is given."""
+        return self.bucket_size or default_bucket_size(self.data_parallel_size)
+
+    def describe(self) -> str:
+        if not self.overlap_grad_reduce:
+            return "one bucket (overlap_grad_reduce off)"
+        if self.num_buckets:
+            return f"{self.num_buckets} buckets"
+        return f"buckets of {self.size:,} elements"
+
 
 def default_bucket_size(data_parallel_size: int) -> int:
     """Megatron's default: 40M elements, 1M per data-parallel rank past 40 (larger NCCL ring chunks)."""
     return max(40_000_000, 1_000_000 * data_parallel_size)
 
 
-def read_saved_buckets(iter_dir: Path) -> Optional[SavedBuckets]:
+def read_common(iter_dir) -> tuple[Optional[str], object]:
+    """(the distributed optimizer's checkpoint format, Megatron's args) from a distributed checkpoint's common
+    state, through megatron-core's own reader (imported here, lazily)."""
+    from megatron.core import dist_checkpointing
+
+    common = dist_checkpointing.load_common_state_dict(str(iter_dir))
+    meta = dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or {}
+    return meta.get("distrib_optim_sharding_type"), common.get("args") if isinstance(common, dict) else None
+
+
+def read_saved_buckets(iter_dir: Path) -> Optional[BucketCut]:
     """The bucket cut of a Megatron distributed checkpoint whose optimizer state is kept per bucket; None where it
     is not one (no distributed optimizer, a per-parameter format, another format) or cannot be read: then the
     resume goes ahead as configured and the recipe's own check answers."""
     if not (iter_dir / "metadata.json").is_file():
         return None
     try:
-        from megatron.core import dist_checkpointing
-
-        common = dist_checkpointing.load_common_state_dict(str(iter_dir))
-        meta = dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or {}
+        fmt, args = read_common(iter_dir)
     except Exception:  # noqa: BLE001 - a checkpoint we cannot read here is Megatron's loader's to judge
         return None
-    args = common.get("args") if isinstance(common, dict) else None
-    if meta.get("distrib_optim_sharding_type") not in BUCKET_FORMATS or not hasattr(args, "overlap_grad_reduce"):
-        return None
-    return SavedBuckets(overlap_grad_reduce=bool(args.overlap_grad_reduce),
-                        bucket_size=getattr(args, "ddp_bucket_size", None),
-                        num_buckets=getattr(args, "ddp_num_buckets", None),
-                        data_parallel_size=int(getattr(args, "data_parallel_size", 1)))
+    return BucketCut.of(args) if fmt in BUCKET_FORMATS else None

@@ -14,7 +14,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from conftest import make_cfg
 from launcher.plan.plan import build_plan
 from launcher.plan.probe import MachineProbe
-from launcher.records.checkpoint_buckets import SavedBuckets, read_saved_buckets
+from launcher.records.checkpoint_buckets import BucketCut, read_saved_buckets
 from launcher.run.resume import find_resume
 
 H200X2 = MachineProbe(gpus=2, transformer_engine=True, apex_fused_wgrad=False, deep_ep=False, cpu_count=16)
@@ -48,7 +48,7 @@ def _resume_plan(tmp_path, monkeypatch, overrides=(), validate=False, **saved):
 def test_find_resume_reads_how_the_checkpoint_cut_its_buckets(gloo_world, tmp_path, monkeypatch):
     point = find_resume(_checkpoint(tmp_path / "a", monkeypatch, overlap_grad_reduce=False, data_parallel_size=1))
     assert point.iteration == 10
-    assert point.buckets == SavedBuckets(overlap_grad_reduce=False, bucket_size=None, num_buckets=None,
+    assert point.buckets == BucketCut(overlap_grad_reduce=False, bucket_size=None, num_buckets=None,
                                          data_parallel_size=1)
     # per-parameter optimizer state loads into any buckets: nothing to follow
     assert find_resume(_checkpoint(tmp_path / "b", monkeypatch, fmt="fully_reshardable")).buckets is None
