@@ -125,13 +125,25 @@ def test_master_addr_is_the_first_host_of_a_128_node_list(cluster):
         assert out.stdout.strip() == first, out.stderr
 
 
+def _stub_job(run_dir: Path, python: str, *extra: str) -> subprocess.CompletedProcess:
+    """A followed 2-task CPU job whose every task runs `python` as its interpreter instead of the recipe."""
+    return _launch("cluster=slurm", "cluster.device=cpu", "cluster.nproc_cpu=2", "cluster.exclusive=false",
+                   "cluster.follow=true", "cluster.follow_timeout_s=300", f"cluster.python={python}",
+                   f"launch.run_dir={run_dir}", "launch.megatron_validate=false", *extra, timeout=400)
+
+
+def _script_python(path: Path, code: str) -> str:
+    """An interpreter stand-in that runs `code` (ignoring the recipe's argv)."""
+    path.write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -c {shlex.quote(code)}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
 def test_a_failing_job_is_reported_failed(cluster, tmp_path):
     """A job whose ranks fail ends FAILED, and moe-launch exits non-zero with the state."""
     run_dir = tmp_path / "bad"
     # every task's interpreter is /bin/false: both ranks exit 1 at once, srun kills the step
-    real = _launch("cluster=slurm", "cluster.device=cpu", "cluster.nproc_cpu=2", "cluster.exclusive=false",
-                   "cluster.follow=true", "cluster.follow_timeout_s=300", "cluster.python=/bin/false",
-                   f"launch.run_dir={run_dir}", "launch.megatron_validate=false", timeout=400)
+    real = _stub_job(run_dir, "/bin/false")
     assert real.returncode == 1, real.stdout + real.stderr
     rec = json.loads((run_dir / "exit.json").read_text())
     assert rec["state"] == "FAILED" and rec["returncode"] == 1
@@ -154,12 +166,8 @@ raise SystemExit(recorded(main)())
 def test_a_rank_that_raises_is_named_in_the_record(cluster, tmp_path):
     """No torchrun under srun: rank 1's own torch elastic @record writes rank_errors/0/rank_1.json (the path
     command.sh gives it), and the record names the rank and its exception, as torchrun's error file does locally."""
-    run_dir, py = tmp_path / "raises", tmp_path / "python"
-    py.write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -c {shlex.quote(RAISING_RANK)}\n")
-    py.chmod(0o755)
-    real = _launch("cluster=slurm", "cluster.device=cpu", "cluster.nproc_cpu=2", "cluster.exclusive=false",
-                   "cluster.follow=true", "cluster.follow_timeout_s=300", f"cluster.python={py}",
-                   f"launch.run_dir={run_dir}", "launch.megatron_validate=false", timeout=400)
+    run_dir = tmp_path / "raises"
+    real = _stub_job(run_dir, _script_python(tmp_path / "python", RAISING_RANK))
     assert real.returncode == 1, real.stdout + real.stderr
     assert [p.name for p in (run_dir / "rank_errors" / "0").iterdir()] == ["rank_1.json"]
     failure = json.loads((run_dir / "record.json").read_text())["failure"]
@@ -180,13 +188,8 @@ def test_a_rank_killed_by_a_signal_is_named_and_counts_for_a_restart(cluster, tm
     """srun, not torchrun, starts the ranks: its first failed-task line ("task 1: Killed") makes the record
     rank_died / signal with rank 1, the class launch.max_restarts restarts after; this job saved no checkpoint to
     restart from, and moe-launch says so instead of starting over."""
-    run_dir, py = tmp_path / "killed", tmp_path / "python"
-    py.write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -c {shlex.quote(KILLED_RANK)}\n")
-    py.chmod(0o755)
-    real = _launch("cluster=slurm", "cluster.device=cpu", "cluster.nproc_cpu=2", "cluster.exclusive=false",
-                   "cluster.follow=true", "cluster.follow_timeout_s=300", f"cluster.python={py}",
-                   "launch.max_restarts=1", f"launch.run_dir={run_dir}", "launch.megatron_validate=false",
-                   timeout=400)
+    run_dir = tmp_path / "killed"
+    real = _stub_job(run_dir, _script_python(tmp_path / "python", KILLED_RANK), "launch.max_restarts=1")
     assert real.returncode != 0, real.stdout + real.stderr
     failure = json.loads((run_dir / "record.json").read_text())["failure"]
     assert (failure["class"], failure["kind"], failure["rank"]) == ("rank_died", "signal", 1), failure
