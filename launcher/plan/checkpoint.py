@@ -74,6 +74,12 @@ def save_dir(cfg: RunConfig, run_dir: Optional[Path]) -> Optional[str]:
     return str((run_dir / CHECKPOINT_SUBDIR).absolute()) if run_dir is not None else None
 
 
+def resume_point(cfg: RunConfig, run_dir: Optional[Path], resume: Optional[ResumePoint]) -> Optional[ResumePoint]:
+    """The checkpoint this run resumes from: its own save directory's newest (found by launcher/run/resume.py), when
+    it saves and resumes at all; None for a fresh start or an explicit train.load."""
+    return resume if save_dir(cfg, run_dir) is not None and cfg.train.checkpoint.resume else None
+
+
 def distributed_timeout(cfg: RunConfig, res: Resolved) -> int:
     """Minutes before a collective gives up: short where a hang should end a smoke run quickly, long enough
     for a real run's synchronous checkpoint save (all ranks wait on the slowest writer)."""
@@ -90,7 +96,8 @@ def checkpointing(cfg: RunConfig, res: Resolved, run_dir: Optional[Path] = None,
     notes: list[str] = []
     load, step, resumed, buckets = t.load, None, None, ()
     # the run's own newest checkpoint wins over train.load: a relaunch continues, it does not start over
-    if save is not None and ck.resume and resume is not None:
+    resume = resume_point(cfg, run_dir, resume)
+    if resume is not None:
         load, resumed = resume.directory, resume.iteration
         notes.append(f"resuming from {resume.directory} iteration {resume.iteration}")
         flags, why = bucket_flags(cfg, res, resume.buckets)

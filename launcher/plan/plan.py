@@ -15,7 +15,7 @@ from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
 from launcher.plan.estimate_table import estimate_record
 from launcher.plan.facts import launch_facts
-from launcher.plan.checkpoint import Checkpointing, ResumePoint, checkpointing
+from launcher.plan.checkpoint import Checkpointing, ResumePoint, checkpointing, resume_point
 from launcher.plan.megatron.table import OWNED_FLAGS, launch_flags, resolved_flags, table_flags
 from launcher.plan.probe import MachineProbe
 from launcher.plan.resolve import Resolved, resolve
@@ -200,9 +200,7 @@ def build_plan(cfg: RunConfig, probe: MachineProbe, run_dir: Optional[Path] = No
     moe-launch passes) the run saves there and resumes from `resume`; without, the argv is the layout's alone
     unless train.save or train.load name a directory."""
     cfg = apply_tuned(cfg)  # dispatcher.tuned: a dispatcher benchmark's best knobs become fields and flags first
-    ck_cfg = cfg.train.checkpoint
-    resuming = resume if run_dir is not None and ck_cfg.enabled and ck_cfg.resume else None  # as checkpointing()
-    res = resolve_and_validate(cfg, probe, resuming)
+    res = resolve_and_validate(cfg, probe, resume_point(cfg, run_dir, resume))
     cfg = tuned_config(cfg, res.tuned)
     explicit = cfg.train.save is not None or cfg.train.load is not None
     ck = checkpointing(cfg, res, run_dir, resume) if run_dir is not None or explicit else None
