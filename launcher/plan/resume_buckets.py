@@ -26,13 +26,17 @@ from launcher.config.schema import RunConfig
 from launcher.plan.resolve import Resolved
 from launcher.records.checkpoint_buckets import BucketCut, default_bucket_size
 
-BUCKET_FLAGS = ("--ddp-bucket-size", "--ddp-num-buckets")
+# each Megatron argument has this one option string (arguments.py); megatron.extra takes it or the dest name
+BUCKET_FLAGS = {"--ddp-bucket-size": "ddp_bucket_size", "--ddp-num-buckets": "ddp_num_buckets"}
 
 
 def _explicit_bucket_flags(cfg: RunConfig) -> bool:
-    m = cfg.megatron
-    extra = {k.replace("_", "-") for k in (m.extra or {})}
-    return any(f in (m.raw or []) or f[2:] in extra for f in BUCKET_FLAGS)
+    """Whether megatron.raw/extra set the cut themselves, in every spelling Megatron's parser takes ("--flag v",
+    "--flag=v"; an extra key as flag or dest). Not through launcher/plan/megatron/parser.py's dests(): that module
+    leads back here through the flag table (an import cycle)."""
+    raw = {tok.split("=", 1)[0] for tok in cfg.megatron.raw}
+    return any(flag in raw or flag in cfg.megatron.extra or dest in cfg.megatron.extra
+               for flag, dest in BUCKET_FLAGS.items())
 
 
 def _follows(cfg: RunConfig, saved: Optional[BucketCut]) -> bool:

@@ -89,6 +89,12 @@ def test_nothing_changes_where_the_defaults_agree_or_the_user_pinned(gloo_world,
     raw, _ = _resume_plan(tmp_path / "raw", monkeypatch, ["megatron.raw=[--ddp-bucket-size,2000]"],
                           data_parallel_size=64)
     assert raw.argv.count("--ddp-bucket-size") == 1 and raw.argv[raw.argv.index("--ddp-bucket-size") + 1] == "2000"
+    eq, _ = _resume_plan(tmp_path / "raw_eq", monkeypatch, ["megatron.raw=['--ddp-bucket-size=2000']"],
+                         data_parallel_size=64)  # the same flag in argparse's other spelling
+    assert [a for a in eq.argv if a.startswith("--ddp-bucket-size")] == ["--ddp-bucket-size=2000"]
+    extra, _ = _resume_plan(tmp_path / "extra", monkeypatch, ["+megatron.extra.ddp_num_buckets=4"],
+                            data_parallel_size=64)
+    assert "--ddp-bucket-size" not in extra.argv and "--ddp-num-buckets" in extra.argv
     no_dist_opt, _ = _resume_plan(tmp_path / "nodo", monkeypatch, ["parallel.use_distributed_optimizer=false"],
                                   overlap_grad_reduce=False)
     assert "--overlap-grad-reduce" in no_dist_opt.argv  # plain DDP keeps no optimizer state per bucket
