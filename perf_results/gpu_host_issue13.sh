@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13 on the 2x H200 GPU host (after the staging in ../shared/gpu-host/README.md): checkpoints, a dead
 # rank, resume, and what checkpointing costs, on the Qwen3-30B-A3B 8-layer EP2 shape.
-# usage: bash perf_results/gpu_host_issue13.sh kill|saves|d2h OUTDIR [VARIANT ...]
+# usage: bash perf_results/gpu_host_issue13.sh kill|saves|d2h|d2h2 OUTDIR [VARIANT ...]
 #   One 8-layer checkpoint (model, FP32 main params and Adam moments) is 74 GB and the 2-GPU host has 128 GiB of
 #   disk, so the run may hold one checkpoint at a time. Measured 2026-11-30: the async save of iteration 30 was
 #   still being written when iteration 60 began the next one (> 36 s of training at 1.2 s/step), and the disk
@@ -81,11 +81,40 @@ timed("pageable to(cpu)", lambda: [s.to("cpu") for s in src])
 PY
     done
     ;;
+  d2h2)  # the first save of two ranks at once, as at EP 2 (there the first save held training 64.1 s, against
+    # 18.6 s for one GPU's 26 GB): NPROC processes on the one GPU here, each copying GIB x 1 GiB (an EP2 rank's
+    # checkpoint is 37 GB; 2 x 30 GiB pinned fits this host's 128 GiB) with tensor.to("cpu", non_blocking=True),
+    # two rounds, under the default allocator and with pinned_use_cuda_host_register; one process, then two
+    for conf in "expandable_segments:True" \
+        "expandable_segments:True,pinned_use_cuda_host_register:True,pinned_num_register_threads:8"; do
+      for nproc in 1 2; do
+        for p in $(seq 1 $nproc); do
+          PYTORCH_CUDA_ALLOC_CONF=$conf GIB=${GIB:-30} python3 - > $w/d2h2_$p.txt 2>&1 <<'PY' &
+import os, time, torch
+n, gib = int(os.environ["GIB"]), 1 << 30
+src = [torch.empty(gib // 4, dtype=torch.float32, device="cuda") for _ in range(n)]
+torch.cuda.synchronize()
+for r in range(2):
+    t = time.perf_counter()
+    dst = [s.to("cpu", non_blocking=True) for s in src]
+    torch.cuda.synchronize(); dt = time.perf_counter() - t
+    print(f"round {r}: {n} GiB in {dt:.2f} s, {n / dt:.1f} GiB/s"); del dst
+PY
+        done; wait
+        echo "$nproc process(es) at once, PYTORCH_CUDA_ALLOC_CONF=$conf" | tee -a "$out/d2h2.txt"
+        for p in $(seq 1 $nproc); do sed "s/^/  process $p /" $w/d2h2_$p.txt; done | tee -a "$out/d2h2.txt"
+      done
+    done
+    ;;
   saves)
     shift 2
     # one GPU (the only kind lent on 2026-12-01): no EP; 2 layers, about 1.9B parameters and 22 GB a checkpoint (12 bytes each), so that the
     # complete one and the one being written fit the 64 GiB disk of the one-GPU host
     shape=(model.num_layers=4); [ "$(nvidia-smi -L | wc -l)" = 1 ] && shape=(model.num_layers=2 parallel=single cluster.gpus_per_node=1)
+    # SHAPE: other overrides instead, e.g. one EP2 rank's share of the 8-layer shape on the one GPU, 37 GB a
+    # checkpoint, so one save only (ITERS=INTERVAL): SHAPE="model.num_layers=8 model.num_experts=64
+    # parallel=single cluster.gpus_per_node=1 train.global_batch_size=16"
+    [ -n "${SHAPE:-}" ] && read -ra shape <<< "$SHAPE"
     for v in "${@:-default constant}"; do for v in $v; do
       r=$w/saves_$v; rm -rf "$r"
       extra=(); [ "$v" = constant ] && extra=('megatron.raw=[--ckpt-assume-constant-structure]')

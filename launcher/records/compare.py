@@ -55,6 +55,7 @@ def entry_from_record(r: dict) -> dict:
         "failure": r.get("failure"),
         "model": r["model"]["name"], "num_layers": r["model"]["num_layers"],
         "full_num_layers": r["model"]["full_num_layers"],
+        "num_experts": r["model"].get("num_experts"), "full_num_experts": r["model"].get("full_num_experts"),
         "system": r["system"]["hardware"] or ("cpu" if r["system"]["device"] == "cpu" else r["system"]["gpu_name"]),
         "gpu_recorded": bool(r["system"]["gpu_name"]) or r["system"]["device"] == "cpu",
         "gpu_name": r["system"]["gpu_name"], "gpus": lay["world_size"], "precision": r["precision"]["name"],
@@ -163,11 +164,14 @@ def ratios(run: dict, ref: dict) -> list[tuple[str, Any, Any, Optional[float], s
 
 
 def matching_references(run: dict, references: dict[str, dict]) -> list[dict]:
-    """References that are like for like with a run and of the same shape (model, layers, GPUs)."""
+    """References that are like for like with a run and of the same shape (model, layers, GPUs, and the model's
+    own expert count: a run that cut the experts is a different model)."""
     out = []
     for ref in references.values():
         c = like_for_like(run, ref)
         same_shape = all(_norm(k, run.get(k)) == _norm(k, ref.get(k)) for k in ("model", "num_layers", "gpus"))
+        full_experts = run.get("full_num_experts")
+        same_shape = same_shape and (not full_experts or run.get("num_experts") == full_experts)
         if c["like_for_like"] and same_shape:
             out.append(ref)
     return out

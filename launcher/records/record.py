@@ -235,6 +235,7 @@ def build_record(run_dir: Path, warmup: int = DEFAULT_WARMUP, last: Optional[int
         "code": {**(plan_code or {}), "describe": describe(plan_code)} if plan_code else None,
         "model": {"name": model_name, "num_layers": facts["model"]["num_layers"],
                   "full_num_layers": (model_yaml or {}).get("num_layers"),
+                  "full_num_experts": (model_yaml or {}).get("num_experts"),
                   **{k: facts["model"][k] for k in ("num_experts", "topk", "hidden_size")}},
         "system": {
             "device": device, "gpu_name": gpu_name, "hardware": hw_key, "hardware_source": hw_source,

@@ -20,6 +20,11 @@ def failure_label(f: Optional[dict]) -> Optional[str]:
     return f["class"] + (f"/{f['kind']}" if f.get("kind") else "")
 
 
+def _of(full: Any, n: Any) -> str:
+    """' of FULL' where a run cut a count (layers, experts) below its model's own, else ''."""
+    return f" of {full}" if full and full != n else ""
+
+
 def _fmt(x: Any, nd: int = 1, pct: bool = False) -> str:
     if x is None:
         return "-"
@@ -63,7 +68,8 @@ def render_md(r: dict) -> str:
         "| field | value |", "|---|---|",
         f"| status | {r['status']} (exit {_fmt(r['returncode'])}, wall {_fmt(r['wall_s'])} s) |",
         f"| model | {r['model']['name']} ({r['model']['num_layers']} of {_fmt(r['model']['full_num_layers'])} layers, "
-        f"{r['model']['num_experts']} experts, top-{r['model']['topk']}) |",
+        f"{r['model']['num_experts']}{_of(r['model'].get('full_num_experts'), r['model']['num_experts'])} experts, "
+        f"top-{r['model']['topk']}) |",
         f"| system | {gpu} on {sysm['nodes']} node(s), hardware {_fmt(sysm['hardware'])} |",
         f"| versions | megatron-core {_fmt(v['megatron_core'])}, TE {_fmt(v['transformer_engine'])}, torch "
         f"{_fmt(v['torch'])}, CUDA {_fmt(v['cuda'])}, NCCL {_fmt(v['nccl'])}, DeepEP {_fmt(v['deep_ep'])}"

@@ -91,9 +91,11 @@ def _system_label(e: dict) -> str:
 
 def _model_label(e: dict) -> str:
     m, n, full = e.get("model"), e.get("num_layers"), e.get("full_num_layers")
-    if n and full and n != full:
-        return f"{m} ({n} of {full} layers)"
-    return _c(m)
+    cuts = [f"{n} of {full} layers"] if n and full and n != full else []
+    x, full_x = e.get("num_experts"), e.get("full_num_experts")
+    if x and full_x and x != full_x:
+        cuts.append(f"{x} of {full_x} experts")
+    return f"{m} ({', '.join(cuts)})" if cuts else _c(m)
 
 
 def row(e: dict, link: Optional[str] = None) -> list[str]:

@@ -51,6 +51,16 @@ def test_like_for_like_with_its_issue6_reference(runs, refs):
     assert "**Like for like**" in text and "not stated" in text    # the issue gives no tokens/s for dropless
 
 
+def test_a_run_with_fewer_experts_matches_no_reference(refs):
+    """Same model name, layers and GPUs as a reference, but 64 of the 128 experts: not the same shape."""
+    cut = entry_from_record(build_record(RUNS / "issue17_q30b_8l_rank_of_ep2_forced_balance_mbs8"))
+    assert cut["num_experts"] == 64 and compare.matching_references(cut, refs) == []
+    same = dict(cut, num_experts=128, full_num_experts=128, gpus=2)
+    ref = refs["issue6_h200x2_qwen3_30b_a3b_8l_ep2_dropless"]
+    assert compare.matching_references(same, {"r": ref}) == compare.matching_references(
+        dict(same, num_experts=None, full_num_experts=None), {"r": ref})
+
+
 def test_routing_difference_is_flagged(runs):
     text = render(runs["qwen3_30b_a3b_8l_ep2_forced_balance"], runs["qwen3_30b_a3b_8l_ep2_dropless"])
     assert "**NOT like for like**: routing mode differs (forced_balance vs dropless)" in text

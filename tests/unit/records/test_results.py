@@ -55,6 +55,17 @@ def test_row_of_a_run_and_of_a_reference():
     assert "source: seed 000_60544ec4f5cf3959.txt" in cells["Notes"]
 
 
+def test_a_run_that_cut_the_experts_says_so():
+    """The one-GPU stand-in for an EP2 rank holds 64 of Qwen3-30B-A3B's 128 experts: its row and record must
+    not read as the model's own 8-layer shape."""
+    r = build_record(PERF / "runs" / "issue17_q30b_8l_rank_of_ep2_forced_balance_mbs8")
+    assert (r["model"]["num_experts"], r["model"]["full_num_experts"]) == (64, 128)
+    cells = dict(zip(results.COLUMNS, results.row(entry_from_record(r), "runs/x/record.md")))
+    assert cells["Model"] == "qwen3_30b_a3b (8 of 48 layers, 64 of 128 experts)"
+    assert "| model | qwen3_30b_a3b (8 of 48 layers, 64 of 128 experts, top-8) |" in \
+        (PERF / "runs" / "issue17_q30b_8l_rank_of_ep2_forced_balance_mbs8" / "record.md").read_text()
+
+
 def test_replace_block_is_idempotent():
     t = results.replace_block("# x\n", "results", "| a |")
     assert results.replace_block(t, "results", "| a |") == t
