@@ -40,8 +40,8 @@ def dropless(tmp_path_factory):
 def test_record_of_the_2gpu_dropless_run(dropless):
     r = dropless
     assert r["schema"] == record.SCHEMA and r["status"] == "ok" and r["failure"] is None
-    assert r["model"] == {"name": "qwen3_30b_a3b", "num_layers": 8, "full_num_layers": 48, "full_num_experts": 128, "num_experts": 128,
-                          "topk": 8, "hidden_size": 2048}
+    assert r["model"] == {"name": "qwen3_30b_a3b", "num_layers": 8, "full_num_layers": 48, "full_num_experts": 128,
+                          "num_experts": 128, "topk": 8, "hidden_size": 2048}
     assert (r["dispatcher"], r["routing"], r["precision"]["name"], r["recompute"]) == \
         ("alltoall", "dropless", "bf16", "none")
     assert r["parallel"]["ep"] == 2 and r["parallel"]["dp"] == 2 and r["parallel"]["edp"] == 1
