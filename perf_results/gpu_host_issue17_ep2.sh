@@ -2,7 +2,8 @@
 # Issue 17, item 2 on the 2x H200 GPU host (after the staging in ../shared/gpu-host/README.md): the EP2 bench preset
 # (Qwen3-30B-A3B cut to 8 layers, EP 2, seq 4096, GBS 32, BF16, 12 steps) with what one H200 measured on
 # 2026-12-01: the lean loss forming its gradient in backward (MBS 8 now fits: predicted 96.3 GiB per GPU, was an
-# OOM in the native loss's logits), per routing and dispatcher. Targets: 400 TFLOP/s/GPU forced balance, 380 dropless.
+# OOM in the native loss's logits; one rank's work on one GPU peaked at 100.5 GiB and ran 431.1 TFLOP/s forced,
+# 421.3 dropless, the ceiling here: gpu_host_issue17_rank.sh), per routing and dispatcher. Targets: 400 TFLOP/s/GPU forced balance, 380 dropless.
 # usage: [DISPATCHERS="alltoall hybridep"] [MBS="4 8"] [EXTRA="k=v ..." TAG=_x] \
 #          bash perf_results/gpu_host_issue17_ep2.sh OUTDIR
 #   hybridep needs deep_ep (the hybrid-ep branch, built outside the repository: perf_results/gpu_host_issue16.sh)
