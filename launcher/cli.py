@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         composed, cfg = compose(args)
         executor = executor_for(cfg)
         run_dir = Path(cfg.launch.run_dir) if cfg.launch.run_dir else default_run_dir(cfg)
-        check_run_dir(run_dir)  # before the plan: Megatron's validator takes half a minute
+        check_run_dir(run_dir, cfg)  # before the plan: Megatron's validator takes half a minute
         # a directory in use is refused before its checkpoints are read; a new one is made only for a valid plan
         lock = lock_run_dir(run_dir) if run_dir.exists() else None
         probe = detect()

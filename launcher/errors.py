@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import difflib
 from enum import Enum
-from typing import Any, Iterable, Optional
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
 
 
 class ConfigError(ValueError):
@@ -21,6 +22,27 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
     return value
+
+
+def make_dir(path: Union[str, Path], field: str) -> Path:
+    """mkdir -p for a directory the user named, answering one this machine cannot make (a file in the way, no
+    permission, /proc, a read-only mount) with one line instead of an OSError traceback."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(field, str(path), f"cannot be created ({e.strerror})",
+                          f"point {field} at a writable directory") from None
+    return p
+
+
+def write_text(path: Union[str, Path], text: str, field: str) -> None:
+    """Write a file the user named; one line when it cannot be written (no such directory, a directory there)."""
+    try:
+        Path(path).write_text(text)
+    except OSError as e:
+        raise ConfigError(field, str(path), f"cannot be written ({e.strerror})",
+                          f"point {field} at a file in a writable directory") from None
 
 
 def closest(word: str, options: Iterable[str], n: int = 1) -> Optional[str]:

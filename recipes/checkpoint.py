@@ -27,8 +27,8 @@ from launcher.records.checkpoint_dir import TRACKER
 ARG = "moe_grouped_gemm_impl"       # attribute added to Megatron's args, saved with them
 
 
-class ResumeError(ValueError):
-    """A checkpoint that this run cannot resume exactly; the message is the one line to print."""
+class CheckpointError(ValueError):
+    """A checkpoint this run cannot load, resume exactly or write; the message is the one line to print."""
 
 
 def stamp(args, impl: str) -> None:
@@ -52,6 +52,32 @@ def checkpoint_dir(load: str, ckpt_step: Optional[int]) -> Optional[str]:
     return path if os.path.isdir(path) else None
 
 
+def check_paths(args) -> None:
+    """Raise CheckpointError when --load names another directory that holds no checkpoint (Megatron would warn and
+    start from random weights: the login side checks what it can see, launcher/plan/checkpoint.py check_load,
+    and a Slurm run's path is seen only here), or when --save cannot be written (Megatron would fail at the
+    first save, an interval of training later)."""
+    own = args.save and os.path.abspath(args.load or "") == os.path.abspath(args.save)
+    if args.load and not own and checkpoint_dir(args.load, args.ckpt_step) is None:
+        raise CheckpointError(
+            f"train.load={args.load}: holds no Megatron checkpoint ({TRACKER} and the iter_ directory it names), so "
+            "Megatron would start from random weights. Fix: point it at a run's checkpoints directory "
+            "(<run_dir>/checkpoints), or leave it unset for a fresh start")
+    if not args.save:
+        return
+    try:
+        os.makedirs(args.save, exist_ok=True)  # every rank: each node may mount it differently
+        writable = os.access(args.save, os.W_OK | os.X_OK)
+    except OSError as e:
+        writable, why = False, e.strerror
+    else:
+        why = "not writable"
+    if not writable:
+        raise CheckpointError(
+            f"train.save={args.save}: cannot be written here ({why}), so the first save would fail after an "
+            "interval of training. Fix: point train.save (or launch.run_dir) at shared storage these nodes can write")
+
+
 def _same_buckets(saved: BucketCut) -> str:
     """The overrides that cut this run's buckets as the saving run did."""
     if not saved.overlap_grad_reduce:
@@ -61,7 +87,7 @@ def _same_buckets(saved: BucketCut) -> str:
 
 
 def check_resume(args, impl: str) -> None:
-    """Raise ResumeError when args.load would put bucket-ordered optimizer state under other parameters: another
+    """Raise CheckpointError when args.load would put bucket-ordered optimizer state under other parameters: another
     implementation's experts, or other gradient buckets."""
     if not args.load or args.no_load_optim or args.finetune or not args.use_distributed_optimizer:
         return
@@ -78,7 +104,7 @@ def _check_buckets(args, path: str, fmt: str, saved_args) -> None:
     saved, now = BucketCut.of(saved_args), BucketCut.of(args)
     if saved is None or now is None or saved.describe() == now.describe():
         return
-    raise ResumeError(
+    raise CheckpointError(
         f"train.load={args.load}: {os.path.basename(path)} keeps the distributed optimizer's state in the bucket "
         f"format ({fmt}) of {saved.describe()}; this run would cut {now.describe()}, and Megatron's loader would "
         f"fail on the shapes. Fix: resume with {_same_buckets(saved)}, or start a fresh optimizer with "
@@ -89,7 +115,7 @@ def _check_buckets(args, path: str, fmt: str, saved_args) -> None:
 def _check_experts(args, impl: str, path: str, fmt: str, saved_args) -> None:
     saved = getattr(saved_args, ARG, "te")  # checkpoints from before this stamp: Megatron's own experts
     if saved != impl:
-        raise ResumeError(
+        raise CheckpointError(
             f"train.load={args.load}: {os.path.basename(path)} was saved with model.moe_grouped_gemm_impl={saved} "
             f"and the distributed optimizer's bucket format ({fmt}), whose optimizer state follows that "
             f"implementation's parameter order, not this run's ({impl}). Fix: resume with "

@@ -139,8 +139,9 @@ def main(argv: list[str]) -> int:
 
     checkpoint.stamp(args, impl)  # saved with every checkpoint: which expert layout wrote its optimizer state
     try:
+        checkpoint.check_paths(args)
         checkpoint.check_resume(args, impl)
-    except checkpoint.ResumeError as e:
+    except checkpoint.CheckpointError as e:
         if args.rank == 0:
             print(f"recipes.pretrain: error: {e}", file=sys.stderr, flush=True)
         return 3

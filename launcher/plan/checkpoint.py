@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import RunConfig
+from launcher.errors import ConfigError
 from launcher.plan.resolve import Resolved
 from launcher.plan.resume_buckets import bucket_flags
 from launcher.records.checkpoint_buckets import BucketCut
+from launcher.records.checkpoint_dir import TRACKER
 from launcher.plan.tuned import async_saves
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -80,6 +82,21 @@ def resume_point(cfg: RunConfig, run_dir: Optional[Path], resume: Optional[Resum
     return resume if save_dir(cfg, run_dir) is not None and cfg.train.checkpoint.resume else None
 
 
+def check_load(cfg: RunConfig) -> None:
+    """train.load must hold a checkpoint where this machine can see it: without its tracker file Megatron 0.19.2
+    warns and starts from random weights (checkpointing.py _load_base_checkpoint), a silent fresh start. A path
+    that does not exist here on a Slurm or container run may live on the cluster: the ranks check it there
+    (recipes/checkpoint.py check_load)."""
+    path = Path(cfg.train.load)
+    if not path.exists() and cfg.cluster.executor != "local":
+        return
+    if (path / TRACKER).is_file():
+        return
+    raise ConfigError("train.load", cfg.train.load, f"holds no Megatron checkpoint ({TRACKER} missing), so Megatron "
+                      "would start from random weights", "point it at a run's checkpoints directory "
+                      "(<run_dir>/checkpoints), or leave it unset for a fresh start")
+
+
 def distributed_timeout(cfg: RunConfig, res: Resolved) -> int:
     """Minutes before a collective gives up: short where a hang should end a smoke run quickly, long enough
     for a real run's synchronous checkpoint save (all ranks wait on the slowest writer)."""
@@ -107,6 +124,8 @@ def checkpointing(cfg: RunConfig, res: Resolved, run_dir: Optional[Path] = None,
             notes.append(f"warning: skipping incomplete checkpoint {skipped}")
         if resume.tracker != resume.iteration:
             step = resume.iteration  # Megatron reads the tracker file unless told the step
+    if resume is None and t.load and (save is None or Path(t.load).absolute() != Path(save).absolute()):
+        check_load(cfg)  # not its own save directory: that one is empty at a fresh start, on purpose
     if ck.init_from and resumed is None:
         notes.append(f"starting from the weights in {ck.init_from} (train.checkpoint.init_from: model only, "
                      "fresh optimizer, iteration 0)")

@@ -37,8 +37,10 @@ _PREFIX = re.compile(r"^\s*(?:\[rank(\d+)\]:|\[default(\d+)\]:|(\d+):)\s?")
 _RULES: list[tuple[str, str, re.Pattern]] = [
     ("bad_config", "launcher", re.compile(r"moe-launch: error: ")),
     ("bad_config", "megatron parser", re.compile(r"recipes\.pretrain: error: (unrecognized arguments|argument )")),
-    # recipes/checkpoint.py: a checkpoint this run cannot resume exactly (other experts or gradient buckets)
+    # recipes/checkpoint.py: a checkpoint this run cannot load or resume exactly (none there, other experts or
+    # gradient buckets), or a save directory these ranks cannot write
     ("bad_config", "resume", re.compile(r"recipes\.pretrain: error: train\.load=")),
+    ("bad_config", "checkpoint directory", re.compile(r"recipes\.pretrain: error: train\.save=")),
     ("bad_config", "megatron check",
      re.compile(r"AssertionError.*|ValueError: .*(must be|should be|not supported|divisible)")),
     ("missing_backend", "incompatible",
@@ -92,7 +94,8 @@ class FailureInfo:
     """One of CLASSES."""
     kind: Optional[str] = None
     """Refinement: oom: cuda; timeout: nccl | gloo | dispatcher | rendezvous; missing_backend:
-    not installed | incompatible; bad_config: launcher | megatron parser | resume | megatron check."""
+    not installed | incompatible; bad_config: launcher | megatron parser | resume | checkpoint directory |
+    megatron check."""
     summary: str = ""
     """One line a person reads first."""
     rank: Optional[int] = None

@@ -18,6 +18,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,19 +34,26 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """Before the plan (Megatron's validator takes half a minute): the run directory can be made here. Its
-    nearest existing ancestor must be a writable directory, and the directory itself, if it exists, too."""
-    field = "launch.run_dir"
-    probe = run_dir.expanduser().absolute()
+def check_run_dir(run_dir: Path, cfg: Optional[RunConfig] = None) -> None:
+    """Before the plan (Megatron's validator takes half a minute): the run directory can be made here, and so can
+    train.save of a local run (else Megatron fails at the first save, an interval of training later; on Slurm the
+    ranks check it, recipes/checkpoint.py)."""
+    _check_creatable(run_dir, "launch.run_dir")
+    if cfg is not None and cfg.train.save and cfg.cluster.executor == "local":
+        _check_creatable(Path(cfg.train.save), "train.save")
+
+
+def _check_creatable(path: Path, field: str) -> None:
+    """The nearest existing ancestor must be a writable directory, and the directory itself, if it exists, too."""
+    probe = path.expanduser().absolute()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise ConfigError(field, str(run_dir), f"{probe} is a file, so no directory can be made under it",
-                          "choose a launch.run_dir outside it")
+        raise ConfigError(field, str(path), f"{probe} is a file, so no directory can be made under it",
+                          f"choose a {field} outside it")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(field, str(run_dir), f"{probe} is not writable here",
-                          "choose a launch.run_dir on a writable filesystem (or run from a writable directory)")
+        raise ConfigError(field, str(path), f"{probe} is not writable here",
+                          f"choose a {field} on a writable filesystem (or run from a writable directory)")
 
 
 def write_run_dir(run_dir: Path, composed: DictConfig, plan: LaunchPlan, workdir: Path,

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, make_dir
 from launcher.records.error_file import NAME as ERROR_FILE, RANK_ERRORS
 
 LOCK = ".lock"
@@ -26,7 +26,7 @@ RAN = ("train.log", "exit.json", "job.json")  # an attempt that started (a dry r
 
 def lock_run_dir(run_dir: Path) -> IO[str]:
     """Take the run directory's lock or stop with one line; keep the returned file open for the whole run."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir, "launch.run_dir")  # e.g. under /proc, or a read-only mount that os.access called writable
     fh = open(run_dir / LOCK, "a+")
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

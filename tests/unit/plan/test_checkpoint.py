@@ -84,10 +84,28 @@ def test_an_incomplete_newer_checkpoint_is_skipped_with_ckpt_step():
     assert any(n.startswith("warning: skipping incomplete checkpoint iter_0000020") for n in plan.checkpoint.notes)
 
 
-def test_explicit_load_starts_from_another_run_but_the_runs_own_checkpoint_wins():
-    assert _flag(_plan(["train.load=/other/ckpt"]).argv, "--load") == "/other/ckpt"
+def test_explicit_load_starts_from_another_run_but_the_runs_own_checkpoint_wins(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "latest_checkpointed_iteration.txt").write_text("10\n")
+    assert _flag(_plan([f"train.load={other}"]).argv, "--load") == str(other)
     point = ResumePoint(directory="/runs/r1/checkpoints", iteration=10, tracker=10)
-    assert _flag(_plan(["train.load=/other/ckpt"], resume=point).argv, "--load") == "/runs/r1/checkpoints"
+    # resuming its own checkpoint, the run no longer reads train.load, which may since have gone
+    assert _flag(_plan(["train.load=/gone/ckpt"], resume=point).argv, "--load") == "/runs/r1/checkpoints"
+
+
+def test_a_load_directory_without_a_checkpoint_is_refused_not_a_silent_fresh_start(tmp_path):
+    """Megatron 0.19.2 warns and starts from random weights when --load has no tracker file."""
+    for path in (tmp_path / "typo", tmp_path):
+        with pytest.raises(ConfigError, match="holds no Megatron checkpoint") as e:
+            _plan([f"train.load={path}"])
+        assert e.value.field == "train.load" and "Fix:" in str(e.value)
+    # its own save directory, empty at a fresh start: the usual save=load idiom
+    same = tmp_path / "ckpt"
+    assert _flag(_plan([f"train.save={same}", f"train.load={same}"]).argv, "--load") == str(same)
+    # a Slurm run's path that does not exist here may be the cluster's: the ranks check it (recipes/checkpoint.py)
+    slurm = _plan(["cluster=slurm", "cluster.gpus_per_node=1", "train.load=/lustre/other/ckpt"])
+    assert _flag(slurm.argv, "--load") == "/lustre/other/ckpt"
 
 
 @pytest.mark.parametrize("overrides,field", [

@@ -180,7 +180,7 @@ def test_resume_refuses_bucket_optimizer_state_of_the_other_implementation(group
 
     args = _args(_checkpoint(tmp_path / "ckpt", monkeypatch, saved, fmt))
     if refused:
-        with pytest.raises(checkpoint.ResumeError, match=f"model.moe_grouped_gemm_impl={saved or 'te'} .*Fix:"):
+        with pytest.raises(checkpoint.CheckpointError, match=f"model.moe_grouped_gemm_impl={saved or 'te'} .*Fix:"):
             checkpoint.check_resume(args, impl)
         args.no_load_optim = True  # a fresh optimizer: only the model loads, and that layout is shared
     checkpoint.check_resume(args, impl)
@@ -212,7 +212,7 @@ def test_resume_refuses_optimizer_state_of_other_gradient_buckets(groups, tmp_pa
     if fix is None:
         checkpoint.check_resume(args, "torch")
         return
-    with pytest.raises(checkpoint.ResumeError, match="bucket format") as e:
+    with pytest.raises(checkpoint.CheckpointError, match="bucket format") as e:
         checkpoint.check_resume(args, "torch")
     assert fix in str(e.value) and "\n" not in str(e.value)
     args.no_load_optim = True  # a fresh optimizer: only the model loads
