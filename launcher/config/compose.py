@@ -153,6 +153,10 @@ def compose(overrides: list[str]) -> tuple[DictConfig, RunConfig]:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    option = next((o for o in overrides if o.startswith("-")), None)
+    if option:  # Hydra's lexer would say "LexerNoViableAltException: --out", naming nothing
+        raise ConfigError("option", option, "is neither an option of this command nor a key=value override",
+                          "see the command's --help")
     register_configs()
     GlobalHydra.instance().clear()
     try:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, make_dir
 from launcher.records.outputs import PERF_RESULTS_SWITCH, SWITCH_HELP, refuse_committed
 from launcher.records.legacy_argv import _flag
 from launcher.records.steady import DEFAULT_WARMUP, steady_medians, steady_state, tokens_per_s_per_gpu
@@ -295,11 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         mbs_list = [int(x) for x in a.peer_mbs.split(",") if x.strip()]
         specs = {m: peer_spec(cfg, m, cfg.train.train_iters, a.experts_impl, profile_steps=profile)
                  for m in mbs_list}
+        out = make_dir(a.out or f"runs/bench-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}", "--out")
     except (ConfigError, ValueError) as e:
         print(f"moe-bench: error: {e}", file=sys.stderr)
         return 2
-    out = Path(a.out or f"runs/bench-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
     (out / "bench_command.txt").write_text("moe-bench " + " ".join(shlex.quote(x) for x in
                                                                   (sys.argv[1:] if argv is None else argv)) + "\n")
     launch = [sys.executable, "-m", "launcher", *_ours_overrides(a.overrides, out, a.dry_run or a.no_ours, profile)]

@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, make_dir
 from launcher.tools.usage import args_or_help
 
 OPTIONS = {"import": ("--hf", "--out"),
@@ -117,6 +117,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         prepare = {"import": convert_io.prepare_import, "export": convert_io.prepare_export,
                    "compare": convert_io.prepare_compare}[direction]
         job = prepare(opts, overrides)
+        make_dir(job.out, "--out")
     except convert_io.Mismatches as e:
         for err in e.errors:
             print(f"moe-convert: error: {err}", file=sys.stderr)
@@ -126,7 +127,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     for line in job.lines:
         print(f"moe-convert: {line}")
-    job.out.mkdir(parents=True, exist_ok=True)
     try:
         rc = run_recipe(job.entry, job.recipe_argv, job.env, job.out / job.log_name)
         if rc == 0:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import RunConfig
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, make_dir
 from launcher.tools.usage import args_or_help
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,12 +135,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         device = "cuda" if probe.gpus > 0 else "cpu"
         nproc = int(opts["--nproc"] or (probe.gpus if device == "cuda" else 2))
         spec = spec_for(cfg, opts["--backends"].split(","), device, nproc, int(opts["--iters"]))
+        out_dir = make_dir(opts["--out-dir"], "--out-dir")
     except (ConfigError, ValueError) as e:
         print(f"moe-dispatch-bench: error: {e}", file=sys.stderr)
         return 2
     name = opts["--name"] or f"{cfg.model.name}_ep{nproc}_{device}"
-    out_dir = Path(opts["--out-dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_file.write_text(json.dumps(spec))

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, write_text
 from launcher.tools.usage import args_or_help
 
 
@@ -54,7 +54,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                  f"{cfg.recompute.granularity} {list(cfg.recompute.modules)}, {cfg.precision.name}\n")
         print(render_table(est, estimate_flops(cfg), title))
         if out is not None:
-            out.write_text(json.dumps(estimate_record(cfg, res), indent=1) + "\n")
+            write_text(out, json.dumps(estimate_record(cfg, res), indent=1) + "\n", "--json")
         check_fits(cfg, res, est)
     except ConfigError as e:
         print(f"moe-estimate: error: {e}", file=sys.stderr)

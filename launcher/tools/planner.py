@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, make_dir, write_text
 from launcher.tools.usage import args_or_help
 
 GiB = 2 ** 30
@@ -199,6 +199,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise ConfigError("--gpus", opts.gpus, "is required and must be positive", "e.g. --gpus 256")
         if opts.calibrate and opts.out is None:
             raise ConfigError("--calibrate", opts.calibrate, "needs --out DIR for the runs", "add --out runs/plan1")
+        if opts.calibrate:
+            make_dir(opts.out, "--out")
         cal = read_calibration(opts.dispatch_calibration) if opts.dispatch_calibration else None
         base = base_overrides(overrides, opts.seq, opts.gbs)
         cfg, clus = compose_base(base, opts.gpus, opts.seq)
@@ -218,10 +220,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                                      if cal else ""))
     print(render(results, base, clus, verdicts, stats))
     if opts.json:
-        opts.json.write_text(json.dumps([{"overrides": r.candidate.overrides(), "label": r.candidate.label(),
-                                          "tflops_per_gpu": r.prediction.tflops_per_gpu, "step_s": r.prediction.step_s,
-                                          "parts": r.prediction.parts, "peak_bytes": r.peak_bytes} for r in results],
-                                        indent=1) + "\n")
+        try:
+            write_text(opts.json, json.dumps([{"overrides": r.candidate.overrides(), "label": r.candidate.label(),
+                                               "tflops_per_gpu": r.prediction.tflops_per_gpu,
+                                               "step_s": r.prediction.step_s, "parts": r.prediction.parts,
+                                               "peak_bytes": r.peak_bytes} for r in results], indent=1) + "\n",
+                       "--json")
+        except ConfigError as e:
+            print(f"moe-plan: error: {e}", file=sys.stderr)
+            return 2
     if opts.calibrate:
         for i, (r, m) in enumerate(calibrate(results, base, clus, opts.calibrate, opts.out, opts.iters)):
             print(f"measured #{i + 1}: {m.get('value') or '-'} TFLOP/s/GPU  {r.candidate.label()}")

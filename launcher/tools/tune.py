@@ -24,11 +24,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import yaml
 
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, make_dir
 from launcher.records.steady import steady_medians
 from launcher.records.record_md import failure_label
 
@@ -51,10 +51,20 @@ def merge(*layers: list[str]) -> list[str]:
     return list(out.values())
 
 
+def _read(path: Path, field: str, parse) -> Any:
+    """A file the user named, parsed; one line when it is missing or does not parse (the parser's first line)."""
+    try:
+        return parse(path.read_text())
+    except OSError as e:
+        raise ConfigError(field, str(path), f"cannot be read ({e.strerror})", "give the path of an existing file")
+    except (yaml.YAMLError, ValueError) as e:
+        raise ConfigError(field, str(path), f"does not parse: {' '.join(str(e).split())}", "fix its syntax")
+
+
 def load_steps(path: Path) -> dict:
-    doc = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(doc.get("base"), list) or not isinstance(doc.get("steps"), list):
-        raise ConfigError(str(path), "-", "a tuning file has a 'base' list of overrides and a 'steps' list",
+    doc = _read(path, "steps", yaml.safe_load) or {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("base"), list) or not isinstance(doc.get("steps"), list):
+        raise ConfigError("steps", str(path), "a tuning file has a 'base' list of overrides and a 'steps' list",
                           "see `moe-tune --help` for the format")
     for i, s in enumerate(doc["steps"]):
         if not isinstance(s, dict) or "name" not in s or ("overrides" in s) == ("options" in s):
@@ -65,7 +75,10 @@ def load_steps(path: Path) -> dict:
 
 def inherited(path: Path, skip: list[str]) -> list[str]:
     """The changes another chain kept (its kept overrides minus its base), minus shape-specific keys."""
-    doc = json.loads(path.read_text())
+    doc = _read(path, "--inherit", json.loads)
+    if not isinstance(doc, dict) or not {"base", "kept_overrides"} <= set(doc):
+        raise ConfigError("--inherit", str(path), "is not a moe-tune tune.json (no base / kept_overrides)",
+                          "give the tune.json of an earlier moe-tune --out")
     base = set(doc["base"])
     return [o for o in doc["kept_overrides"] if o not in base and key_of(o) not in skip]
 
@@ -184,13 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_intermixed_args(sys.argv[1:] if argv is None else argv)  # overrides before or after --out
     try:
         doc = load_steps(Path(a.steps))
-    except (ConfigError, yaml.YAMLError) as e:
+        if a.inherit:
+            doc["base"] = merge(doc["base"], inherited(Path(a.inherit), a.inherit_skip.split(",")))
+        out = make_dir(a.out, "--out")
+    except ConfigError as e:
         print(f"moe-tune: error: {e}", file=sys.stderr)
         return 2
-    if a.inherit:
-        doc["base"] = merge(doc["base"], inherited(Path(a.inherit), a.inherit_skip.split(",")))
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = Tuner(doc, out, a.overrides, a.metric, a.threshold).run()
     print(render(result))
     return 0

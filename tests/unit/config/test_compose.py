@@ -150,6 +150,14 @@ def test_override_syntax_error_is_one_line():
     _one_line(ei.value)
 
 
+def test_an_unknown_option_is_named_as_one():
+    """An option a tool does not take reaches the overrides (moe-doctor --out X): Hydra's lexer named nothing."""
+    with pytest.raises(ConfigError) as ei:
+        compose(["model=tiny_moe", "--out", "/tmp/x"])
+    assert (ei.value.field, ei.value.value) == ("option", "--out") and "neither an option" in str(ei.value)
+    _one_line(ei.value)
+
+
 @pytest.mark.parametrize("override,field,near", [
     ("+model.num_expert=4", "model.num_expert", "did you mean model.num_experts?"),
     ("+parallel.sequence_paralel=true", "parallel.sequence_paralel", "did you mean parallel.sequence_parallel?"),

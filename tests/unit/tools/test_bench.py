@@ -251,6 +251,13 @@ def test_gated_delta_net_refuses_the_triton_fla_refuses(capability, triton, tile
 
 # ------------------------------------------------------------------------------------------- failures (issue 17)
 
+def test_an_out_directory_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert bench.main(["--peer-mbs", "2", "--out", str(tmp_path / "file" / "b"), "train.train_iters=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moe-bench: error: --out=") and err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_our_side_refused_by_a_rule_is_one_line_and_non_zero(tmp_path, capsys):
     """A rule refuses our side before it plans (no ours/plan.json): the refusal, one line, non-zero, no peer run."""
     rc = bench.main(["--peer-mbs", "2", "--out", str(tmp_path), "train.train_iters=3", "dispatcher=deepep"])

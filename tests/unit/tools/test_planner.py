@@ -127,7 +127,11 @@ def test_cli_prints_ready_to_run_overrides(capsys):
 @pytest.mark.parametrize("args, text", [(["model=qwen3_30b_a3b"], "--gpus"),
                                          (["model=qwen3_30b_a3b", "--gpus", "12"], "multiple of the 8"),
                                          (["model=qwen3_30b_a3b", "--gpus", "8", "--bogus"], "not an option"),
-                                         (["model=qwen3_30b_a3b", "--gpus", "8", "--calibrate", "2"], "--out")])
+                                         (["model=qwen3_30b_a3b", "--gpus", "8", "--calibrate", "2"], "--out"),
+                                         (["model=qwen3_30b_a3b", "--gpus", "8", "--calibrate", "2", "--out",
+                                           "/proc/moe-test/x"], "--out='/proc/moe-test/x': cannot be created"),
+                                         (["model=qwen3_30b_a3b", "--gpus", "8", "--json", "/proc/moe-test/x"],
+                                          "--json='/proc/moe-test/x': cannot be written")])
 def test_bad_input_is_one_line(args, text, capsys):
     assert planner.main(args) == 2
     err = capsys.readouterr().err.strip()

@@ -86,6 +86,33 @@ def test_bad_tuning_file_is_refused(tmp_path):
     assert tune.main([str(p), "--out", str(tmp_path / "o")]) == 2
 
 
+@pytest.mark.parametrize("text,rule", [
+    (None, "cannot be read"), ("base: [", "does not parse"), ("just a string", "a 'base' list"),
+])
+def test_a_tuning_file_that_is_missing_or_not_one_is_one_line(tmp_path, capsys, text, rule):
+    p = tmp_path / "t.yaml"
+    if text is not None:
+        p.write_text(text)
+    with pytest.raises(ConfigError, match=rule) as e:
+        tune.load_steps(p)
+    assert e.value.field == "steps" and "\n" not in str(e.value)
+    assert tune.main([str(p), "--out", str(tmp_path / "o")]) == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_an_out_directory_or_inherited_chain_that_does_not_work_is_one_line(tmp_path, capsys):
+    good = tmp_path / "t.yaml"
+    good.write_text("base: [model=tiny_moe]\nsteps: []\n")
+    blocker = tmp_path / "file"
+    blocker.write_text("not json")
+    assert tune.main([str(good), "--out", str(blocker / "o")]) == 2
+    assert "moe-tune: error: --out=" in capsys.readouterr().err
+    assert tune.main([str(good), "--out", str(tmp_path / "o"), "--inherit", str(blocker)]) == 2
+    assert "moe-tune: error: --inherit=" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not a moe-tune tune.json"):
+        tune.inherited(tmp_path / "other.json", [])
+
+
 def test_committed_tuning_files_load():
     from pathlib import Path
 
