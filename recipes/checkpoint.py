@@ -13,8 +13,9 @@ map bucket-ordered optimizer state onto the other implementation is refused befo
 The same formats key that state by gradient bucket, so a resume whose buckets are cut elsewhere (the gradient
 overlap on one side only: parallel.overlap_grad_reduce=auto turns it off at data-parallel size 1; another
 --ddp-bucket-size) fails in Megatron's loader with a shape mismatch: refused here with the fix instead. A relaunch
-into the run's own directory already cuts them as its checkpoint did where they were left to auto
-(launcher/plan/resume_buckets.py); what reaches this check is a pinned value or another run's train.load.
+into the run's own directory, or a start from another run's train.load that the login node can see, already cuts
+them as its checkpoint did where they were left to auto (launcher/plan/resume_buckets.py); what reaches this check
+is a pinned value or a train.load only the ranks see (a Slurm path).
 """
 from __future__ import annotations
 

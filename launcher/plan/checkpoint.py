@@ -21,8 +21,8 @@ from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
 from launcher.plan.resolve import Resolved
 from launcher.plan.resume_buckets import bucket_flags
-from launcher.records.checkpoint_buckets import BucketCut
-from launcher.records.checkpoint_dir import TRACKER
+from launcher.records.checkpoint_buckets import BucketCut, read_saved_buckets
+from launcher.records.checkpoint_dir import TRACKER, tracker_iteration
 from launcher.plan.tuned import async_saves
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -82,6 +82,28 @@ def resume_point(cfg: RunConfig, run_dir: Optional[Path], resume: Optional[Resum
     return resume if save_dir(cfg, run_dir) is not None and cfg.train.checkpoint.resume else None
 
 
+def other_load(cfg: RunConfig, save: Optional[str]) -> bool:
+    """Whether train.load names another directory than the run's own save directory (which is empty at a fresh
+    start, on purpose: the save=load idiom)."""
+    load = cfg.train.load
+    return bool(load) and (save is None or Path(load).absolute() != Path(save).absolute())
+
+
+def loaded_buckets(cfg: RunConfig, save: Optional[str]) -> Optional[BucketCut]:
+    """The gradient-bucket cut of the checkpoint train.load's tracker names, where this machine sees it and it is
+    another run's (a resume of its own reads its newest, launcher/run/resume.py); None otherwise."""
+    if not other_load(cfg, save):
+        return None
+    step = tracker_iteration(Path(cfg.train.load))
+    return read_saved_buckets(Path(cfg.train.load) / f"iter_{step:07d}") if step is not None else None
+
+
+def saved_buckets(cfg: RunConfig, run_dir: Optional[Path], resume: Optional[ResumePoint]) -> Optional[BucketCut]:
+    """The bucket cut of the checkpoint this run loads: its own newest when it resumes, else train.load's."""
+    point = resume_point(cfg, run_dir, resume)
+    return point.buckets if point is not None else loaded_buckets(cfg, save_dir(cfg, run_dir))
+
+
 def check_load(cfg: RunConfig) -> None:
     """train.load must hold a checkpoint where this machine can see it: without its tracker file Megatron 0.19.2
     warns and starts from random weights (checkpointing.py _load_base_checkpoint), a silent fresh start. A path
@@ -124,13 +146,16 @@ def checkpointing(cfg: RunConfig, res: Resolved, run_dir: Optional[Path] = None,
             notes.append(f"warning: skipping incomplete checkpoint {skipped}")
         if resume.tracker != resume.iteration:
             step = resume.iteration  # Megatron reads the tracker file unless told the step
-    if resume is None and t.load and (save is None or Path(t.load).absolute() != Path(save).absolute()):
-        check_load(cfg)  # not its own save directory: that one is empty at a fresh start, on purpose
+    if resume is None and other_load(cfg, save):
+        check_load(cfg)
+        flags, why = bucket_flags(cfg, res, loaded_buckets(cfg, save))  # a start from another run's checkpoint
+        buckets = tuple(flags)
+        notes += [why] if why else []
     if ck.init_from and resumed is None:
         notes.append(f"starting from the weights in {ck.init_from} (train.checkpoint.init_from: model only, "
                      "fresh optimizer, iteration 0)")
     if save is None:
-        return Checkpointing(load=load, notes=tuple(notes))
+        return Checkpointing(load=load, bucket_flags=buckets, notes=tuple(notes))
     if load is None and ck.resume:
         # an empty directory: Megatron starts fresh; a requeued Slurm job (same script) finds its checkpoints
         load = save

@@ -15,7 +15,7 @@ from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
 from launcher.plan.estimate_table import estimate_record
 from launcher.plan.facts import launch_facts
-from launcher.plan.checkpoint import Checkpointing, ResumePoint, checkpointing, resume_point
+from launcher.plan.checkpoint import Checkpointing, ResumePoint, checkpointing, saved_buckets
 from launcher.plan.megatron.table import OWNED_FLAGS, launch_flags, resolved_flags, table_flags
 from launcher.plan.probe import MachineProbe
 from launcher.plan.resolve import Resolved, resolve
@@ -24,6 +24,7 @@ from launcher.plan.secrets import PLACEHOLDER, is_secret, secret_env
 from launcher.plan.rules import validate
 from launcher.plan.dispatch_tuned import apply_tuned
 from launcher.plan.tuned import Tuned, tuned_config
+from launcher.records.checkpoint_buckets import BucketCut
 
 ENTRY_MODULE = "recipes.pretrain"
 
@@ -179,10 +180,11 @@ def fit_tuned_memory(cfg: RunConfig, res: Resolved) -> Resolved:
     return res
 
 
-def resolve_and_validate(cfg: RunConfig, probe: MachineProbe, resume: Optional[ResumePoint] = None) -> Resolved:
-    """resolve (a resume's gradient overlap following its checkpoint), then every rule; where only the memory rule
-    (the last) refuses, the tuned knobs that cost memory fall back (fit_tuned_memory) and the rules run again."""
-    res = follow_overlap(cfg, resolve(cfg, probe), resume.buckets if resume is not None else None)
+def resolve_and_validate(cfg: RunConfig, probe: MachineProbe, saved: Optional[BucketCut] = None) -> Resolved:
+    """resolve (the gradient overlap following the bucket cut of the checkpoint the run loads, `saved`), then every
+    rule; where only the memory rule (the last) refuses, the tuned knobs that cost memory fall back
+    (fit_tuned_memory) and the rules run again."""
+    res = follow_overlap(cfg, resolve(cfg, probe), saved)
     try:
         validate(cfg, res)
     except ConfigError as e:
@@ -200,7 +202,7 @@ def build_plan(cfg: RunConfig, probe: MachineProbe, run_dir: Optional[Path] = No
     moe-launch passes) the run saves there and resumes from `resume`; without, the argv is the layout's alone
     unless train.save or train.load name a directory."""
     cfg = apply_tuned(cfg)  # dispatcher.tuned: a dispatcher benchmark's best knobs become fields and flags first
-    res = resolve_and_validate(cfg, probe, resume_point(cfg, run_dir, resume))
+    res = resolve_and_validate(cfg, probe, saved_buckets(cfg, run_dir, resume))
     cfg = tuned_config(cfg, res.tuned)
     explicit = cfg.train.save is not None or cfg.train.load is not None
     ck = checkpointing(cfg, res, run_dir, resume) if run_dir is not None or explicit else None

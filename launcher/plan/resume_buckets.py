@@ -1,4 +1,5 @@
-"""A resume cuts its gradient buckets as the checkpoint's run did, where the user left that to us.
+"""A resume, or a start from another run's checkpoint (train.load), cuts its gradient buckets as the checkpoint's
+run did, where the user left that to us.
 
 Megatron's distributed optimizer saves its state per gradient bucket in its default formats (dp_reshardable and
 the other BUCKET_FORMATS), so a run whose DDP cuts the buckets elsewhere cannot load it: Megatron's loader fails on
@@ -15,7 +16,8 @@ Here, before anything starts: overlap_grad_reduce=auto follows the checkpoint, a
 used Megatron's default size and this run's default differs, --ddp-bucket-size pins the checkpoint's. A pinned
 overlap_grad_reduce or an explicit --ddp-bucket-size/--ddp-num-buckets in megatron.raw/extra stays as written
 (the recipe's check still answers for it). The checkpoint's own arguments are read from its common state by
-launcher/records/checkpoint_buckets.py (launcher/run/resume.py, on a resume only).
+launcher/records/checkpoint_buckets.py (launcher/run/resume.py on a resume; launcher/plan/checkpoint.py
+loaded_buckets for train.load, where this machine sees it; a Slurm path it does not see is left to the recipe).
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ def follow_overlap(cfg: RunConfig, res: Resolved, saved: Optional[BucketCut]) ->
         return res
     param = on if str(cfg.parallel.overlap_param_gather) == "auto" else res.tuned.overlap_param_gather
     notes = [n for n in res.notes if not n.startswith("overlap_grad_reduce=auto")]
-    notes.append(f"overlap_grad_reduce=auto -> {str(on).lower()}: follows the checkpoint being resumed, whose "
+    notes.append(f"overlap_grad_reduce=auto -> {str(on).lower()}: follows the checkpoint it loads, whose "
                  "distributed optimizer state is kept per gradient bucket (launcher/plan/resume_buckets.py)")
     tuned = dataclasses.replace(res.tuned, overlap_grad_reduce=on, overlap_param_gather=param)
     return dataclasses.replace(res, tuned=tuned, notes=tuple(notes))
@@ -70,5 +72,5 @@ def bucket_flags(cfg: RunConfig, res: Resolved, saved: Optional[BucketCut]) -> t
         if saved.bucket_size is None and saved.size == default_bucket_size(res.data_parallel_size(cfg)):
             return [], None
         flags = ["--ddp-bucket-size", str(saved.size)]
-    return flags, (f"{' '.join(flags)}: the gradient buckets of the checkpoint being resumed (saved at data-parallel "
+    return flags, (f"{' '.join(flags)}: the gradient buckets of the checkpoint it loads (saved at data-parallel "
                    f"size {saved.data_parallel_size}; launcher/plan/resume_buckets.py)")

@@ -1,7 +1,8 @@
-"""A resume cuts its gradient buckets as the checkpoint's run did (launcher/plan/resume_buckets.py): checkpoints
-written by Megatron's own dist_checkpointing with the saving run's arguments in the common state and the optimizer
-format in the content metadata, read by find_resume as moe-launch does, then planned; Megatron's validator takes
-the argv. What it replaces: recipes/checkpoint.py refusing the resume (tests/unit/recipes/test_expert_checkpoint.py)."""
+"""A resume, or a start from train.load, cuts its gradient buckets as the checkpoint's run did
+(launcher/plan/resume_buckets.py): checkpoints written by Megatron's own dist_checkpointing with the saving run's
+arguments in the common state and the optimizer format in the content metadata, read by find_resume as moe-launch
+does, then planned; Megatron's validator takes the argv. What it replaces: recipes/checkpoint.py refusing the resume
+(tests/unit/recipes/test_expert_checkpoint.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -106,3 +107,22 @@ def test_a_fresh_run_ignores_another_runs_resume_point(gloo_world, tmp_path, mon
     plan = build_plan(make_cfg(EP2), H200X2, None, point)
     assert "--overlap-grad-reduce" in plan.argv
     assert dataclasses.asdict(point)["buckets"]["overlap_grad_reduce"] is False
+
+
+def test_a_start_from_another_runs_checkpoint_follows_its_buckets_too(gloo_world, tmp_path, monkeypatch):
+    """train.load=<a one-GPU run's checkpoints> at EP2 (auto would turn the overlap on: 40M-element buckets); the
+    recipe refused this before with the overrides to type (recipes/checkpoint.py), now the plan follows it."""
+    other = _checkpoint(tmp_path / "one_gpu" / "checkpoints", monkeypatch, overlap_grad_reduce=False)
+    cfg = make_cfg([*EP2, f"train.load={other}"])
+    cfg.launch.megatron_validate = True
+    plan = build_plan(cfg, H200X2, tmp_path / "new_run")
+    assert plan.argv[plan.argv.index("--load") + 1] == str(other) and "--overlap-grad-reduce" not in plan.argv
+    assert any(n.startswith("overlap_grad_reduce=auto -> false: follows the checkpoint it loads")
+               for n in plan.resolved.notes)
+    large = _checkpoint(tmp_path / "large" / "checkpoints", monkeypatch, data_parallel_size=64)
+    plan = build_plan(make_cfg([*EP2, f"train.load={large}"]), H200X2, None)  # no run directory: a tool's plan
+    assert plan.argv[plan.argv.index("--ddp-bucket-size") + 1] == "64000000"
+    # its own save directory (the save=load idiom, empty at a fresh start) has nothing to follow
+    own = tmp_path / "own"
+    plan = build_plan(make_cfg([*EP2, f"train.save={own}", f"train.load={own}"]), H200X2, tmp_path / "r")
+    assert "--overlap-grad-reduce" in plan.argv
