@@ -260,8 +260,8 @@ def submit_and_report(cfg: "RunConfig", script: Path) -> int:
         print(f"moe-launch: state: scontrol show job {job_id} (or squeue -j {job_id})")
         return 0
     try:
-        requeue = cfg.cluster.requeue or any(x.lstrip("-") == "requeue" for x in cfg.cluster.sbatch_extra)
-        state, code = follow(job_id, cfg.cluster.follow_timeout_s, requeue=requeue)
+        # sbatch_extra cannot say --requeue itself (rules/cluster.py check_sbatch_extra): the field is the one switch
+        state, code = follow(job_id, cfg.cluster.follow_timeout_s, requeue=cfg.cluster.requeue)
     except SlurmError as e:
         print(f"moe-launch: error: {e}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ so only what quoting cannot carry (NUL bytes, newlines in one-line specs, bad va
 from __future__ import annotations
 
 import re
+import signal
 
 from launcher.plan.resolve import Resolved
 from launcher.errors import ConfigError
@@ -18,9 +19,19 @@ DIRECTIVE_SAFE = re.compile(r"[A-Za-z0-9_.,:+=@/%-]+")
 DIRECTIVE_CHARS = "letters, digits and . , : + = @ / % _ -"
 # Slurm time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, or unlimited
 TIME_FORMAT = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)
-# directives the launcher writes itself; sbatch_extra may not set them a second time
-MANAGED = ("job-name", "nodes", "ntasks-per-node", "account", "partition", "time", "output", "exclusive",
-           "segment", "ntasks", "N", "n", "J", "A", "p", "t", "o")
+# directives the launcher writes itself, or that a cluster field writes; sbatch_extra may not set them a second time
+# (sbatch keeps the last one, silently): long or short option -> the field that sets it (None: the launcher alone)
+MANAGED = {"job-name": "job_name", "J": "job_name", "nodes": "nodes", "N": "nodes", "ntasks-per-node": "gpus_per_node",
+           "ntasks": "gpus_per_node", "n": "gpus_per_node", "account": "account", "A": "account",
+           "partition": "partition", "p": "partition", "time": "time", "t": "time", "output": "output",
+           "o": "output", "exclusive": "exclusive", "segment": "segment", "signal": "signal", "requeue": "requeue",
+           "no-requeue": "requeue"}
+# srun options sbatch.sh writes (launcher/run/slurm.py srun_args): one task per GPU on every node, the job ended
+# when one task fails, pyxis' container flags from the container fields
+SRUN_MANAGED = {"nodes": "nodes", "N": "nodes", "ntasks-per-node": "gpus_per_node", "ntasks": "gpus_per_node",
+                "n": "gpus_per_node", "kill-on-bad-exit": None, "K": None, "container-image": "container_image",
+                "container-mounts": "container_mounts", "container-workdir": "container_workdir",
+                "no-container-mount-home": None}
 
 
 def check_directive(field: str, value: str) -> None:
@@ -97,15 +108,36 @@ def check_slurm_time(cfg: RunConfig, res: Resolved) -> None:
                           "e.g. cluster.time=00:30:00")
 
 
+def _directive(arg: str) -> str:
+    """The directive an sbatch_extra item sets: each renders as `#SBATCH --KEY[=VALUE]` (launcher/run/slurm.py)."""
+    return arg.lstrip("-").partition("=")[0]
+
+
+def _srun_option(arg: str) -> str | None:
+    """The option an srun argument sets: --name[=v] -> name, -x[v] -> x; None for a value of the one before."""
+    if arg.startswith("--"):
+        return arg[2:].split("=", 1)[0]
+    return arg[1:2] if arg.startswith("-") and len(arg) > 1 else None
+
+
+def _check_managed(field: str, args: list[str], key_of, managed: dict, cfg: RunConfig) -> None:
+    for arg in args:
+        key = key_of(arg)
+        if key in managed:
+            owner = managed[key]
+            raise ConfigError(field, arg, f"{key} is written by the launcher",
+                              f"set cluster.{owner} instead" if owner in cfg.cluster.__dataclass_fields__
+                              else "drop it")
+
+
 def check_sbatch_extra(cfg: RunConfig, res: Resolved) -> None:
     """A directive the launcher writes itself would be set twice (sbatch keeps the last, silently)."""
-    for extra in getattr(cfg.cluster, "sbatch_extra", []):
-        key = extra.lstrip("-").split("=", 1)[0]
-        if key in MANAGED:
-            field = {"job-name": "job_name", "ntasks-per-node": "gpus_per_node"}.get(key, key.replace("-", "_"))
-            raise ConfigError("cluster.sbatch_extra", extra, f"--{key} is written by the launcher",
-                              f"set cluster.{field} instead" if field in cfg.cluster.__dataclass_fields__
-                              else "drop it")
+    _check_managed("cluster.sbatch_extra", getattr(cfg.cluster, "sbatch_extra", []), _directive, MANAGED, cfg)
+
+
+def check_srun_extra(cfg: RunConfig, res: Resolved) -> None:
+    """An srun option sbatch.sh writes: another task count would start ranks the plan does not have."""
+    _check_managed("cluster.srun_extra", getattr(cfg.cluster, "srun_extra", []), _srun_option, SRUN_MANAGED, cfg)
 
 
 def check_segment(cfg: RunConfig, res: Resolved) -> None:
@@ -155,9 +187,16 @@ SLURM_SIGNAL = re.compile(r"((R|B|RB|BR):)?(SIG)?([A-Z0-9]+)(@\d+)?")
 
 def check_slurm_signal(cfg: RunConfig, res: Resolved) -> None:
     sig = getattr(cfg.cluster, "signal", None)
-    if sig is not None and not SLURM_SIGNAL.fullmatch(sig):
-        raise ConfigError("cluster.signal", sig, "is not sbatch's --signal=[{R|B}:]SIG[@SECONDS]",
-                          "e.g. cluster.signal=TERM@300 (SIGTERM to every task 5 minutes before the time limit)")
+    m = SLURM_SIGNAL.fullmatch(sig) if sig is not None else None
+    if sig is not None and not (m and _known_signal(m.group(4))):
+        raise ConfigError("cluster.signal", sig, "is not sbatch's --signal=[{R|B}:]SIG[@SECONDS] with a signal name "
+                          "or number", "e.g. cluster.signal=TERM@300 (SIGTERM to every task 5 minutes before the "
+                          "time limit)")
+
+
+def _known_signal(name: str) -> bool:
+    """A signal sbatch knows: a number, or a name (without SIG) of this system's signals, as sbatch takes them."""
+    return (name.isdigit() and 0 < int(name) < 65) or f"SIG{name}" in signal.Signals.__members__
 
 
 def check_stop_and_port(cfg: RunConfig, res: Resolved) -> None:
@@ -172,4 +211,4 @@ def check_stop_and_port(cfg: RunConfig, res: Resolved) -> None:
 
 CLUSTER_RULES = (check_executor, check_env_names, check_one_line_values, check_container_image, check_follow_timeout,
                  check_slurm_directives, check_slurm_signal, check_stop_and_port,
-                 check_slurm_time, check_sbatch_extra, check_segment, check_container_mounts)
+                 check_slurm_time, check_sbatch_extra, check_srun_extra, check_segment, check_container_mounts)

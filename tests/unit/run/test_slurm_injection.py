@@ -45,10 +45,10 @@ def test_directive_values_that_need_quoting_are_refused(field, value):
 def test_plain_directive_values_pass_and_render():
     cfg, plan = _plan([*QUICK, "cluster.account=proj-123", "cluster.partition=gpu_h100",
                        "cluster.time=2-00:00:00", "cluster.job_name=qwen3.235b+bf16",
-                       "cluster.sbatch_extra=['qos=high','--requeue']"])
+                       "cluster.sbatch_extra=['qos=high','--gres=gpu:8']"])
     text = render_sbatch(cfg, plan, Path("/runs/x"), Path("/w"))
     for line in ("#SBATCH --account=proj-123", "#SBATCH --partition=gpu_h100", "#SBATCH --time=2-00:00:00",
-                 "#SBATCH --job-name=qwen3.235b+bf16", "#SBATCH --qos=high", "#SBATCH --requeue"):
+                 "#SBATCH --job-name=qwen3.235b+bf16", "#SBATCH --qos=high", "#SBATCH --gres=gpu:8"):
         assert line + "\n" in text
 
 
@@ -69,11 +69,26 @@ def test_run_dir_that_cannot_be_a_directive_is_refused_and_percent_is_escaped():
 
 
 @pytest.mark.parametrize("extra, fix", [("nodes=4", "cluster.nodes"), ("--job-name=x", "cluster.job_name"),
-                                        ("ntasks-per-node=2", "cluster.gpus_per_node"), ("N=2", "drop it")])
+                                        ("ntasks-per-node=2", "cluster.gpus_per_node"), ("N=2", "cluster.nodes"),
+                                        # the fields issue 13 added: sbatch would keep the last one silently
+                                        ("--requeue", "cluster.requeue"), ("no-requeue", "cluster.requeue"),
+                                        ("--signal=B:USR1@60", "cluster.signal")])
 def test_sbatch_extra_cannot_set_a_directive_twice(extra, fix):
     with pytest.raises(ConfigError) as e:
         _plan(QUICK, sbatch_extra=[extra])
     assert fix in e.value.fix
+
+
+@pytest.mark.parametrize("extra, fix", [(["--ntasks=3"], "cluster.gpus_per_node"),
+                                        (["-n", "3"], "cluster.gpus_per_node"),
+                                        (["--nodes=2"], "cluster.nodes"), (["-K0"], "drop it"),
+                                        (["--container-image=x"], "cluster.container_image")])
+def test_srun_extra_cannot_change_what_sbatch_sh_starts(extra, fix):
+    """Another task count would start ranks the plan does not have; srun keeps the last option silently."""
+    with pytest.raises(ConfigError) as e:
+        _plan(QUICK, srun_extra=extra)
+    assert e.value.field == "cluster.srun_extra" and fix in e.value.fix
+    _plan(QUICK, srun_extra=["--cpu-bind=none", "--mpi=pmix"])
 
 
 @pytest.mark.parametrize("bad", ["01:00:00:00", "-5", "tomorrow", "1:2:3:4"])

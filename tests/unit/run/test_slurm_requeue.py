@@ -34,7 +34,7 @@ def test_valid_signals(value):
     _sbatch([f"cluster.signal={value}"])
 
 
-@pytest.mark.parametrize("value", ["TERM 300", "TERM@5m", "$(x)"])
+@pytest.mark.parametrize("value", ["TERM 300", "TERM@5m", "$(x)", "FOO@100", "99@60"])
 def test_invalid_signal_is_one_line(value):
     with pytest.raises(ConfigError) as e:
         _sbatch([f"cluster.signal='{value}'"])
