@@ -5,6 +5,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
+from typing import Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -43,7 +44,7 @@ def _chain(err: BaseException) -> str:
     return "\n".join(parts)
 
 
-def _explain(err: Exception) -> ConfigError:
+def _explain(err: Exception, overrides: tuple[str, ...] = ()) -> ConfigError:
     """Hydra/OmegaConf error -> field, value, rule, fix (with a did-you-mean)."""
     text = _chain(err)
     m = re.search(r"Could not find '([\w-]+)/([^']+)'", text)
@@ -75,7 +76,27 @@ def _explain(err: Exception) -> ConfigError:
         return ConfigError(m.group(1), value.group(1) if value else "?", reason.rstrip("."),
                            "give it a value of the type launcher/config/schema.py declares")
     first = " ".join(text.split("\n")[0].split())
+    bad = _unparsable(overrides)
+    if bad is not None:  # Hydra's grammar error quotes a fragment; name the whole override
+        fix = (f"write it as key=value, e.g. {bad}=VALUE" if "=" not in bad else "quote a value that holds '=', "
+               """spaces, quotes or brackets, e.g. 'cluster.sbatch_extra=["--gres=gpu:8"]'""")
+        return ConfigError("override", bad, f"is not Hydra override syntax ({first.rstrip('.')})",
+                           fix + " (see the command's --help)")
     return ConfigError("overrides", "?", first.rstrip("."), "see `moe-launch --help` for the override syntax")
+
+
+def _unparsable(overrides: tuple[str, ...]) -> Optional[str]:
+    """The first override Hydra's grammar does not parse, if any."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for ov in overrides:
+        try:
+            parser.parse_override(ov)
+        except HydraException:
+            return ov
+    return None
 
 
 def _yaml_error(err: yaml.YAMLError) -> ConfigError:
@@ -167,7 +188,7 @@ def compose(overrides: list[str]) -> tuple[DictConfig, RunConfig]:
         _reject_unknown_keys(composed, RunConfig)
         typed = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as e:
-        raise _explain(e) from None
+        raise _explain(e, tuple(overrides)) from None
     except yaml.YAMLError as e:  # a malformed file under conf/ (PyYAML's error, not wrapped by Hydra)
         raise _yaml_error(e) from None
     assert isinstance(typed, RunConfig)

@@ -150,6 +150,19 @@ def test_override_syntax_error_is_one_line():
     _one_line(ei.value)
 
 
+@pytest.mark.parametrize("override,fix", [
+    ("cluster.sbatch_extra=[--gres=gpu:8]", "quote a value"),  # unquoted '=' inside a list
+    ("train.lr=[1,2", "quote a value"),
+    ("model.num_layers", "key=value"),
+])
+def test_an_override_hydra_cannot_parse_is_named_whole(override, fix):
+    """Hydra's grammar error quotes a fragment ('[--gres='); the one line names the override and how to write it."""
+    with pytest.raises(ConfigError) as ei:
+        compose(["model=tiny_moe", override])
+    assert (ei.value.field, ei.value.value) == ("override", override) and fix in ei.value.fix
+    _one_line(ei.value)
+
+
 def test_an_unknown_option_is_named_as_one():
     """An option a tool does not take reaches the overrides (moe-doctor --out X): Hydra's lexer named nothing."""
     with pytest.raises(ConfigError) as ei:
