@@ -63,9 +63,21 @@ def test_a_resumed_run_skips_its_own_warm_up_after_the_checkpoint():
 
 
 def test_advice_names_the_interval_that_keeps_saves_under_two_percent():
-    c = checkpoint_summary(FIRST.read_text(), interval=1000, step_ms=1145.6)
+    c = checkpoint_summary(FIRST.read_text(), interval=100, step_ms=1145.6)
     # 64.1 s / (0.02 * 1.1456 s) = 2797.7 -> 2798 iterations
-    assert advice(c, 1145.6) == ("checkpoint saves held training 64.1 s each (the only save), 5.6% of the training "
+    assert advice(c, 1145.6) == ("checkpoint saves held training 64.1 s each (the only save), 56.0% of the training "
                                  "between saves; train.save_interval=2798 or more keeps it under 2%")
-    assert advice(checkpoint_summary(FIRST.read_text(), interval=3000, step_ms=1145.6), 1145.6) is None
     assert advice(None, 1145.6) is None and advice(c, None) is None
+    cheap = ("[2026-01-01 10:00:00.0] saving checkpoint at iteration 100 to /c\n"
+             "    save-checkpoint ....: (1.0, 2000.0)\n")
+    assert advice(checkpoint_summary(cheap, interval=100, step_ms=1145.6), 1145.6) is None  # 1.7%: under 2%
+
+
+def test_a_save_off_the_interval_is_listed_but_not_projected():
+    """The default job: 20 iterations, interval 100, so its one save is the end's (and a signal's save is any
+    iteration): neither recurs every interval, so no share and no advice to save less often."""
+    end = ("[2026-01-01 10:00:00.0] saving checkpoint at iteration 20 to /c\n    save-checkpoint ....: (1.0, 2400.0)\n"
+           "[2026-01-01 10:00:02.4] successfully saved checkpoint from iteration 20 to /c [ t 1/1 ]\n")
+    c = checkpoint_summary(end, interval=100, step_ms=832.0)
+    assert c["first_blocking_s"] == 2.4 and c["typical_blocking_s"] is None and c["blocking_share_of_interval"] is None
+    assert advice(c, 832.0) is None and describe(c) == "iteration 20: training waited 2.4 s"
