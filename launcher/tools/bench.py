@@ -50,6 +50,15 @@ def parse_window(text: Optional[str]) -> Optional[tuple[int, int]]:
                           "write two integers, the first not above the second") from None
 
 
+def _peer_mbs(text: str) -> list[int]:
+    """--peer-mbs 1,2,4 -> [1, 2, 4]; one line naming the option when it is not a list of whole numbers."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError("--peer-mbs", text, "is not a comma-separated list of micro batch sizes",
+                          "e.g. --peer-mbs 1,2,4") from None
+
+
 def _ours_overrides(overrides: list[str], out: Path, dry_run: bool, profile) -> list[str]:
     extra = [f"launch.run_dir={out / 'ours'}"]
     if dry_run:
@@ -292,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _, cfg = compose(a.overrides)
         profile = parse_window(a.profile)
-        mbs_list = [int(x) for x in a.peer_mbs.split(",") if x.strip()]
+        mbs_list = _peer_mbs(a.peer_mbs)
         specs = {m: peer_spec(cfg, m, cfg.train.train_iters, a.experts_impl, profile_steps=profile)
                  for m in mbs_list}
         out = make_dir(a.out or f"runs/bench-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}", "--out")

@@ -251,6 +251,12 @@ def test_gated_delta_net_refuses_the_triton_fla_refuses(capability, triton, tile
 
 # ------------------------------------------------------------------------------------------- failures (issue 17)
 
+def test_peer_micro_batches_that_are_not_numbers_are_one_line(tmp_path, capsys):
+    assert bench.main(["--peer-mbs", "2,four", "--out", str(tmp_path), "train.train_iters=3"]) == 2
+    assert capsys.readouterr().err == ("moe-bench: error: --peer-mbs='2,four': is not a comma-separated list of micro "
+                                       "batch sizes. Fix: e.g. --peer-mbs 1,2,4\n")
+
+
 def test_an_out_directory_that_cannot_be_made_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert bench.main(["--peer-mbs", "2", "--out", str(tmp_path / "file" / "b"), "train.train_iters=3"]) == 2
