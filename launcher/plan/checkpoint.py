@@ -108,7 +108,7 @@ def check_load(cfg: RunConfig) -> None:
     """train.load must hold a checkpoint where this machine can see it: without its tracker file Megatron 0.19.2
     warns and starts from random weights (checkpointing.py _load_base_checkpoint), a silent fresh start. A path
     that does not exist here on a Slurm or container run may live on the cluster: the ranks check it there
-    (recipes/checkpoint.py check_load)."""
+    (recipes/checkpoint.py check_paths)."""
     path = Path(cfg.train.load)
     if not path.exists() and cfg.cluster.executor != "local":
         return
