@@ -127,6 +127,14 @@ def test_a_checkpoint_of_one_bucket_resumes_where_auto_would_cut_several(tmp_pat
     assert "overlap_grad_reduce=auto -> false: follows the checkpoint" in (tmp_path / "run" / "plan.json").read_text()
     assert "--overlap-grad-reduce" not in (tmp_path / "run" / "argv.txt").read_text(), proc.stdout[-2000:]
     _assert_resumed_exactly(_iterations(tmp_path / "saving"), _iterations(tmp_path / "run"), 11)
+    # a new run that starts from that checkpoint by train.load, saving elsewhere, follows it the same way (the
+    # recipe refused this before, naming the overrides)
+    _killed_at_15(tmp_path / "saving_ckpt", tmp_path / "other")
+    argv = [a for a in _argv(tmp_path / "new", tmp_path / "new_ckpt", ()) if not a.startswith("train.load=")]
+    proc = subprocess.run([*argv, f"train.load={tmp_path / 'other'}"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "follows the checkpoint it loads" in (tmp_path / "new" / "plan.json").read_text()
+    _assert_resumed_exactly(_iterations(tmp_path / "saving"), _iterations(tmp_path / "new"), 11)
 
 
 # ------------------------------------------------ EP 2 on two processes, the torch expert implementation, SIGTERM
