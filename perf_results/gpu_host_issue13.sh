@@ -49,9 +49,11 @@ losses() { python3 -c "
 import sys; from launcher.records.logparse import parse_file
 its = {i['iteration']: i for i in parse_file(sys.argv[1]).iterations}
 print(' '.join(f\"{n}:{its[n]['loss']:.6f}\" for n in range(int(sys.argv[2]), int(sys.argv[3]) + 1) if n in its))" "$@"; }
-kill_rank() {  # kill_rank RANK: SIGKILL the worker whose environment says RANK=$1
+kill_rank() {  # kill_rank RANK RUN_DIR: the pid of the worker whose environment says RANK=$1 and MOE_RUN_DIR=$2
+  # (the run directory too: another job's rank 1 on this host would match RANK alone)
   for p in $(pgrep -f "recipes.pretrain"); do
-    tr '\0' '\n' < /proc/$p/environ 2>/dev/null | grep -qx "RANK=$1" && echo $p; done | head -1; }
+    env=$(tr '\0' '\n' < /proc/$p/environ 2>/dev/null)
+    grep -qx "RANK=$1" <<< "$env" && grep -qx "MOE_RUN_DIR=$2" <<< "$env" && echo $p; done | head -1; }
 launcher_pid=
 trap '[ -n "$launcher_pid" ] && kill -TERM $launcher_pid 2>/dev/null; exit 143' TERM INT  # no launcher outlives us
 case $what in
@@ -146,7 +148,7 @@ print(max([i['iteration'] for i in p('$r/train.log').iterations] or [0]))"); ech
       [ -n "$saved_at" ] && logged $r/train.log $((saved_at + 3)) && break
       sleep 1
     done
-    pid=$(kill_rank 1); t0=$(date +%s); kill -9 "$pid"; echo "attempt 1: SIGKILL rank 1 (pid $pid) at iteration $((saved_at + 3))"
+    pid=$(kill_rank 1 "$(realpath -m "$r")"); t0=$(date +%s); kill -9 "$pid"; echo "attempt 1: SIGKILL rank 1 (pid $pid) at iteration $((saved_at + 3))"
     wait $launcher_pid; echo "moe-launch rc=$? after $(( $(date +%s) - t0 )) s"
     python3 -c "import json; r = json.load(open('$r/record.json')); print('record:', r['status'], r['failure'])"
     cat $r/exit.json; echo; ls $r/checkpoints; du -sh $r/checkpoints/iter_*
@@ -157,7 +159,7 @@ print(max([i['iteration'] for i in p('$r/train.log').iterations] or [0]))"); ech
     # the relaunch moves the first attempt to attempts/1 before its own train.log starts
     until [ -f $r/attempts/1/train.log ] && logged $r/train.log 106; do
       sleep 1; kill -0 $launcher_pid 2>/dev/null || break; done
-    pid=$(kill_rank 1); [ -n "$pid" ] && kill -9 "$pid"; echo "attempt 2: SIGKILL rank 1 (pid $pid) after iteration 106"
+    pid=$(kill_rank 1 "$(realpath -m "$r")"); [ -n "$pid" ] && kill -9 "$pid"; echo "attempt 2: SIGKILL rank 1 (pid $pid) after iteration 106"
     wait $launcher_pid; echo "relaunch rc=$?"; launcher_pid=
     grep -E "moe-launch: (resuming|checkpoints|the previous|attempt)" $w/kill2.out
     grep -E "loading (distributed )?checkpoint|loaded checkpoint" $r/train.log | head -3
