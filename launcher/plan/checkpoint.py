@@ -23,6 +23,8 @@ from launcher.plan.resolve import Resolved
 from launcher.plan.resume_buckets import bucket_flags
 from launcher.records.checkpoint_buckets import BucketCut, read_saved_buckets
 from launcher.records.checkpoint_dir import TRACKER, tracker_iteration
+from launcher.records.checkpoint_schedule import Schedule, read_saved_schedule
+from launcher.plan.resume_schedule import check_schedule
 from launcher.plan.tuned import async_saves
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -41,6 +43,8 @@ class ResumePoint:
     """Newer iter_* directories that are incomplete (a save that was killed)."""
     buckets: Optional[BucketCut] = None
     """How its run cut the gradient buckets its optimizer state follows (None: not kept per bucket, or unread)."""
+    schedule: Optional[Schedule] = None
+    """The learning-rate schedule its run trained with (None: unread)."""
 
 
 @dataclass(frozen=True)
@@ -89,13 +93,18 @@ def other_load(cfg: RunConfig, save: Optional[str]) -> bool:
     return bool(load) and (save is None or Path(load).absolute() != Path(save).absolute())
 
 
-def loaded_buckets(cfg: RunConfig, save: Optional[str]) -> Optional[BucketCut]:
-    """The gradient-bucket cut of the checkpoint train.load's tracker names, where this machine sees it and it is
-    another run's (a resume of its own reads its newest, launcher/run/resume.py); None otherwise."""
+def loaded(cfg: RunConfig, save: Optional[str], read):
+    """read(iter_dir) of the checkpoint train.load's tracker names, where this machine sees it and it is another
+    run's (a resume of its own reads its newest, launcher/run/resume.py); None otherwise."""
     if not other_load(cfg, save):
         return None
     step = tracker_iteration(Path(cfg.train.load))
-    return read_saved_buckets(Path(cfg.train.load) / f"iter_{step:07d}") if step is not None else None
+    return read(Path(cfg.train.load) / f"iter_{step:07d}") if step is not None else None
+
+
+def loaded_buckets(cfg: RunConfig, save: Optional[str]) -> Optional[BucketCut]:
+    """The gradient-bucket cut of the checkpoint train.load names (loaded)."""
+    return loaded(cfg, save, read_saved_buckets)
 
 
 def saved_buckets(cfg: RunConfig, run_dir: Optional[Path], resume: Optional[ResumePoint]) -> Optional[BucketCut]:
@@ -138,6 +147,7 @@ def checkpointing(cfg: RunConfig, res: Resolved, run_dir: Optional[Path] = None,
     resume = resume_point(cfg, run_dir, resume)
     if resume is not None:
         load, resumed = resume.directory, resume.iteration
+        check_schedule(cfg, resume.schedule, f"{resume.directory} iteration {resume.iteration}")
         notes.append(f"resuming from {resume.directory} iteration {resume.iteration}")
         flags, why = bucket_flags(cfg, res, resume.buckets)
         buckets = tuple(flags)
@@ -148,6 +158,7 @@ def checkpointing(cfg: RunConfig, res: Resolved, run_dir: Optional[Path] = None,
             step = resume.iteration  # Megatron reads the tracker file unless told the step
     if resume is None and other_load(cfg, save):
         check_load(cfg)
+        check_schedule(cfg, loaded(cfg, save, read_saved_schedule), f"train.load={t.load}")
         flags, why = bucket_flags(cfg, res, loaded_buckets(cfg, save))  # a start from another run's checkpoint
         buckets = tuple(flags)
         notes += [why] if why else []

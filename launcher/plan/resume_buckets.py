@@ -32,17 +32,17 @@ from launcher.records.checkpoint_buckets import BucketCut, default_bucket_size
 BUCKET_FLAGS = {"--ddp-bucket-size": "ddp_bucket_size", "--ddp-num-buckets": "ddp_num_buckets"}
 
 
-def _explicit_bucket_flags(cfg: RunConfig) -> bool:
-    """Whether megatron.raw/extra set the cut themselves, in every spelling Megatron's parser takes ("--flag v",
-    "--flag=v"; an extra key as flag or dest). Not through launcher/plan/megatron/parser.py's dests(): that module
-    leads back here through the flag table (an import cycle)."""
+def user_sets(cfg: RunConfig, flags: dict[str, str]) -> bool:
+    """Whether megatron.raw/extra set one of these Megatron flags ({option string: dest}) themselves, in every
+    spelling Megatron's parser takes ("--flag v", "--flag=v"; an extra key as flag or dest). Not through
+    launcher/plan/megatron/parser.py's dests(): that module leads back here through the flag table (an import
+    cycle)."""
     raw = {tok.split("=", 1)[0] for tok in cfg.megatron.raw}
-    return any(flag in raw or flag in cfg.megatron.extra or dest in cfg.megatron.extra
-               for flag, dest in BUCKET_FLAGS.items())
+    return any(flag in raw or flag in cfg.megatron.extra or dest in cfg.megatron.extra for flag, dest in flags.items())
 
 
 def _follows(cfg: RunConfig, saved: Optional[BucketCut]) -> bool:
-    return saved is not None and cfg.parallel.use_distributed_optimizer and not _explicit_bucket_flags(cfg)
+    return saved is not None and cfg.parallel.use_distributed_optimizer and not user_sets(cfg, BUCKET_FLAGS)
 
 
 def follow_overlap(cfg: RunConfig, res: Resolved, saved: Optional[BucketCut]) -> Resolved:

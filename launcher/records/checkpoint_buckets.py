@@ -56,11 +56,19 @@ def default_bucket_size(data_parallel_size: int) -> int:
 
 def read_common(iter_dir) -> tuple[Optional[str], object]:
     """(the distributed optimizer's checkpoint format, Megatron's args) from a distributed checkpoint's common
-    state, through megatron-core's own reader (imported here, lazily)."""
-    from megatron.core import dist_checkpointing
+    state, through megatron-core's own reader (imported here, lazily). Quietly: on a login node a relaunch read it
+    before its plan, and the import's warnings (no CUDA runtime, no TE or Apex) and torch's about loading in one
+    process filled the console ahead of the plan, or ahead of a refusal's one line."""
+    import logging
+    import warnings
 
-    common = dist_checkpointing.load_common_state_dict(str(iter_dir))
-    meta = dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or {}
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core import dist_checkpointing
+
+        common = dist_checkpointing.load_common_state_dict(str(iter_dir))
+        meta = dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or {}
     return meta.get("distrib_optim_sharding_type"), common.get("args") if isinstance(common, dict) else None
 
 

@@ -6,17 +6,13 @@ does, then planned; Megatron's validator takes the argv. What it replaces: recip
 from __future__ import annotations
 
 import dataclasses
-from argparse import Namespace
-
-import torch
-from megatron.core import dist_checkpointing
-from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
 from conftest import make_cfg
 from launcher.plan.plan import build_plan
 from launcher.plan.probe import MachineProbe
 from launcher.records.checkpoint_buckets import BucketCut, read_saved_buckets
 from launcher.run.resume import find_resume
+from saved_checkpoint import write_checkpoint
 
 H200X2 = MachineProbe(gpus=2, transformer_engine=True, apex_fused_wgrad=False, deep_ep=False, cpu_count=16)
 EP2 = ["model=qwen3_30b_a3b", "model.num_layers=8", "train=pretrain", "hardware=h200", "parallel=ep2",
@@ -25,17 +21,7 @@ EP2 = ["model=qwen3_30b_a3b", "model.num_layers=8", "train=pretrain", "hardware=
 
 def _checkpoint(ckpt_dir, monkeypatch, fmt="dp_reshardable", **saved):
     """<ckpt_dir>/iter_0000010 as Megatron writes it, and the tracker file beside it."""
-    if not torch.cuda.is_available():
-        monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
-        monkeypatch.setattr(torch.cuda, "current_device", lambda: torch.device("cpu"))
-    args = dict(overlap_grad_reduce=True, ddp_bucket_size=None, ddp_num_buckets=None, data_parallel_size=1)
-    path = ckpt_dir / "iter_0000010"
-    path.mkdir(parents=True)
-    state = {"args": Namespace(iteration=10, **{**args, **saved}),
-             "w": ShardedTensor.from_rank_offsets("w", torch.zeros(4))}
-    dist_checkpointing.save(state, str(path), content_metadata={"distrib_optim_sharding_type": fmt})
-    (ckpt_dir / "latest_checkpointed_iteration.txt").write_text("10")
-    return ckpt_dir
+    return write_checkpoint(ckpt_dir, monkeypatch, fmt, **saved)
 
 
 def _resume_plan(tmp_path, monkeypatch, overrides=(), validate=False, **saved):
