@@ -134,7 +134,8 @@ def _hf_value(hf: dict, key: str) -> Any:
     if key == "num_experts" and key not in hf:
         return hf.get("num_local_experts")
     if key == "head_dim" and hf.get(key) is None:
-        return hf["hidden_size"] // hf["num_attention_heads"]
+        h, n = hf.get("hidden_size"), hf.get("num_attention_heads")
+        return h // n if h and n else None
     if key == "num_key_value_heads" and hf.get(key) is None:
         return hf.get("num_attention_heads")
     return hf.get(key, HF_DEFAULTS.get(key))
@@ -170,6 +171,10 @@ def mismatches(model: ModelConfig, hf: dict, arch: str) -> list[ConfigError]:
         if f.ours == "ffn_hidden_size":
             continue  # Qwen3-MoE's dense width: no dense layer here (decoder_sparse_step 1), no weight has it
         theirs, ours = _hf_value(hf, f.hf), f.to_hf(model)
+        if theirs is None and ours is not None:  # a config.json without it (one written by hand, or truncated)
+            out.append(ConfigError(f"config.json {f.hf}", None, "is missing", "use the config.json the checkpoint "
+                                   "was saved with (transformers writes every field)"))
+            continue
         if not _same(theirs, ours):
             out.append(ConfigError(f"config.json {f.hf}", theirs, f"our model has {ours} (model.{f.ours}="
                                    f"{getattr(model, f.ours)})", f"add {_fix(f, theirs)}"))

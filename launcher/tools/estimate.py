@@ -51,7 +51,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         title = (f"{cfg.model.name} on {res.world_size} x {res.device} ({cfg.hardware.name}): tp={p.tp} pp={p.pp} "
                  f"vpp={p.vpp} ep={p.ep} etp={p.etp} cp={p.cp} dp={res.data_parallel_size(cfg)}, "
                  f"MBS {cfg.train.micro_batch_size}, seq {cfg.train.seq_length}, recompute "
-                 f"{cfg.recompute.granularity} {list(cfg.recompute.modules)}, {cfg.precision.name}\n")
+                 f"{cfg.recompute.granularity} {[getattr(m, 'value', m) for m in cfg.recompute.modules]}, "
+                 f"{cfg.precision.name}\n")
         print(render_table(est, estimate_flops(cfg), title))
         if out is not None:
             write_text(out, json.dumps(estimate_record(cfg, res), indent=1) + "\n", "--json")

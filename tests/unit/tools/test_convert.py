@@ -160,6 +160,19 @@ def test_a_mismatching_hf_checkpoint_prints_one_line_per_field(tmp_path, capsys)
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def test_a_config_json_missing_fields_names_each(tmp_path, capsys):
+    """A hand-written or truncated config.json: was a KeyError traceback ('hidden_size')."""
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    cfg = _qwen_hf()
+    del cfg["hidden_size"], cfg["head_dim"]
+    (hf / "config.json").write_text(json.dumps(cfg))
+    assert convert.main(["import", "--hf", str(hf), "--out", str(tmp_path / "out"), *TINY_QWEN]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "moe-convert: error: config.json hidden_size=None: is missing. Fix: use the config.json the checkpoint " \
+        "was saved with (transformers writes every field)" in err and "Traceback" not in "\n".join(err)
+
+
 def test_unsupported_family_is_one_line(tmp_path, capsys):
     hf = tmp_path / "hf"
     hf.mkdir()
