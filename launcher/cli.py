@@ -24,8 +24,8 @@ def _help() -> str:
     lines = [USAGE.rstrip(), "", "config groups (conf/<group>/<option>.yaml):"]
     lines += [f"  {g:<11} {', '.join(group_options(g))}" for g in groups()]
     lines += ["", "any field can be overridden: model.num_layers=8 parallel.ep=2 cluster.gpus_per_node=2",
-              "any Megatron flag: 'megatron.extra={moe_permute_fusion: true}' or "
-              "'megatron.raw=[--recompute-granularity,selective]'",
+              "any Megatron flag the schema does not set: 'megatron.extra={moe_per_layer_logging: true}' or "
+              "'megatron.raw=[--log-params-norm]'",
               "launch.dry_run=true writes the run directory (config.yaml, plan.json, argv.txt, command.sh) "
               "and runs nothing"]
     return "\n".join(lines)

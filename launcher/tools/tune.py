@@ -2,7 +2,7 @@
 
 usage: moe-tune STEPS.yaml --out DIR [--threshold 0.01] [--metric tokens_per_s_per_gpu] [OVERRIDE ...]
 
-STEPS.yaml (e.g. perf_results/tuning/qwen3_30b_a3b_1gpu.yaml):
+STEPS.yaml (e.g. perf_results/tuning/qwen3_30b_a3b_4l_1gpu.yaml):
   base: [model=qwen3_30b_a3b, model.num_layers=4, train=pretrain, ...]   # the starting recipe
   steps:                                                                  # tried in order
     - name: fused permute and router

@@ -189,6 +189,20 @@ def test_appended_unknown_key_is_rejected(override, field, near):
     ("cluster.env={NCCL_DEBUG: INFO}", "cluster", "env", {"NCCL_DEBUG": "INFO"}),
 ])
 def test_documented_dict_override_syntax(override, group, key, value):
-    """cli.py --help documents 'megatron.extra={moe_permute_fusion: true}' for the free-form dict fields."""
+    """The free-form dict fields compose from `key={k: v}` (what cli.py --help documents)."""
     cfg = make_cfg([override])
     assert getattr(getattr(cfg, group), key) == value
+
+
+def test_the_escape_hatch_examples_of_help_plan():
+    """moe-launch --help's escape-hatch examples once named flags the schema sets, which the plan refuses."""
+    import re
+
+    from conftest import PROBE
+    from launcher.cli import _help
+    from launcher.plan.plan import build_plan
+
+    examples = re.findall(r"'(megatron\.(?:extra|raw)=[^']+)'", _help())
+    assert len(examples) == 2
+    for example in examples:
+        build_plan(make_cfg([example]), PROBE)  # a refusal raises ConfigError
