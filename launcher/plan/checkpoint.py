@@ -25,6 +25,8 @@ from launcher.records.checkpoint_buckets import BucketCut, read_saved_buckets
 from launcher.records.checkpoint_dir import TRACKER, tracker_iteration
 from launcher.records.checkpoint_schedule import Schedule, read_saved_schedule
 from launcher.plan.resume_schedule import check_schedule
+from launcher.plan.resume_shape import check_shape
+from launcher.records.checkpoint_model import read_saved_model
 from launcher.plan.tuned import async_saves
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -45,6 +47,8 @@ class ResumePoint:
     """How its run cut the gradient buckets its optimizer state follows (None: not kept per bucket, or unread)."""
     schedule: Optional[Schedule] = None
     """The learning-rate schedule its run trained with (None: unread)."""
+    model: Optional[dict] = None
+    """Its run's model-shaping Megatron arguments (launcher/records/checkpoint_model.py; None: unread)."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,9 @@ def checkpointing(cfg: RunConfig, res: Resolved, run_dir: Optional[Path] = None,
     resume = resume_point(cfg, run_dir, resume)
     if resume is not None:
         load, resumed = resume.directory, resume.iteration
-        check_schedule(cfg, resume.schedule, f"{resume.directory} iteration {resume.iteration}")
+        where = f"{resume.directory} iteration {resume.iteration}"
+        check_shape(cfg, resume.model, where, own=True)
+        check_schedule(cfg, resume.schedule, where)
         notes.append(f"resuming from {resume.directory} iteration {resume.iteration}")
         flags, why = bucket_flags(cfg, res, resume.buckets)
         buckets = tuple(flags)
@@ -158,6 +164,7 @@ def checkpointing(cfg: RunConfig, res: Resolved, run_dir: Optional[Path] = None,
             step = resume.iteration  # Megatron reads the tracker file unless told the step
     if resume is None and other_load(cfg, save):
         check_load(cfg)
+        check_shape(cfg, loaded(cfg, save, read_saved_model), f"train.load={t.load}", own=False)
         check_schedule(cfg, loaded(cfg, save, read_saved_schedule), f"train.load={t.load}")
         flags, why = bucket_flags(cfg, res, loaded_buckets(cfg, save))  # a start from another run's checkpoint
         buckets = tuple(flags)

@@ -81,6 +81,18 @@ def tokenizer_rows(cfg: RunConfig, tp: int) -> int:
     return padded(tokenizer_vocab(cfg) or cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, tp)
 
 
+def check_rows(cfg: RunConfig, rows: int, where: str) -> None:
+    """A checkpoint's embedding of `rows` rows loads only into the same rows: Megatron sizes the embedding from its
+    tokenizer, padded to a multiple of make_vocab_size_divisible_by x TP (so a resume at another TP can move it)."""
+    ours = tokenizer_rows(cfg, cfg.parallel.tp)
+    if ours != rows:
+        per_tp = (rows & -rows) // cfg.parallel.tp  # largest power of two dividing the rows, over TP
+        fix = (f"set model.make_vocab_size_divisible_by={per_tp}" if per_tp >= 1
+               else "use a TP size that divides the vocabulary")
+        raise ConfigError("model.make_vocab_size_divisible_by", cfg.model.make_vocab_size_divisible_by,
+                          f"pads the vocabulary to {ours} rows at TP {cfg.parallel.tp}; {where} has {rows}", fix)
+
+
 def padded_vocab(cfg: RunConfig) -> int:
     """The embedding's rows: embedding_vocab padded as Megatron pads it."""
     return padded(embedding_vocab(cfg), cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)

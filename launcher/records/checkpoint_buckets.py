@@ -9,6 +9,7 @@ the default); per-parameter formats (fully_reshardable) load into any buckets. D
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -72,14 +73,26 @@ def read_common(iter_dir) -> tuple[Optional[str], object]:
     return meta.get("distrib_optim_sharding_type"), common.get("args") if isinstance(common, dict) else None
 
 
+def read_saved(iter_dir: Path) -> tuple[Optional[str], object]:
+    """read_common of a complete checkpoint (metadata.json written), read once per directory and process (a
+    complete checkpoint does not change; a resume asks for its buckets, schedule and model); (None, None) where
+    there is none or it cannot be read here: then the resume goes ahead as configured and Megatron's loader, or
+    the recipe's own check, answers."""
+    if not (Path(iter_dir) / "metadata.json").is_file():
+        return None, None
+    return _read_complete(str(iter_dir))
+
+
+@functools.lru_cache(maxsize=16)
+def _read_complete(iter_dir: str) -> tuple[Optional[str], object]:
+    try:
+        return read_common(iter_dir)
+    except Exception:  # noqa: BLE001 - a checkpoint we cannot read here is Megatron's loader's to judge
+        return None, None
+
+
 def read_saved_buckets(iter_dir: Path) -> Optional[BucketCut]:
     """The bucket cut of a Megatron distributed checkpoint whose optimizer state is kept per bucket; None where it
-    is not one (no distributed optimizer, a per-parameter format, another format) or cannot be read: then the
-    resume goes ahead as configured and the recipe's own check answers."""
-    if not (iter_dir / "metadata.json").is_file():
-        return None
-    try:
-        fmt, args = read_common(iter_dir)
-    except Exception:  # noqa: BLE001 - a checkpoint we cannot read here is Megatron's loader's to judge
-        return None
+    is not one (no distributed optimizer, a per-parameter format, another format) or cannot be read."""
+    fmt, args = read_saved(iter_dir)
     return BucketCut.of(args) if fmt in BUCKET_FORMATS else None

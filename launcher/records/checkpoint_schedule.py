@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
-from launcher.records.checkpoint_buckets import read_common
+from launcher.records.checkpoint_buckets import read_saved
 
 
 # Megatron argument names, each the dest of a train.* field of ours (launcher/plan/megatron/table.py)
@@ -69,10 +69,4 @@ class Schedule:
 def read_saved_schedule(iter_dir: Path) -> Optional[Schedule]:
     """The schedule of a Megatron distributed checkpoint's run; None where its common state cannot be read here
     (then Megatron's own check answers on the ranks)."""
-    if not (iter_dir / "metadata.json").is_file():
-        return None
-    try:
-        _, args = read_common(iter_dir)
-    except Exception:  # noqa: BLE001 - a checkpoint we cannot read here is Megatron's loader's to judge
-        return None
-    return Schedule.of(args)
+    return Schedule.of(read_saved(iter_dir)[1])

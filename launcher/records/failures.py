@@ -41,6 +41,9 @@ _RULES: list[tuple[str, str, re.Pattern]] = [
     # gradient buckets), or a save directory these ranks cannot write
     ("bad_config", "resume", re.compile(r"recipes\.pretrain: error: train\.load=")),
     ("bad_config", "checkpoint directory", re.compile(r"recipes\.pretrain: error: train\.save=")),
+    # a checkpoint whose tensors do not fit this model (another shape): Megatron's loader, before a CheckpointException
+    # that would otherwise read as a failed save
+    ("bad_config", "checkpoint load", re.compile(r"CheckpointingException: (Global shape mismatch|.*[Mm]issing key)")),
     ("bad_config", "megatron check",
      re.compile(r"AssertionError.*|ValueError: .*(must be|should be|not supported|divisible)")),
     ("missing_backend", "incompatible",
@@ -95,7 +98,7 @@ class FailureInfo:
     kind: Optional[str] = None
     """Refinement: oom: cuda; timeout: nccl | gloo | dispatcher | rendezvous; missing_backend:
     not installed | incompatible; bad_config: launcher | megatron parser | resume | checkpoint directory |
-    megatron check."""
+    checkpoint load | megatron check."""
     summary: str = ""
     """One line a person reads first."""
     rank: Optional[int] = None
@@ -212,6 +215,8 @@ def classify(text: str, returncode: Optional[int] = None, layout: Optional[dict]
         info.summary = body.strip()[:400]
     elif cls == "bad_config":
         info.summary = body.strip()[:400]
+        if kind == "checkpoint load":
+            info.summary = f"the checkpoint loaded does not fit this model: {body.strip()[:300]}"
         if kind == "megatron check":
             src = _assert_source(lines, idx)
             info.summary = f"Megatron refused the configuration: {body.strip()[:200]}" + (f" at {src}" if src else "")

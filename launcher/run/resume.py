@@ -7,6 +7,7 @@ from typing import Optional
 
 from launcher.plan.checkpoint import ResumePoint
 from launcher.records.checkpoint_buckets import read_saved_buckets
+from launcher.records.checkpoint_model import read_saved_model
 from launcher.records.checkpoint_schedule import read_saved_schedule
 from launcher.records.checkpoint_dir import is_complete, iterations, tracker_iteration
 
@@ -20,6 +21,6 @@ def find_resume(ckpt_dir: Optional[Path]) -> Optional[ResumePoint]:
         if is_complete(path):
             return ResumePoint(directory=str(ckpt_dir), iteration=it, tracker=tracker_iteration(ckpt_dir),
                                skipped=tuple(skipped), buckets=read_saved_buckets(path),
-                               schedule=read_saved_schedule(path))
+                               schedule=read_saved_schedule(path), model=read_saved_model(path))
         skipped.append(path.name)
     return None

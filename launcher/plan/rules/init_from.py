@@ -53,17 +53,9 @@ def check_init_from_model(cfg: RunConfig, res: Resolved) -> None:
         if theirs != ours:
             raise ConfigError(f"model.{name}", ours, f"the checkpoint in {path} was imported with {theirs}",
                               f"set model.{name}={json.dumps(theirs)} (or import again with this model)")
-    from launcher.plan.vocab import tokenizer_rows
+    from launcher.plan.vocab import check_rows
 
-    rows = saved["padded_vocab"]
-    padded = tokenizer_rows(cfg, cfg.parallel.tp)  # Megatron sizes the embedding from its tokenizer
-    if padded != rows:
-        per_tp = (rows & -rows) // cfg.parallel.tp  # largest power of two dividing the rows, over TP
-        fix = (f"set model.make_vocab_size_divisible_by={per_tp}" if per_tp >= 1
-               else "use a TP size that divides the vocabulary")
-        raise ConfigError("model.make_vocab_size_divisible_by", cfg.model.make_vocab_size_divisible_by,
-                          f"pads the vocabulary to {padded} rows at TP {cfg.parallel.tp}; the embedding in {path} "
-                          f"has {rows}", fix)
+    check_rows(cfg, saved["padded_vocab"], f"the embedding in {path}")
 
 
 INIT_FROM_RULES = (check_init_from_exists, check_init_from_model)
