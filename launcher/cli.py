@@ -88,6 +88,10 @@ def plan_lines(cfg, plan, run_dir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the program itself (moe-launch, python -m launcher), not a caller's test
+        from launcher.run.console import guard
+
+        guard()  # a reader that goes away ends the console, not the run (launcher/run/console.py)
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in args):
         print(_help())

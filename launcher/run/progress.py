@@ -71,12 +71,12 @@ def _k(x: float) -> str:
 class Progress:
     """Pass every output line through `line()`; call `close()` at the end."""
 
-    def __init__(self, stream: TextIO = sys.stdout, tty: Optional[bool] = None, interval_s: float = 30.0,
+    def __init__(self, stream: Optional[TextIO] = None, tty: Optional[bool] = None, interval_s: float = 30.0,
                  seq_length: Optional[int] = None, world_size: Optional[int] = None,
                  clock: Callable[[], float] = time.monotonic, enabled: Optional[bool] = None,
                  verbose: Optional[bool] = None, flops_per_sequence: Optional[float] = None):
-        self.stream = stream
-        self.tty = stream.isatty() if tty is None else tty
+        self.stream = sys.stdout if stream is None else stream  # at call time: launcher/run/console.py may wrap it
+        self.tty = self.stream.isatty() if tty is None else tty
         self.interval_s = interval_s
         self.seq_length, self.world_size = seq_length, world_size
         self.flops_per_sequence = flops_per_sequence

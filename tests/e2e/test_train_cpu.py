@@ -37,3 +37,18 @@ def test_tiny_moe_expert_parallel_alltoall_on_two_cpu_ranks(tmp_path):
     log = _launch(tmp_path / "run", "parallel=ep2", "cluster.nproc_cpu=2", "train.train_iters=6")
     losses = [it["loss"] for it in log.iterations]
     assert len(losses) == 6 and losses[-1] < losses[0], losses
+
+
+def test_a_console_reader_that_goes_away_does_not_stop_the_run(tmp_path):
+    """`moe-launch ... | head -3`: the next print raised BrokenPipeError inside moe-launch, which died with its
+    workers and wrote no exit.json or record (launcher/run/console.py). Now the run ends as it would have."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", f"launch.run_dir={run_dir}", "data.num_workers=0",
+                             "train.seq_length=128", "train.train_iters=4", "train.checkpoint.enabled=false"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout.readline().startswith("moe-launch: tiny_moe")
+    proc.stdout.close()  # the reader goes away, as head does after its lines
+    assert proc.wait(timeout=600) == 0
+    assert json.loads((run_dir / "exit.json").read_text())["returncode"] == 0
+    assert json.loads((run_dir / "record.json").read_text())["status"] == "ok"
+    assert [it["iteration"] for it in parse_file(run_dir / "train.log").iterations] == [1, 2, 3, 4]
