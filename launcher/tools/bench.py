@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import ConfigError, make_dir
+from launcher.run.console import guard
 from launcher.records.outputs import PERF_RESULTS_SWITCH, SWITCH_HELP, refuse_committed
 from launcher.records.legacy_argv import _flag
 from launcher.records.steady import DEFAULT_WARMUP, steady_medians, steady_state, tokens_per_s_per_gpu
@@ -267,6 +268,8 @@ def render(b: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the program itself: a long benchmark or chain outlives a reader that goes away
+        guard()
     ap = argparse.ArgumentParser(prog="moe-bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("overrides", nargs="*", help="moe-launch overrides for our side (the peer mirrors them)")

@@ -29,6 +29,7 @@ from typing import Any, Optional
 import yaml
 
 from launcher.errors import ConfigError, make_dir
+from launcher.run.console import guard
 from launcher.records.steady import steady_medians
 from launcher.records.record_md import failure_label
 
@@ -184,6 +185,8 @@ def render(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the program itself: a long benchmark or chain outlives a reader that goes away
+        guard()
     ap = argparse.ArgumentParser(prog="moe-tune", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("steps", help="tuning file (YAML)")
