@@ -31,6 +31,18 @@ def die_with_parent() -> bool:
     return True
 
 
+def release_process_group() -> None:
+    """Destroy the default process group once training has returned, as torch asks of a program before it exits.
+    Why: left to interpreter shutdown, the backend's threads are torn down by static destructors; once in CI a CPU
+    rank that had printed "done, iteration 4/4" aborted there ("terminate called without an active exception",
+    SIGABRT), and the finished run was recorded as rank_died (2026-12-01, moe-bench's CPU test). Every collective
+    has completed by now (Megatron's last barrier, and async saves finalized), so this waits on nothing."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def recorded(fn):
     """fn wrapped by torch elastic's @record: an exception that ends this rank is written as JSON (type, message,
     the rank's own traceback, time) to the TORCHELASTIC_ERROR_FILE torchrun gives each worker; torchrun then

@@ -180,6 +180,9 @@ def main(argv: list[str]) -> int:
     if args.rank == 0:
         print(f"recipes.pretrain: done, iteration {done}/{args.train_iters}, {time.time() - t0:.1f}s "
               f"({'cpu' if on_cpu else 'cuda'}, world {args.world_size})", flush=True)
+    from recipes.lifecycle import release_process_group
+
+    release_process_group()
     if done < args.train_iters:
         return 4  # Megatron stopped early (exit interval, signal) but returned normally
     return 0
