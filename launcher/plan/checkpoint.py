@@ -97,24 +97,27 @@ def other_load(cfg: RunConfig, save: Optional[str]) -> bool:
     return bool(load) and (save is None or Path(load).absolute() != Path(save).absolute())
 
 
-def loaded(cfg: RunConfig, save: Optional[str], read):
-    """read(iter_dir) of the checkpoint train.load's tracker names, where this machine sees it and it is another
-    run's (a resume of its own reads its newest, launcher/run/resume.py); None otherwise."""
+def point_at(directory: Path, iteration: int, tracker: Optional[int], skipped: tuple[str, ...] = ()) -> ResumePoint:
+    """The checkpoint of `iteration` in `directory` with what its run saved: bucket cut, schedule and model, from
+    its common state (read once per directory, launcher/records/checkpoint_buckets.py read_saved)."""
+    it = directory / f"iter_{iteration:07d}"
+    return ResumePoint(directory=str(directory), iteration=iteration, tracker=tracker, skipped=skipped,
+                       buckets=read_saved_buckets(it), schedule=read_saved_schedule(it), model=read_saved_model(it))
+
+
+def loaded_point(cfg: RunConfig, save: Optional[str]) -> Optional[ResumePoint]:
+    """The checkpoint train.load's tracker names, where this machine sees it and it is another run's (a resume of
+    its own finds its newest, launcher/run/resume.py); None otherwise."""
     if not other_load(cfg, save):
         return None
     step = tracker_iteration(Path(cfg.train.load))
-    return read(Path(cfg.train.load) / f"iter_{step:07d}") if step is not None else None
-
-
-def loaded_buckets(cfg: RunConfig, save: Optional[str]) -> Optional[BucketCut]:
-    """The gradient-bucket cut of the checkpoint train.load names (loaded)."""
-    return loaded(cfg, save, read_saved_buckets)
+    return point_at(Path(cfg.train.load), step, step) if step is not None else None
 
 
 def saved_buckets(cfg: RunConfig, run_dir: Optional[Path], resume: Optional[ResumePoint]) -> Optional[BucketCut]:
     """The bucket cut of the checkpoint this run loads: its own newest when it resumes, else train.load's."""
-    point = resume_point(cfg, run_dir, resume)
-    return point.buckets if point is not None else loaded_buckets(cfg, save_dir(cfg, run_dir))
+    point = resume_point(cfg, run_dir, resume) or loaded_point(cfg, save_dir(cfg, run_dir))
+    return point.buckets if point is not None else None
 
 
 def check_load(cfg: RunConfig) -> None:
@@ -151,22 +154,19 @@ def checkpointing(cfg: RunConfig, res: Resolved, run_dir: Optional[Path] = None,
     resume = resume_point(cfg, run_dir, resume)
     if resume is not None:
         load, resumed = resume.directory, resume.iteration
-        where = f"{resume.directory} iteration {resume.iteration}"
-        check_shape(cfg, resume.model, where, own=True)
-        check_schedule(cfg, resume.schedule, where)
         notes.append(f"resuming from {resume.directory} iteration {resume.iteration}")
-        flags, why = bucket_flags(cfg, res, resume.buckets)
-        buckets = tuple(flags)
-        notes += [why] if why else []
         for skipped in resume.skipped:
             notes.append(f"warning: skipping incomplete checkpoint {skipped}")
         if resume.tracker != resume.iteration:
             step = resume.iteration  # Megatron reads the tracker file unless told the step
-    if resume is None and other_load(cfg, save):
+    elif other_load(cfg, save):
         check_load(cfg)
-        check_shape(cfg, loaded(cfg, save, read_saved_model), f"train.load={t.load}", own=False)
-        check_schedule(cfg, loaded(cfg, save, read_saved_schedule), f"train.load={t.load}")
-        flags, why = bucket_flags(cfg, res, loaded_buckets(cfg, save))  # a start from another run's checkpoint
+    point = resume or loaded_point(cfg, save)  # the checkpoint loaded: this run's own, or another run's
+    if point is not None:
+        where = f"{point.directory} iteration {point.iteration}" if resume else f"train.load={t.load}"
+        check_shape(cfg, point.model, where, own=resume is not None)
+        check_schedule(cfg, point.schedule, where)
+        flags, why = bucket_flags(cfg, res, point.buckets)
         buckets = tuple(flags)
         notes += [why] if why else []
     if ck.init_from and resumed is None:

@@ -17,7 +17,7 @@ used Megatron's default size and this run's default differs, --ddp-bucket-size p
 overlap_grad_reduce or an explicit --ddp-bucket-size/--ddp-num-buckets in megatron.raw/extra stays as written
 (the recipe's check still answers for it). The checkpoint's own arguments are read from its common state by
 launcher/records/checkpoint_buckets.py (launcher/run/resume.py on a resume; launcher/plan/checkpoint.py
-loaded_buckets for train.load, where this machine sees it; a Slurm path it does not see is left to the recipe).
+loaded_point for train.load, where this machine sees it; a Slurm path it does not see is left to the recipe).
 """
 from __future__ import annotations
 

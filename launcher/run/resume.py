@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from launcher.plan.checkpoint import ResumePoint
-from launcher.records.checkpoint_buckets import read_saved_buckets
-from launcher.records.checkpoint_model import read_saved_model
-from launcher.records.checkpoint_schedule import read_saved_schedule
+from launcher.plan.checkpoint import ResumePoint, point_at
 from launcher.records.checkpoint_dir import is_complete, iterations, tracker_iteration
 
 
@@ -19,8 +16,6 @@ def find_resume(ckpt_dir: Optional[Path]) -> Optional[ResumePoint]:
     skipped: list[str] = []
     for it, path in reversed(iterations(ckpt_dir)):
         if is_complete(path):
-            return ResumePoint(directory=str(ckpt_dir), iteration=it, tracker=tracker_iteration(ckpt_dir),
-                               skipped=tuple(skipped), buckets=read_saved_buckets(path),
-                               schedule=read_saved_schedule(path), model=read_saved_model(path))
+            return point_at(ckpt_dir, it, tracker_iteration(ckpt_dir), tuple(skipped))
         skipped.append(path.name)
     return None
