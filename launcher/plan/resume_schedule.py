@@ -17,7 +17,7 @@ from typing import Optional
 from launcher.config.schema import RunConfig
 from launcher.errors import ConfigError
 from launcher.plan.resume_buckets import user_sets
-from launcher.records.checkpoint_schedule import Schedule
+from launcher.records.checkpoint_schedule import GIVEN, Schedule
 
 # flags that decide the comparison themselves, or change a scheduler value our fields do not show ({flag: dest})
 SCHEDULE_FLAGS = {"--override-opt_param-scheduler": "override_opt_param_scheduler",
@@ -35,10 +35,8 @@ OVERRIDE = "'megatron.raw=[--override-opt_param-scheduler]'"
 
 
 def this_runs_schedule(cfg: RunConfig) -> Optional[Schedule]:
-    t = cfg.train
-    return Schedule.of(SimpleNamespace(train_iters=t.train_iters, global_batch_size=t.global_batch_size, lr=t.lr,
-                                       min_lr=t.min_lr, lr_warmup_iters=t.lr_warmup_iters,
-                                       lr_decay_style=t.lr_decay_style, weight_decay=t.weight_decay))
+    """The schedule this run's train.* fields give (each of GIVEN is a train field of the same name)."""
+    return Schedule.of(SimpleNamespace(**{k: getattr(cfg.train, k) for k in GIVEN}))
 
 
 def check_schedule(cfg: RunConfig, saved: Optional[Schedule], where: str) -> None:
