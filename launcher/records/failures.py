@@ -81,6 +81,12 @@ _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 _SIGNAL = re.compile(r"Signal (\d+) \((SIG\w+)\) received by PID|exitcode\s*:\s*(-\d+)")
 _EXC = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt))\b:?\s*(.*)$")
 
+
+def first_srun_task(lines: list[str]) -> Optional[re.Match]:
+    """srun's first failed-task line (host, task = rank, what happened), or None for a job srun did not start."""
+    return next((m for m in map(SRUN_TASK.search, lines) if m), None)
+
+
 # innermost frames that name the training phase (checked innermost first)
 _PHASES = [
     ("backward", ("backward", "_engine_run_backward", "backward_step")),
@@ -333,7 +339,7 @@ def _unknown(lines: list[str], returncode: Optional[int]) -> FailureInfo:
         elif "exitcode" in root:
             bits.append(f"root cause rank {root['rank']} exited with {root['exitcode']}")
         info.evidence.append(f"torchrun root cause: {root}")
-    srun = None if root else next((m for m in map(SRUN_TASK.search, lines) if m), None)
+    srun = None if root else first_srun_task(lines)
     if srun:  # a Slurm job: srun's first failed task (launcher/records/stops.py names the rank from it)
         info.rank = int(srun.group(2))
         info.evidence.append(srun.group(0).strip())

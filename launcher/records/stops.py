@@ -17,7 +17,7 @@ import re
 import signal
 from typing import Optional
 
-from launcher.records.failures import SRUN_TASK, FailureInfo, root_cause
+from launcher.records.failures import FailureInfo, first_srun_task, root_cause
 
 STOP_CLASSES = ("interrupted", "preempted", "rank_died", "killed")
 MEGATRON_SIGTERM = re.compile(r"exiting program after receiving SIGTERM")
@@ -85,7 +85,7 @@ def _rank_died(lines: list[str], base: Optional[FailureInfo]) -> Optional[Failur
 
 def _srun_task_died(lines: list[str], base: Optional[FailureInfo]) -> Optional[FailureInfo]:
     """A Slurm job's first failed task, as srun reports it (the task number is the rank: launcher/run/slurm.py)."""
-    found = next((m for m in map(SRUN_TASK.search, lines) if m), None)
+    found = first_srun_task(lines)
     if found is None:
         return None
     host, rank, what = found.group(1), int(found.group(2)), found.group(3)
